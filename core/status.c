@@ -1,0 +1,39 @@
+/* status.c: status codes, the per-thread error message, and core_panic for
+ * programming errors. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "core.h"
+
+static _Thread_local char last_message[1024];
+
+status_t status_set(status_t code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(last_message, sizeof last_message, fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+const char *status_message(void) { return last_message; }
+
+const char *status_name(status_t code) {
+  switch (code) {
+  case STATUS_OK: return "ok";
+  case STATUS_IO: return "I/O error";
+  case STATUS_FORMAT: return "format error";
+  case STATUS_CONFIG: return "configuration error";
+  case STATUS_ARG: return "bad argument";
+  case STATUS_NOMEM: return "out of memory";
+  case STATUS_COMM: return "communication error";
+  case STATUS_TIMEOUT: return "timeout";
+  }
+  return "unknown status";
+}
+
+void core_panic(const char *file, int line, const char *what) {
+  fprintf(stderr, "mlmpi: internal error at %s:%d: assertion '%s' failed\n", file, line, what);
+  fflush(stderr);
+  abort();
+}

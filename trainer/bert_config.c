@@ -1,0 +1,163 @@
+/* bert_config.c: reading a Hugging Face BertConfig config.json with cJSON. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "trainer.h"
+
+bert_config bert_config_default(void) {
+  return (bert_config){
+      .vocab_size = 30522,
+      .hidden_size = 768,
+      .num_hidden_layers = 12,
+      .num_attention_heads = 12,
+      .intermediate_size = 3072,
+      .max_position_embeddings = 512,
+      .type_vocab_size = 2,
+      .hidden_act = ACT_GELU,
+      .hidden_dropout_prob = 0.1f,
+      .attention_probs_dropout_prob = 0.1f,
+      .layer_norm_eps = 1e-12f,
+      .initializer_range = 0.02f,
+      .nsp = true,
+  };
+}
+
+status_t bert_config_check(const bert_config *c) {
+  const struct {
+    const char *name;
+    int v;
+  } sizes[] = {{"vocab_size", c->vocab_size},
+               {"hidden_size", c->hidden_size},
+               {"num_hidden_layers", c->num_hidden_layers},
+               {"num_attention_heads", c->num_attention_heads},
+               {"intermediate_size", c->intermediate_size},
+               {"max_position_embeddings", c->max_position_embeddings},
+               {"type_vocab_size", c->type_vocab_size}};
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+    if (sizes[i].v < 1 || sizes[i].v > (1 << 24))
+      return status_set(STATUS_CONFIG, "model config: %s = %d is out of range", sizes[i].name,
+                        sizes[i].v);
+  if (c->hidden_size % c->num_attention_heads)
+    return status_set(STATUS_CONFIG,
+                      "model config: hidden_size %d is not a multiple of num_attention_heads %d",
+                      c->hidden_size, c->num_attention_heads);
+  if (!(c->hidden_dropout_prob >= 0 && c->hidden_dropout_prob < 1))
+    return status_set(STATUS_CONFIG, "model config: hidden_dropout_prob must be in [0,1)");
+  if (!(c->attention_probs_dropout_prob >= 0 && c->attention_probs_dropout_prob < 1))
+    return status_set(STATUS_CONFIG, "model config: attention_probs_dropout_prob must be in [0,1)");
+  if (!(c->layer_norm_eps > 0)) return status_set(STATUS_CONFIG, "model config: layer_norm_eps must be > 0");
+  if (!(c->initializer_range >= 0))
+    return status_set(STATUS_CONFIG, "model config: initializer_range must be >= 0");
+  return STATUS_OK;
+}
+
+static status_t get_int(const cJSON *root, const char *path, const char *key, int *out) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+  if (!v || cJSON_IsNull(v)) return STATUS_OK;
+  if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble)
+    return status_set(STATUS_CONFIG, "%s: '%s' must be an integer", path, key);
+  *out = (int)v->valuedouble;
+  return STATUS_OK;
+}
+
+static status_t get_float(const cJSON *root, const char *path, const char *key, float *out) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+  if (!v || cJSON_IsNull(v)) return STATUS_OK;
+  if (!cJSON_IsNumber(v)) return status_set(STATUS_CONFIG, "%s: '%s' must be a number", path, key);
+  *out = (float)v->valuedouble;
+  return STATUS_OK;
+}
+
+static status_t parse_act(const cJSON *root, const char *path, act_kind *out) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
+  if (!v) return STATUS_OK;
+  if (!cJSON_IsString(v)) return status_set(STATUS_CONFIG, "%s: 'hidden_act' must be a string", path);
+  const char *s = v->valuestring;
+  if (!strcmp(s, "gelu")) *out = ACT_GELU;
+  else if (!strcmp(s, "gelu_new") || !strcmp(s, "gelu_pytorch_tanh")) *out = ACT_GELU_TANH;
+  else if (!strcmp(s, "relu")) *out = ACT_RELU;
+  else
+    return status_set(STATUS_CONFIG,
+                      "%s: hidden_act '%s' is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)",
+                      path, s);
+  return STATUS_OK;
+}
+
+/* NSP follows the architecture: BertForPreTraining has it, BertForMaskedLM
+ * does not; "use_nsp" (an mlmpi key) overrides. */
+static status_t parse_nsp(const cJSON *root, const char *path, bool *nsp) {
+  const cJSON *arch = cJSON_GetObjectItemCaseSensitive(root, "architectures");
+  if (cJSON_IsArray(arch)) {
+    const cJSON *a;
+    cJSON_ArrayForEach(a, arch) {
+      if (!cJSON_IsString(a)) continue;
+      if (!strcmp(a->valuestring, "BertForMaskedLM")) *nsp = false;
+      else if (!strcmp(a->valuestring, "BertForPreTraining")) *nsp = true;
+    }
+  }
+  const cJSON *u = cJSON_GetObjectItemCaseSensitive(root, "use_nsp");
+  if (u && !cJSON_IsBool(u)) return status_set(STATUS_CONFIG, "%s: 'use_nsp' must be true or false", path);
+  if (u) *nsp = cJSON_IsTrue(u);
+  const cJSON *pe = cJSON_GetObjectItemCaseSensitive(root, "position_embedding_type");
+  if (cJSON_IsString(pe) && strcmp(pe->valuestring, "absolute"))
+    return status_set(STATUS_CONFIG, "%s: position_embedding_type '%s' is not supported (absolute)",
+                      path, pe->valuestring);
+  return STATUS_OK;
+}
+
+status_t bert_config_load(const char *path, bert_config *cfg) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return status_set(STATUS_IO, "cannot open model config %s: %s", path, strerror(errno));
+  char *text = NULL;
+  size_t n = 0, cap = 0;
+  for (;;) {
+    if (n + 4096 > cap) {
+      cap = cap ? 2 * cap : 65536;
+      char *t = realloc(text, cap);
+      if (!t || cap > (64u << 20)) {
+        free(t ? t : text);
+        fclose(f);
+        return status_set(STATUS_FORMAT, "model config %s is too large", path);
+      }
+      text = t;
+    }
+    size_t r = fread(text + n, 1, cap - n, f);
+    n += r;
+    if (r == 0) break;
+  }
+  fclose(f);
+  cJSON *root = cJSON_ParseWithLength(text, n);
+  free(text);
+  if (!cJSON_IsObject(root)) {
+    cJSON_Delete(root);
+    return status_set(STATUS_FORMAT, "model config %s is not a JSON object", path);
+  }
+  bert_config c = bert_config_default();
+  status_t st;
+  if ((st = get_int(root, path, "vocab_size", &c.vocab_size)) ||
+      (st = get_int(root, path, "hidden_size", &c.hidden_size)) ||
+      (st = get_int(root, path, "num_hidden_layers", &c.num_hidden_layers)) ||
+      (st = get_int(root, path, "num_attention_heads", &c.num_attention_heads)) ||
+      (st = get_int(root, path, "intermediate_size", &c.intermediate_size)) ||
+      (st = get_int(root, path, "max_position_embeddings", &c.max_position_embeddings)) ||
+      (st = get_int(root, path, "type_vocab_size", &c.type_vocab_size)) ||
+      (st = get_float(root, path, "hidden_dropout_prob", &c.hidden_dropout_prob)) ||
+      (st = get_float(root, path, "attention_probs_dropout_prob", &c.attention_probs_dropout_prob)) ||
+      (st = get_float(root, path, "layer_norm_eps", &c.layer_norm_eps)) ||
+      (st = get_float(root, path, "initializer_range", &c.initializer_range)) ||
+      (st = parse_act(root, path, &c.hidden_act)) || (st = parse_nsp(root, path, &c.nsp))) {
+    cJSON_Delete(root);
+    return st;
+  }
+  cJSON_Delete(root);
+  if ((st = bert_config_check(&c)) != STATUS_OK) {
+    char why[512];
+    snprintf(why, sizeof why, "%s", status_message());
+    return status_set(st, "%s: %s", path, why);
+  }
+  *cfg = c;
+  return STATUS_OK;
+}

@@ -1,0 +1,417 @@
+/* kernels.c: forward and backward layer kernels of the BERT model (linear,
+ * activation, fused dropout+residual+LayerNorm, attention, softmax
+ * cross-entropy, gather/scatter). Reference semantics: torch.nn.functional
+ * (linear, gelu, layer_norm, softmax, cross_entropy, dropout). */
+#include "kernels.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+/* ---- Scalar maths that vectorise -------------------------------------------
+ * libm's expf/erff are calls the compiler cannot vectorise; these are
+ * branch-free and accurate to about 2 ulp, well inside what fp32 training
+ * and the reference tolerances need. */
+
+/* e^x: 2^n · e^r with n = round(x/ln2), |r| <= ln2/2, degree-7 Taylor for
+ * e^r. Underflows to 0 below -87.3 (as expf does to denormals and 0). */
+static inline float fast_expf(float x) {
+  const float hi = 88.3f, lo = -87.3f;
+  float xc = x > hi ? hi : (x < lo ? lo : x);
+  float t = xc * 1.44269504088896341f + 12582912.0f; /* round to nearest */
+  float n = t - 12582912.0f;
+  float r = xc - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  union {
+    float f;
+    int32_t i;
+  } s;
+  s.i = ((int32_t)n + 127) << 23;
+  return x < lo ? 0.0f : p * s.f;
+}
+
+/* erfc(|z|) for z >= 0 by the Chebyshev-fitted form
+ * erfc(z) = t·exp(-z² + P(t)), t = 1/(1 + z/2), fractional error < 1.2e-7
+ * everywhere (Press et al., Numerical Recipes, §6.2). */
+static inline float erfc_pos(float z) {
+  float t = 1.0f / (1.0f + 0.5f * z);
+  float p = 0.17087277f;
+  p = p * t - 0.82215223f;
+  p = p * t + 1.48851587f;
+  p = p * t - 1.13520398f;
+  p = p * t + 0.27886807f;
+  p = p * t - 0.18628806f;
+  p = p * t + 0.09678418f;
+  p = p * t + 0.37409196f;
+  p = p * t + 1.00002368f;
+  p = p * t - 1.26551223f;
+  return t * fast_expf(-z * z + p);
+}
+
+/* Φ(x), the standard normal CDF: gelu(x) = x Φ(x). */
+static inline float norm_cdf(float x) {
+  float z = fabsf(x) * 0.70710678118654752f;
+  float h = 0.5f * erfc_pos(z);
+  return x >= 0 ? 1.0f - h : h;
+}
+
+static inline float fast_tanhf(float x) {
+  float xc = x > 15.0f ? 15.0f : (x < -15.0f ? -15.0f : x);
+  float e = fast_expf(2.0f * xc);
+  return (e - 1.0f) / (e + 1.0f);
+}
+
+#define SQRT_2_OVER_PI 0.79788456080286536f
+#define INV_SQRT_2PI 0.39894228040143268f
+
+static inline float act_fn(act_kind a, float x) {
+  switch (a) {
+  case ACT_GELU: return x * norm_cdf(x);
+  case ACT_GELU_TANH: {
+    float u = SQRT_2_OVER_PI * (x + 0.044715f * x * x * x);
+    return 0.5f * x * (1.0f + fast_tanhf(u));
+  }
+  case ACT_RELU: return x > 0 ? x : 0.0f;
+  }
+  return 0.0f;
+}
+
+static inline float act_grad_fn(act_kind a, float x) {
+  switch (a) {
+  case ACT_GELU: return norm_cdf(x) + x * INV_SQRT_2PI * fast_expf(-0.5f * x * x);
+  case ACT_GELU_TANH: {
+    float u = SQRT_2_OVER_PI * (x + 0.044715f * x * x * x);
+    float th = fast_tanhf(u);
+    float du = SQRT_2_OVER_PI * (1.0f + 3.0f * 0.044715f * x * x);
+    return 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du;
+  }
+  case ACT_RELU: return x > 0 ? 1.0f : 0.0f;
+  }
+  return 0.0f;
+}
+
+float k_act(act_kind a, float x) { return act_fn(a, x); }
+float k_act_grad(act_kind a, float x) { return act_grad_fn(a, x); }
+
+/* ---- Linear ---------------------------------------------------------------- */
+void k_linear_fwd(float *y, const float *x, const float *W, int N, int in, int out) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
+}
+
+void k_linear_bwd(float *dx, bool dx_acc, float *dW, float *db, const float *dy, const float *x,
+                  const float *W, const float *ones, int N, int in, int out) {
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
+  if (db) cblas_sgemv(CblasRowMajor, CblasTrans, N, out, 1.0f, dy, out, ones, 1, 1.0f, db, 1);
+  if (dx)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, in, out, 1.0f, dy, out, W, in,
+                dx_acc ? 1.0f : 0.0f, dx, in);
+}
+
+/* ---- Activation -------------------------------------------------------------
+ * The loops are written once with the activation as a parameter and inlined
+ * with a constant for each kind, so each switch is taken once per call and
+ * every loop vectorises. */
+static inline __attribute__((always_inline)) void bias_act_loop(float *pre, float *act,
+                                                                const float *b, int N, int C,
+                                                                const act_kind A) {
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; n++) {
+    float *p = pre + (size_t)n * C, *o = act + (size_t)n * C;
+#pragma omp simd
+    for (int j = 0; j < C; j++) {
+      float v = p[j] + b[j];
+      p[j] = v;
+      o[j] = act_fn(A, v);
+    }
+  }
+}
+
+void k_bias_act_fwd(float *pre, float *act, const float *b, int N, int C, act_kind a) {
+  switch (a) {
+  case ACT_GELU: bias_act_loop(pre, act, b, N, C, ACT_GELU); break;
+  case ACT_GELU_TANH: bias_act_loop(pre, act, b, N, C, ACT_GELU_TANH); break;
+  case ACT_RELU: bias_act_loop(pre, act, b, N, C, ACT_RELU); break;
+  }
+}
+
+static inline __attribute__((always_inline)) void act_bwd_loop(float *dpre, const float *dact,
+                                                               const float *pre, size_t total,
+                                                               const act_kind A) {
+#pragma omp parallel for simd schedule(static)
+  for (size_t i = 0; i < total; i++) dpre[i] = dact[i] * act_grad_fn(A, pre[i]);
+}
+
+void k_act_bwd(float *dpre, const float *dact, const float *pre, int N, int C, act_kind a) {
+  size_t total = (size_t)N * C;
+  switch (a) {
+  case ACT_GELU: act_bwd_loop(dpre, dact, pre, total, ACT_GELU); break;
+  case ACT_GELU_TANH: act_bwd_loop(dpre, dact, pre, total, ACT_GELU_TANH); break;
+  case ACT_RELU: act_bwd_loop(dpre, dact, pre, total, ACT_RELU); break;
+  }
+}
+
+/* ---- Dropout ----------------------------------------------------------------- */
+static inline float drop_scale(const dropout_desc *d) { return 1.0f / (1.0f - d->p); }
+
+/* Multiplies row n of width C by its mask / (1 - p); u is C floats scratch. */
+static void dropout_row(float *row, const dropout_desc *d, int n, int C, float *u) {
+  rng_key k = d->key;
+  k.sample = d->sample_base + (uint32_t)(n / d->T);
+  rng_uniform(k, (uint32_t)(n % d->T) * (uint32_t)C, (size_t)C, u);
+  float s = drop_scale(d), p = d->p;
+#pragma omp simd
+  for (int j = 0; j < C; j++) row[j] *= u[j] >= p ? s : 0.0f;
+}
+
+static inline bool drop_on(const dropout_desc *d) { return d && d->p > 0.0f; }
+
+void k_dropout(float *x, const dropout_desc *drop, int N, int C) {
+  if (!drop_on(drop)) return;
+#pragma omp parallel
+  {
+    float u[C];
+#pragma omp for schedule(static)
+    for (int n = 0; n < N; n++) dropout_row(x + (size_t)n * C, drop, n, C, u);
+  }
+}
+
+/* ---- Residual + LayerNorm ---------------------------------------------------- */
+void k_add_ln_fwd(float *s_out, float *y, float *mean, float *rstd, const float *x,
+                  const float *bias, const dropout_desc *drop, const float *resid,
+                  const float *gamma, const float *beta, int N, int C, float eps) {
+  bool dr = drop_on(drop);
+#pragma omp parallel
+  {
+    float u[C];
+#pragma omp for schedule(static)
+    for (int n = 0; n < N; n++) {
+      const float *xr = x + (size_t)n * C;
+      float *s = s_out ? s_out + (size_t)n * C : (float *)xr;
+      if (s_out) {
+        if (bias)
+          for (int j = 0; j < C; j++) s[j] = xr[j] + bias[j];
+        else
+          memcpy(s, xr, (size_t)C * sizeof *s);
+        if (dr) dropout_row(s, drop, n, C, u);
+        if (resid) {
+          const float *r = resid + (size_t)n * C;
+#pragma omp simd
+          for (int j = 0; j < C; j++) s[j] += r[j];
+        }
+      }
+      float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+      for (int j = 0; j < C; j++) sum += s[j];
+      float mu = sum / (float)C, var = 0.0f;
+#pragma omp simd reduction(+ : var)
+      for (int j = 0; j < C; j++) var += (s[j] - mu) * (s[j] - mu);
+      float rs = 1.0f / sqrtf(var / (float)C + eps);
+      mean[n] = mu;
+      rstd[n] = rs;
+      float *yr = y + (size_t)n * C;
+#pragma omp simd
+      for (int j = 0; j < C; j++) yr[j] = (s[j] - mu) * rs * gamma[j] + beta[j];
+    }
+  }
+}
+
+void k_add_ln_bwd(float *dx, float *dresid, float *dbias, float *dgamma, float *dbeta,
+                  const float *dy, const float *s, const float *mean, const float *rstd,
+                  const float *gamma, const dropout_desc *drop, int N, int C, float *scratch,
+                  int nthreads) {
+  bool dr = drop_on(drop);
+  memset(scratch, 0, (size_t)nthreads * 3 * C * sizeof *scratch);
+#pragma omp parallel num_threads(nthreads)
+  {
+    float *dg = scratch + (size_t)omp_get_thread_num() * 3 * C, *dbt = dg + C, *dbs = dbt + C;
+    float u[C], ds[C];
+#pragma omp for schedule(static)
+    for (int n = 0; n < N; n++) {
+      const float *sr = s + (size_t)n * C, *dyr = dy + (size_t)n * C;
+      float mu = mean[n], rs = rstd[n], a = 0.0f, b = 0.0f;
+#pragma omp simd reduction(+ : a, b)
+      for (int j = 0; j < C; j++) {
+        float xh = (sr[j] - mu) * rs, g = dyr[j] * gamma[j];
+        dg[j] += dyr[j] * xh;
+        dbt[j] += dyr[j];
+        a += g;
+        b += g * xh;
+      }
+      a /= (float)C;
+      b /= (float)C;
+#pragma omp simd
+      for (int j = 0; j < C; j++) ds[j] = rs * (dyr[j] * gamma[j] - a - (sr[j] - mu) * rs * b);
+      if (dresid) {
+        float *r = dresid + (size_t)n * C;
+#pragma omp simd
+        for (int j = 0; j < C; j++) r[j] = ds[j];
+      }
+      if (dx) {
+        float *o = dx + (size_t)n * C;
+        memcpy(o, ds, (size_t)C * sizeof *o);
+        if (dr) dropout_row(o, drop, n, C, u);
+        if (dbias)
+          for (int j = 0; j < C; j++) dbs[j] += o[j];
+      }
+    }
+  }
+  for (int t = 0; t < nthreads; t++) {
+    const float *dg = scratch + (size_t)t * 3 * C;
+    for (int j = 0; j < C; j++) {
+      dgamma[j] += dg[j];
+      dbeta[j] += dg[C + j];
+      if (dbias) dbias[j] += dg[2 * C + j];
+    }
+  }
+}
+
+/* ---- Attention ---------------------------------------------------------------
+ * One (sequence, head) pair per task; the BLAS calls inside run single
+ * threaded because they are made from inside an OpenMP region. */
+static void attn_dropout_probs(float *out, const float *P, const dropout_desc *d, int b, int h,
+                               int T) {
+  rng_key k = d->key;
+  k.sample = d->sample_base + (uint32_t)b;
+  size_t n = (size_t)T * T;
+  rng_uniform(k, (uint32_t)((size_t)h * n), n, out);
+  float s = drop_scale(d), p = d->p;
+#pragma omp simd
+  for (size_t i = 0; i < n; i++) out[i] = out[i] >= p ? P[i] * s : 0.0f;
+}
+
+void k_attention_fwd(float *ctx, float *probs, const float *qkv, const int32_t *input_mask, int B,
+                     int T, int NH, int D, const dropout_desc *drop, float *scratch, int nthreads) {
+  const int H = NH * D, H3 = 3 * H;
+  const float scale = 1.0f / sqrtf((float)D);
+  bool dr = drop_on(drop);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+  for (int bh = 0; bh < B * NH; bh++) {
+    int b = bh / NH, h = bh % NH;
+    const float *q = qkv + (size_t)b * T * H3 + (size_t)h * D, *k = q + H, *v = q + 2 * H;
+    float *P = probs + (size_t)bh * T * T;
+    const int32_t *mask = input_mask + (size_t)b * T;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, D, scale, q, H3, k, H3, 0.0f, P, T);
+    for (int i = 0; i < T; i++) {
+      float *row = P + (size_t)i * T, mx = -INFINITY, sum = 0.0f;
+      for (int j = 0; j < T; j++) {
+        row[j] += mask[j] ? 0.0f : -10000.0f;
+        mx = row[j] > mx ? row[j] : mx;
+      }
+#pragma omp simd reduction(+ : sum)
+      for (int j = 0; j < T; j++) {
+        row[j] = fast_expf(row[j] - mx);
+        sum += row[j];
+      }
+      float inv = 1.0f / sum;
+#pragma omp simd
+      for (int j = 0; j < T; j++) row[j] *= inv;
+    }
+    const float *Pd = P;
+    if (dr) {
+      float *tmp = scratch + (size_t)omp_get_thread_num() * T * T;
+      attn_dropout_probs(tmp, P, drop, b, h, T);
+      Pd = tmp;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, T, 1.0f, Pd, T, v, H3, 0.0f,
+                ctx + (size_t)b * T * H + (size_t)h * D, H);
+  }
+}
+
+void k_attention_bwd(float *dqkv, const float *dctx, const float *probs, const float *qkv, int B,
+                     int T, int NH, int D, const dropout_desc *drop, float *scratch, int nthreads) {
+  const int H = NH * D, H3 = 3 * H;
+  const float scale = 1.0f / sqrtf((float)D);
+  bool dr = drop_on(drop);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
+  for (int bh = 0; bh < B * NH; bh++) {
+    int b = bh / NH, h = bh % NH;
+    size_t ro = (size_t)b * T * H3 + (size_t)h * D;
+    const float *q = qkv + ro, *k = q + H, *v = q + 2 * H;
+    float *dq = dqkv + ro, *dk = dq + H, *dv = dq + 2 * H;
+    const float *P = probs + (size_t)bh * T * T;
+    const float *dc = dctx + (size_t)b * T * H + (size_t)h * D;
+    float *Pd = scratch + (size_t)omp_get_thread_num() * 2 * T * T, *dP = Pd + (size_t)T * T;
+    if (dr) attn_dropout_probs(Pd, P, drop, b, h, T);
+    /* dV = dropout(P)^T dctx; dP = dctx V^T (through dropout's mask). */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, 1.0f, dr ? Pd : P, T, dc, H, 0.0f,
+                dv, H3);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, D, 1.0f, dc, H, v, H3, 0.0f, dP, T);
+    float ds = dr ? drop_scale(drop) : 1.0f;
+    for (int i = 0; i < T; i++) {
+      const float *pr = P + (size_t)i * T, *pd = Pd + (size_t)i * T;
+      float *g = dP + (size_t)i * T, dot = 0.0f;
+      if (dr)
+        for (int j = 0; j < T; j++) g[j] = pd[j] != 0.0f ? g[j] * ds : 0.0f;
+#pragma omp simd reduction(+ : dot)
+      for (int j = 0; j < T; j++) dot += g[j] * pr[j];
+#pragma omp simd
+      for (int j = 0; j < T; j++) g[j] = pr[j] * (g[j] - dot);
+    }
+    /* dQ = scale · dS K; dK = scale · dS^T Q. */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, T, scale, dP, T, k, H3, 0.0f, dq, H3);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, scale, dP, T, q, H3, 0.0f, dk, H3);
+  }
+}
+
+/* ---- Cross-entropy ----------------------------------------------------------- */
+double k_softmax_xent(float *logits, float *dlogits, const float *bias, const int32_t *ids,
+                      const float *w, float coef, int M, int V, double *correct) {
+  double total = 0.0, good = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : total, good)
+  for (int r = 0; r < M; r++) {
+    float *x = logits + (size_t)r * V, *g = dlogits + (size_t)r * V, mx = -INFINITY;
+    int arg = 0;
+    for (int j = 0; j < V; j++) {
+      x[j] += bias ? bias[j] : 0.0f;
+      if (x[j] > mx) {
+        mx = x[j];
+        arg = j;
+      }
+    }
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < V; j++) {
+      g[j] = fast_expf(x[j] - mx);
+      sum += g[j];
+    }
+    float wr = w ? w[r] : 1.0f;
+    double lse = (double)mx + log((double)sum);
+    total += (double)wr * (lse - (double)x[ids[r]]);
+    good += arg == ids[r] ? wr : 0.0;
+    float f = wr * coef / sum;
+#pragma omp simd
+    for (int j = 0; j < V; j++) g[j] *= f;
+    g[ids[r]] -= wr * coef;
+  }
+  if (correct) *correct += good;
+  return total;
+}
+
+/* ---- Gather / scatter -------------------------------------------------------- */
+void k_gather_rows(float *out, const float *x, const int32_t *rows, int M, int C) {
+#pragma omp parallel for schedule(static)
+  for (int i = 0; i < M; i++)
+    memcpy(out + (size_t)i * C, x + (size_t)rows[i] * C, (size_t)C * sizeof *out);
+}
+
+void k_scatter_add_rows(float *dx, const float *dout, const int32_t *rows, int M, int C) {
+#pragma omp parallel
+  {
+    int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    int c0 = (int)((long)C * t / nt), c1 = (int)((long)C * (t + 1) / nt);
+    for (int i = 0; i < M; i++) {
+      float *d = dx + (size_t)rows[i] * C;
+      const float *s = dout + (size_t)i * C;
+      for (int j = c0; j < c1; j++) d[j] += s[j];
+    }
+  }
+}

@@ -1,0 +1,88 @@
+/* kernels.h: the layer kernels of the BERT model, forward and backward, on
+ * row-major fp32 arrays. Matrix products go to cblas_sgemm; the memory-bound
+ * steps are fused per row. Every kernel runs its loop with OpenMP over rows
+ * (or columns, where rows would race) and allocates nothing; per-thread
+ * scratch is passed in. Private to trainer/ (and its tests). */
+#ifndef MLMPI_KERNELS_H
+#define MLMPI_KERNELS_H
+
+#include "trainer.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Dropout described by its key, so backward regenerates the mask instead of
+ * storing it. Row n of an [N,C] array is token (n % T) of sequence
+ * sample_base + n / T; element j of that row is number (n % T)*C + j of the
+ * sequence's stream. p == 0 (or a NULL descriptor) means no dropout. */
+typedef struct {
+  float p;
+  rng_key key; /* key.sample is overwritten per row */
+  uint32_t sample_base;
+  int T;
+} dropout_desc;
+
+/* y[N,out] = x[N,in] · W[out,in]^T (no bias: callers fuse it). */
+void k_linear_fwd(float *y, const float *x, const float *W, int N, int in, int out);
+/* dW[out,in] += dy^T x; db[out] += Σ_rows dy (db may be NULL);
+ * dx[N,in] = dy W, or += when dx_acc (dx may be NULL). `ones` holds >= N
+ * ones (for the bias sum as a matrix-vector product). */
+void k_linear_bwd(float *dx, bool dx_acc, float *dW, float *db, const float *dy, const float *x,
+                  const float *W, const float *ones, int N, int in, int out);
+
+float k_act(act_kind a, float x);
+float k_act_grad(act_kind a, float x); /* d act / dx */
+/* pre[N,C] += b (kept for backward); act = activation(pre). */
+void k_bias_act_fwd(float *pre, float *act, const float *b, int N, int C, act_kind a);
+/* dpre = dact * act'(pre); may run in place (dpre == dact). */
+void k_act_bwd(float *dpre, const float *dact, const float *pre, int N, int C, act_kind a);
+
+/* Fused "dropout(x + bias) + resid, then LayerNorm" per row:
+ *   s = drop(x + bias) + resid   (bias, drop, resid each optional)
+ *   y = (s - mean) * rstd * gamma + beta,  rstd = 1/sqrt(var + eps)
+ * matches torch.nn.LayerNorm (biased variance). s is stored in s_out (may be
+ * NULL when nothing is added: then x itself is s). */
+void k_add_ln_fwd(float *s_out, float *y, float *mean, float *rstd, const float *x,
+                  const float *bias, const dropout_desc *drop, const float *resid,
+                  const float *gamma, const float *beta, int N, int C, float eps);
+/* Backward of k_add_ln_fwd: from dy computes ds (the gradient of s);
+ * dresid = ds and dx = drop'(ds) are written where given; dbias, dgamma and
+ * dbeta are added to. `scratch` holds nthreads * 3C floats. */
+void k_add_ln_bwd(float *dx, float *dresid, float *dbias, float *dgamma, float *dbeta,
+                  const float *dy, const float *s, const float *mean, const float *rstd,
+                  const float *gamma, const dropout_desc *drop, int N, int C, float *scratch,
+                  int nthreads);
+
+/* Dropout in place on [N,C] (forward and backward are the same operation:
+ * multiply by mask / (1 - p)). */
+void k_dropout(float *x, const dropout_desc *drop, int N, int C);
+
+/* Multi-head self-attention core for one batch, on qkv [B*T, 3H] laid out
+ * as [q | k | v] per row:
+ *   probs[b,h] = softmax(q k^T / sqrt(D) + (1 - mask) * -10000)  (B,NH,T,T)
+ *   ctx[b*T+t, h*D..] = dropout(probs) v
+ * scratch: nthreads * T*T floats. */
+void k_attention_fwd(float *ctx, float *probs, const float *qkv, const int32_t *input_mask, int B,
+                     int T, int NH, int D, const dropout_desc *drop, float *scratch, int nthreads);
+/* dqkv [B*T,3H] (written) from dctx [B*T,H]; scratch: nthreads * 2*T*T. */
+void k_attention_bwd(float *dqkv, const float *dctx, const float *probs, const float *qkv, int B,
+                     int T, int NH, int D, const dropout_desc *drop, float *scratch, int nthreads);
+
+/* Adds bias to logits [M,V] in place, then softmax cross-entropy against
+ * ids with per-row weights: returns Σ w·ce (double); dlogits = (softmax -
+ * onehot) * w * coef. Rows with w == 0 get zero gradient. correct
+ * accumulates Σ w where argmax == id. */
+double k_softmax_xent(float *logits, float *dlogits, const float *bias, const int32_t *ids,
+                      const float *w, float coef, int M, int V, double *correct);
+
+/* Gathers rows: out[i] = x[rows[i]] for i < M, rows are indices into x. */
+void k_gather_rows(float *out, const float *x, const int32_t *rows, int M, int C);
+/* Scatter-add: dx[rows[i]] += dout[i]; columns split across threads so
+ * repeated rows never race. */
+void k_scatter_add_rows(float *dx, const float *dout, const int32_t *rows, int M, int C);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
