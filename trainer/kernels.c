@@ -117,45 +117,60 @@ void k_linear_bwd(float *dx, bool dx_acc, float *dW, float *db, const float *dy,
 }
 
 /* ---- Activation -------------------------------------------------------------
- * The loops are written once with the activation as a parameter and inlined
- * with a constant for each kind, so each switch is taken once per call and
- * every loop vectorises. */
-static inline __attribute__((always_inline)) void bias_act_loop(float *pre, float *act,
-                                                                const float *b, int N, int C,
-                                                                const act_kind A) {
+ * The switch on the activation sits outside each inner loop (and inside the
+ * parallel region, where OpenMP's outlining cannot hide the constant), so
+ * every inner loop calls one known function and vectorises. */
+static inline float gelu_erf(float x) { return x * norm_cdf(x); }
+static inline float gelu_erf_grad(float x) {
+  return norm_cdf(x) + x * INV_SQRT_2PI * fast_expf(-0.5f * x * x);
+}
+static inline float gelu_tanh(float x) { return act_fn(ACT_GELU_TANH, x); }
+static inline float gelu_tanh_grad(float x) { return act_grad_fn(ACT_GELU_TANH, x); }
+static inline float relu(float x) { return x > 0 ? x : 0.0f; }
+static inline float relu_grad(float x) { return x > 0 ? 1.0f : 0.0f; }
+
+void k_bias_act_fwd(float *pre, float *act, const float *b, int N, int C, act_kind a) {
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; n++) {
     float *p = pre + (size_t)n * C, *o = act + (size_t)n * C;
 #pragma omp simd
-    for (int j = 0; j < C; j++) {
-      float v = p[j] + b[j];
-      p[j] = v;
-      o[j] = act_fn(A, v);
+    for (int j = 0; j < C; j++) p[j] += b[j];
+    switch (a) {
+    case ACT_GELU:
+#pragma omp simd
+      for (int j = 0; j < C; j++) o[j] = gelu_erf(p[j]);
+      break;
+    case ACT_GELU_TANH:
+#pragma omp simd
+      for (int j = 0; j < C; j++) o[j] = gelu_tanh(p[j]);
+      break;
+    case ACT_RELU:
+#pragma omp simd
+      for (int j = 0; j < C; j++) o[j] = relu(p[j]);
+      break;
     }
   }
 }
 
-void k_bias_act_fwd(float *pre, float *act, const float *b, int N, int C, act_kind a) {
-  switch (a) {
-  case ACT_GELU: bias_act_loop(pre, act, b, N, C, ACT_GELU); break;
-  case ACT_GELU_TANH: bias_act_loop(pre, act, b, N, C, ACT_GELU_TANH); break;
-  case ACT_RELU: bias_act_loop(pre, act, b, N, C, ACT_RELU); break;
-  }
-}
-
-static inline __attribute__((always_inline)) void act_bwd_loop(float *dpre, const float *dact,
-                                                               const float *pre, size_t total,
-                                                               const act_kind A) {
-#pragma omp parallel for simd schedule(static)
-  for (size_t i = 0; i < total; i++) dpre[i] = dact[i] * act_grad_fn(A, pre[i]);
-}
-
 void k_act_bwd(float *dpre, const float *dact, const float *pre, int N, int C, act_kind a) {
-  size_t total = (size_t)N * C;
-  switch (a) {
-  case ACT_GELU: act_bwd_loop(dpre, dact, pre, total, ACT_GELU); break;
-  case ACT_GELU_TANH: act_bwd_loop(dpre, dact, pre, total, ACT_GELU_TANH); break;
-  case ACT_RELU: act_bwd_loop(dpre, dact, pre, total, ACT_RELU); break;
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; n++) {
+    float *d = dpre + (size_t)n * C;
+    const float *g = dact + (size_t)n * C, *p = pre + (size_t)n * C;
+    switch (a) {
+    case ACT_GELU:
+#pragma omp simd
+      for (int j = 0; j < C; j++) d[j] = g[j] * gelu_erf_grad(p[j]);
+      break;
+    case ACT_GELU_TANH:
+#pragma omp simd
+      for (int j = 0; j < C; j++) d[j] = g[j] * gelu_tanh_grad(p[j]);
+      break;
+    case ACT_RELU:
+#pragma omp simd
+      for (int j = 0; j < C; j++) d[j] = g[j] * relu_grad(p[j]);
+      break;
+    }
   }
 }
 

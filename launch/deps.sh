@@ -1,0 +1,25 @@
+# launch/deps.sh: sourced by the set-up scripts; installs mlmpi's Debian
+# packages when they are missing (as root), or says which are missing.
+mlmpi_deps=(
+  build-essential cmake pkg-config
+  libopenblas-openmp-dev libcjson-dev libgtest-dev
+  libopenmpi-dev openmpi-bin libprotobuf-c-dev protobuf-c-compiler
+  python3 python3-numpy python3-torch
+)
+
+mlmpi_install_deps() {
+  local missing=() p
+  for p in "${mlmpi_deps[@]}" "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "mlmpi: missing Debian packages: ${missing[*]}" >&2
+    echo "mlmpi: install them as root: apt-get install ${missing[*]}" >&2
+    return 1
+  fi
+  echo "mlmpi: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
