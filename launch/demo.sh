@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # launch/demo.sh: the one-command demo. Today it installs what is missing,
 # builds mlmpi, and trains a small BERT on a synthetic masked-LM batch for a
-# few steps, printing the loss each step. (The corpus, tokenizer, dataset
+# few steps with LAMB, printing the loss each step. (The corpus, tokenizer, dataset
 # service and multi-rank ELECTRA run come with the launch issue.)
 #   launch/demo.sh [--steps N] [any other `mlmpi-train demo` option]
 set -euo pipefail
@@ -16,4 +16,4 @@ if [ ! -x "$build/bin/mlmpi-train" ] || [ -n "$(find "$root/core" "$root/trainer
   cmake --build "$build" -j"$(nproc)" --target mlmpi-train >/dev/null
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
-exec "$build/bin/mlmpi-train" demo --steps 30 "$@"
+exec "$build/bin/mlmpi-train" demo "$@"

@@ -7,17 +7,24 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "optim.h"
 #include "trainer.h"
 
 typedef struct {
   const char *model, *weights, *batch, *out;
   uint64_t seed;
   int threads;
+  int steps; /* optimizer steps after the first forward/backward (0: none) */
+  optim_config optim;
+  lr_schedule sched;
 } step_args;
 
 static const char step_usage[] =
     "usage: mlmpi-train step --model CONFIG.json --weights W.safetensors --batch B.safetensors\n"
     "                        --out OUT.safetensors [--seed N] [--threads N]\n"
+    "                        [--steps K --optim lamb|adamw --lr X --weight-decay X --beta1 X\n"
+    "                         --beta2 X --eps X --max-grad-norm X --adapt-all --no-bias-correction\n"
+    "                         --trust-min X --trust-max X]\n"
     "\n"
     "One forward and backward pass of the model in CONFIG.json (Hugging Face BertConfig) on the\n"
     "weights W (Hugging Face parameter names) and the batch B (input_ids, input_mask,\n"
@@ -26,15 +33,33 @@ static const char step_usage[] =
     "[B,P,V], nsp_logits [B,2] and grad.<name> for every parameter to OUT (the NSP outputs only\n"
     "when the model has an NSP head).\n"
     "  --seed N     dropout seed (dropout follows the config's probabilities; default 0)\n"
-    "  --threads N  OpenMP/OpenBLAS threads (default: all cores)\n";
+    "  --threads N  OpenMP/OpenBLAS threads (default: all cores)\n"
+    "  --steps K    then take K optimizer steps on the same batch at constant lr and also write\n"
+    "               the final weights under their parameter names, `losses` [K] (the loss before\n"
+    "               each step) and `grad_norms` [K] (the global gradient norm before clipping).\n"
+    "               Optimizer flags as the optim.* config keys (defaults: LAMB, lr 1e-3, weight\n"
+    "               decay 0.01, beta1 0.9, beta2 0.999, eps 1e-6, max grad norm 1.0).\n";
 
 static int parse_args(int argc, char **argv, step_args *a) {
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'}, {"weights", required_argument, 0, 'w'},
       {"batch", required_argument, 0, 'b'}, {"out", required_argument, 0, 'o'},
       {"seed", required_argument, 0, 's'},  {"threads", required_argument, 0, 't'},
-      {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
+      {"help", no_argument, 0, 'h'},        {"steps", required_argument, 0, 'K'},
+      {"optim", required_argument, 0, 1},   {"lr", required_argument, 0, 2},
+      {"weight-decay", required_argument, 0, 3}, {"beta1", required_argument, 0, 4},
+      {"beta2", required_argument, 0, 5},   {"eps", required_argument, 0, 6},
+      {"max-grad-norm", required_argument, 0, 7}, {"adapt-all", no_argument, 0, 8},
+      {"no-bias-correction", no_argument, 0, 9}, {"trust-min", required_argument, 0, 10},
+      {"trust-max", required_argument, 0, 11}, {0, 0, 0, 0}};
+  /* Long options 1..11 map onto these optim.* keys. */
+  static const char *const optim_keys[] = {NULL,    "name",          "lr",        "weight_decay",
+                                           "beta1", "beta2",         "eps",       "max_grad_norm",
+                                           "adapt_all", "bias_correction", "trust_min", "trust_max"};
   memset(a, 0, sizeof *a);
+  a->optim = optim_config_default();
+  a->sched = lr_schedule_default();
+  a->sched.kind = SCHED_CONSTANT;
   opterr = 0;
   optind = 1;
   for (;;) {
@@ -54,7 +79,17 @@ static int parse_args(int argc, char **argv, step_args *a) {
       a->threads = (int)strtol(optarg, &end, 10);
       if (*end || a->threads < 1) return fprintf(stderr, "mlmpi-train step: --threads needs a positive number, not '%s'\n", optarg), 2;
       break;
+    case 'K':
+      a->steps = (int)strtol(optarg, &end, 10);
+      if (*end || a->steps < 0) return fprintf(stderr, "mlmpi-train step: --steps needs a count, not '%s'\n", optarg), 2;
+      break;
     case 'h': fputs(step_usage, stdout); return 1;
+    case 1: case 2: case 3: case 4: case 5: case 6: case 7: case 8: case 9: case 10: case 11: {
+      const char *v = c == 8 ? "true" : c == 9 ? "false" : optarg;
+      if (optim_set_key(&a->optim, &a->sched, optim_keys[c], v) != STATUS_OK)
+        return fprintf(stderr, "mlmpi-train step: %s\n", status_message()), 2;
+      break;
+    }
     default:
       fprintf(stderr, "mlmpi-train step: unknown or incomplete option '%s' (see --help)\n",
               argv[optind - 1]);
@@ -111,8 +146,15 @@ static status_t load_batch(const st_file *f, const char *path, bool nsp, bert_ba
   return STATUS_OK;
 }
 
+/* What --steps adds to OUT: the final weights, per-step losses and norms. */
+typedef struct {
+  int K;
+  const float *weights; /* table layout, or NULL without --steps */
+  const float *losses, *grad_norms; /* [K] */
+} step_extra;
+
 static status_t write_outputs(bert_model *m, const bert_batch *b, const bert_losses *ls,
-                              const char *path) {
+                              const float *grads, const step_extra *x, const char *path) {
   const bert_config *c = bert_get_config(m);
   const param_table *t = bert_params(m);
   float loss = (float)ls->loss, mlm = (float)ls->mlm_loss, nsp = (float)ls->nsp_loss;
@@ -127,11 +169,64 @@ static status_t write_outputs(bert_model *m, const bert_batch *b, const bert_los
   if (c->nsp && ((st = st_writer_add(w, "nsp_loss", DTYPE_F32, 0, NULL, &nsp)) ||
                  (st = st_writer_add(w, "nsp_logits", DTYPE_F32, 2, nshape, bert_nsp_logits(m)))))
     goto out;
-  if ((st = param_add_to_writer(t, bert_grad_buf(m), "grad.", w))) goto out;
+  if ((st = param_add_to_writer(t, grads, "grad.", w))) goto out;
+  if (x->weights) {
+    int64_t k[1] = {x->K};
+    if ((st = param_add_to_writer(t, x->weights, "", w)) ||
+        (st = st_writer_add(w, "losses", DTYPE_F32, 1, k, x->losses)) ||
+        (st = st_writer_add(w, "grad_norms", DTYPE_F32, 1, k, x->grad_norms)))
+      goto out;
+  }
   st = st_writer_write(w, path);
 out:
   st_writer_free(w);
   return st;
+}
+
+/* --steps K: the first forward/backward has been done (its gradients are in
+ * the model); keep them, then update and recompute K times on the batch. */
+typedef struct {
+  step_extra out;
+  float *grads0, *losses, *norms;
+  optim *opt;
+} step_run;
+
+static void free_steps(step_run *x) {
+  mem_free(x->grads0);
+  mem_free(x->losses);
+  mem_free(x->norms);
+  optim_free(x->opt);
+}
+
+static status_t run_steps(bert_model *m, const bert_batch *b, const step_args *a, double loss0,
+                          step_run *x) {
+  const param_table *t = bert_params(m);
+  x->grads0 = mem_alloc(t->total * sizeof(float), "step-0 gradients");
+  x->losses = mem_alloc((size_t)a->steps * sizeof(float), "losses");
+  x->norms = mem_alloc((size_t)a->steps * sizeof(float), "gradient norms");
+  if (!x->grads0 || !x->losses || !x->norms) return STATUS_NOMEM;
+  status_t st = optim_init(&x->opt, &a->optim, t);
+  if (st != STATUS_OK) return st;
+  memcpy(x->grads0, bert_grad_buf(m), t->total * sizeof(float));
+  x->losses[0] = (float)loss0;
+  bert_run run = bert_run_default();
+  run.seed = a->seed;
+  for (int k = 0; k < a->steps; k++) {
+    if (k > 0) {
+      bert_losses ls;
+      run.step = (uint32_t)k;
+      bert_zero_grad(m);
+      bert_forward(m, b, &run, &ls);
+      bert_backward(m);
+      x->losses[k] = (float)ls.loss;
+    }
+    optim_stats os;
+    optim_step(x->opt, bert_param_buf(m), bert_grad_buf(m), (float)lr_at(&a->sched, k), &os);
+    x->norms[k] = (float)os.grad_norm;
+  }
+  x->out = (step_extra){.K = a->steps, .weights = bert_param_buf(m), .losses = x->losses,
+                        .grad_norms = x->norms};
+  return STATUS_OK;
 }
 
 int trainer_step_main(int argc, char **argv) {
@@ -158,7 +253,14 @@ int trainer_step_main(int argc, char **argv) {
   bert_zero_grad(m);
   bert_forward(m, &b, &run, &ls);
   bert_backward(m);
-  st = write_outputs(m, &b, &ls, a.out);
+  step_run x = {0};
+  if (a.steps > 0) {
+    st = run_steps(m, &b, &a, ls.loss, &x);
+    if (st == STATUS_OK) st = write_outputs(m, &b, &ls, x.grads0, &x.out, a.out);
+    free_steps(&x);
+  } else {
+    st = write_outputs(m, &b, &ls, bert_grad_buf(m), &x.out, a.out);
+  }
 done:
   if (st != STATUS_OK) fprintf(stderr, "mlmpi-train step: %s\n", status_message());
   bert_free(m);
