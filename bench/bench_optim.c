@@ -82,9 +82,10 @@ int main(int argc, char **argv) {
       best = dt < best ? dt : best;
     }
     double gbs = runs[r].bytes * (double)n / best / 1e9;
-    printf("{\"optim\":\"%s\",\"params\":%zu,\"step_ms\":%.1f,\"gb_per_s\":%.2f,"
-           "\"copy_gb_per_s\":%.2f,\"fraction_of_copy\":%.3f,\"threads\":%d}\n",
-           runs[r].name, n, best * 1e3, gbs, bw, gbs / bw, omp_get_max_threads());
+    printf(
+        "{\"optim\":\"%s\",\"params\":%zu,\"step_ms\":%.1f,\"gb_per_s\":%.2f,"
+        "\"copy_gb_per_s\":%.2f,\"fraction_of_copy\":%.3f,\"threads\":%d}\n",
+        runs[r].name, n, best * 1e3, gbs, bw, gbs / bw, omp_get_max_threads());
     optim_free(o);
   }
   mem_free(scratch);

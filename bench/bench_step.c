@@ -19,13 +19,15 @@ static double now_s(void) {
 
 /* GFLOP/s of y[N,out] = x[N,in] W^T, the model's linear layer, best of reps. */
 static double sgemm_gflops(int N, int in, int out, int reps) {
-  float *x = calloc((size_t)N * in, 4), *w = calloc((size_t)out * in, 4), *y = calloc((size_t)N * out, 4);
+  float *x = calloc((size_t)N * in, 4), *w = calloc((size_t)out * in, 4),
+        *y = calloc((size_t)N * out, 4);
   for (size_t i = 0; i < (size_t)N * in; i++) x[i] = (float)(i % 13) * 0.01f;
   for (size_t i = 0; i < (size_t)out * in; i++) w[i] = (float)(i % 7) * 0.01f;
   double best = 1e30;
   for (int r = 0; r < reps; r++) {
     double t0 = now_s();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, w, in, 0.0f, y,
+                out);
     double t = now_s() - t0;
     best = t < best ? t : best;
   }
@@ -42,17 +44,28 @@ int main(int argc, char **argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     const char *k = argv[i];
     int v = atoi(argv[i + 1]);
-    if (!strcmp(k, "--layers")) c.num_hidden_layers = v;
-    else if (!strcmp(k, "--hidden")) c.hidden_size = v;
-    else if (!strcmp(k, "--heads")) c.num_attention_heads = v;
-    else if (!strcmp(k, "--intermediate")) c.intermediate_size = v;
-    else if (!strcmp(k, "--vocab")) c.vocab_size = v;
-    else if (!strcmp(k, "--seq")) T = v;
-    else if (!strcmp(k, "--batch")) B = v;
-    else if (!strcmp(k, "--pred")) P = v;
-    else if (!strcmp(k, "--steps")) steps = v;
-    else if (!strcmp(k, "--warmup")) warmup = v;
-    else if (!strcmp(k, "--threads")) threads = v;
+    if (!strcmp(k, "--layers"))
+      c.num_hidden_layers = v;
+    else if (!strcmp(k, "--hidden"))
+      c.hidden_size = v;
+    else if (!strcmp(k, "--heads"))
+      c.num_attention_heads = v;
+    else if (!strcmp(k, "--intermediate"))
+      c.intermediate_size = v;
+    else if (!strcmp(k, "--vocab"))
+      c.vocab_size = v;
+    else if (!strcmp(k, "--seq"))
+      T = v;
+    else if (!strcmp(k, "--batch"))
+      B = v;
+    else if (!strcmp(k, "--pred"))
+      P = v;
+    else if (!strcmp(k, "--steps"))
+      steps = v;
+    else if (!strcmp(k, "--warmup"))
+      warmup = v;
+    else if (!strcmp(k, "--threads"))
+      threads = v;
     else {
       fprintf(stderr, "bench_step: unknown option %s\n", k);
       return 2;
@@ -103,14 +116,21 @@ int main(int argc, char **argv) {
   }
   double step_s = t_total / steps, flops = bert_flops_per_step(&c, B, T, P);
   double blas = sgemm_gflops((int)N, c.hidden_size, c.intermediate_size, 5);
-  printf("{\"impl\":\"mlmpi\",\"tokens_per_s\":%.1f,\"step_ms\":%.2f,\"gflops\":%.2f,"
-         "\"sgemm_gflops\":%.2f,\"blas_fraction\":%.3f,\"threads\":%d,\"layers\":%d,\"hidden\":%d,"
-         "\"heads\":%d,\"intermediate\":%d,\"vocab\":%d,\"seq\":%d,\"batch\":%d,\"pred\":%d,"
-         "\"loss\":%.4f}\n",
-         (double)N / step_s, step_s * 1e3, flops / step_s / 1e9, blas, flops / step_s / 1e9 / blas,
-         omp_get_max_threads(), c.num_hidden_layers, c.hidden_size, c.num_attention_heads,
-         c.intermediate_size, c.vocab_size, T, B, P, loss);
+  printf(
+      "{\"impl\":\"mlmpi\",\"tokens_per_s\":%.1f,\"step_ms\":%.2f,\"gflops\":%.2f,"
+      "\"sgemm_gflops\":%.2f,\"blas_fraction\":%.3f,\"threads\":%d,\"layers\":%d,\"hidden\":%d,"
+      "\"heads\":%d,\"intermediate\":%d,\"vocab\":%d,\"seq\":%d,\"batch\":%d,\"pred\":%d,"
+      "\"loss\":%.4f}\n",
+      (double)N / step_s, step_s * 1e3, flops / step_s / 1e9, blas, flops / step_s / 1e9 / blas,
+      omp_get_max_threads(), c.num_hidden_layers, c.hidden_size, c.num_attention_heads,
+      c.intermediate_size, c.vocab_size, T, B, P, loss);
   bert_free(m);
-  free(ids); free(mask); free(seg); free(pos); free(mids); free(nsp); free(w);
+  free(ids);
+  free(mask);
+  free(seg);
+  free(pos);
+  free(mids);
+  free(nsp);
+  free(w);
   return 0;
 }

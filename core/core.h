@@ -30,19 +30,18 @@ typedef enum {
 
 /* Records msg (printf format) as this thread's last error and returns code.
  * Thread-safe (the message is thread-local). */
-status_t status_set(status_t code, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+status_t status_set(status_t code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* The last message set on this thread ("" when none). Valid until the next
  * status_set on this thread. */
 const char *status_message(void);
 /* A fixed English name for a code ("I/O error", ...). */
 const char *status_name(status_t code);
 
-#define CORE_ASSERT(cond)                                                    \
-  do {                                                                       \
-    if (!(cond)) core_panic(__FILE__, __LINE__, #cond);                      \
+#define CORE_ASSERT(cond)                               \
+  do {                                                  \
+    if (!(cond)) core_panic(__FILE__, __LINE__, #cond); \
   } while (0)
-_Noreturn void core_panic(const char *file, int line, const char *what);
+__attribute__((noreturn)) void core_panic(const char *file, int line, const char *what);
 
 /* ---- Logging --------------------------------------------------------------
  * Lines go to stderr as "[mlmpi r<rank> <subsys>] message". The subsystem

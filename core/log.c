@@ -13,8 +13,8 @@ static const struct {
   const char *name;
   log_subsys bit;
 } subsys_names[] = {
-    {"core", LOG_SUB_CORE},       {"trainer", LOG_SUB_TRAINER}, {"comm", LOG_SUB_COMM},
-    {"optim", LOG_SUB_OPTIM},     {"dataset", LOG_SUB_DATASET}, {"launch", LOG_SUB_LAUNCH},
+    {"core", LOG_SUB_CORE},   {"trainer", LOG_SUB_TRAINER}, {"comm", LOG_SUB_COMM},
+    {"optim", LOG_SUB_OPTIM}, {"dataset", LOG_SUB_DATASET}, {"launch", LOG_SUB_LAUNCH},
 };
 #define N_SUBSYS (sizeof subsys_names / sizeof subsys_names[0])
 
@@ -33,9 +33,12 @@ static void log_read_env(void) {
   }
   const char *l = getenv("MLMPI_LOG_LEVEL");
   if (l) {
-    if (!strcmp(l, "error")) log_max = LOG_LEVEL_ERROR;
-    else if (!strcmp(l, "warn")) log_max = LOG_LEVEL_WARN;
-    else if (!strcmp(l, "debug")) log_max = LOG_LEVEL_DEBUG;
+    if (!strcmp(l, "error"))
+      log_max = LOG_LEVEL_ERROR;
+    else if (!strcmp(l, "warn"))
+      log_max = LOG_LEVEL_WARN;
+    else if (!strcmp(l, "debug"))
+      log_max = LOG_LEVEL_DEBUG;
   }
 }
 
@@ -53,9 +56,10 @@ void log_write(log_level level, log_subsys sub, const char *fmt, ...) {
   if (level != LOG_LEVEL_ERROR && (level > log_max || !(log_mask & (unsigned)sub))) return;
   static const char *lvl[] = {"error: ", "warning: ", "", "debug: "};
   char line[2048];
-  int n = log_rank >= 0
-              ? snprintf(line, sizeof line, "[mlmpi r%d %s] %s", log_rank, subsys_name(sub), lvl[level])
-              : snprintf(line, sizeof line, "[mlmpi %s] %s", subsys_name(sub), lvl[level]);
+  int n =
+      log_rank >= 0
+          ? snprintf(line, sizeof line, "[mlmpi r%d %s] %s", log_rank, subsys_name(sub), lvl[level])
+          : snprintf(line, sizeof line, "[mlmpi %s] %s", subsys_name(sub), lvl[level]);
   va_list ap;
   va_start(ap, fmt);
   n += vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);

@@ -4,6 +4,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,9 +17,9 @@ static const struct {
   const char *name;
   size_t size;
 } dtypes[DTYPE_COUNT] = {
-    [DTYPE_F32] = {"F32", 4}, [DTYPE_F64] = {"F64", 8}, [DTYPE_F16] = {"F16", 2},
+    [DTYPE_F32] = {"F32", 4},   [DTYPE_F64] = {"F64", 8}, [DTYPE_F16] = {"F16", 2},
     [DTYPE_BF16] = {"BF16", 2}, [DTYPE_I64] = {"I64", 8}, [DTYPE_I32] = {"I32", 4},
-    [DTYPE_I16] = {"I16", 2},  [DTYPE_I8] = {"I8", 1},   [DTYPE_U8] = {"U8", 1},
+    [DTYPE_I16] = {"I16", 2},   [DTYPE_I8] = {"I8", 1},   [DTYPE_U8] = {"U8", 1},
     [DTYPE_BOOL] = {"BOOL", 1},
 };
 
@@ -67,10 +68,13 @@ static status_t read_whole(const char *path, void **out, size_t *size) {
   return STATUS_OK;
 }
 
+/* Orders by start, then by length: an empty tensor at the start of another
+ * sorts first, so it is not taken for an overlap. */
 static int cmp_range(const void *a, const void *b) {
   const st_tensor *x = *(st_tensor *const *)a, *y = *(st_tensor *const *)b;
   const char *px = x->data, *py = y->data;
-  return px < py ? -1 : px > py;
+  if (px != py) return px < py ? -1 : 1;
+  return x->nbytes < y->nbytes ? -1 : x->nbytes > y->nbytes;
 }
 
 static status_t parse_entry(const char *path, const cJSON *e, const char *data, size_t data_size,
@@ -80,7 +84,8 @@ static status_t parse_entry(const char *path, const cJSON *e, const char *data, 
   const cJSON *jo = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
   if (!cJSON_IsObject(e) || !cJSON_IsString(jd) || !cJSON_IsArray(js) || !cJSON_IsArray(jo) ||
       cJSON_GetArraySize(jo) != 2)
-    return status_set(STATUS_FORMAT, "%s: tensor '%s' has a malformed header entry", path, e->string);
+    return status_set(STATUS_FORMAT, "%s: tensor '%s' has a malformed header entry", path,
+                      e->string);
   int dt = dtype_parse(jd->valuestring);
   if (dt < 0)
     return status_set(STATUS_FORMAT, "%s: tensor '%s' has unknown dtype '%s'", path, e->string,
@@ -101,8 +106,10 @@ static status_t parse_entry(const char *path, const cJSON *e, const char *data, 
       return status_set(STATUS_FORMAT, "%s: tensor '%s' is too large", path, e->string);
     numel *= (size_t)t->shape[i];
   }
-  double b = cJSON_GetArrayItem(jo, 0)->valuedouble, en = cJSON_GetArrayItem(jo, 1)->valuedouble;
-  if (!(b >= 0 && en >= b && en <= (double)data_size))
+  const cJSON *jb = cJSON_GetArrayItem(jo, 0), *je = cJSON_GetArrayItem(jo, 1);
+  double b = jb->valuedouble, en = je->valuedouble;
+  if (!cJSON_IsNumber(jb) || !cJSON_IsNumber(je) ||
+      !(b >= 0 && en >= b && en <= (double)data_size && b == floor(b) && en == floor(en)))
     return status_set(STATUS_FORMAT, "%s: tensor '%s' has data offsets outside the file", path,
                       e->string);
   t->numel = numel;
@@ -125,7 +132,8 @@ static status_t parse_header(const char *path, st_file *f, const char *hdr, size
   }
   status_t st = STATUS_OK;
   int count = 0;
-  for (const cJSON *e = root->child; e; e = e->next) count += strcmp(e->string, "__metadata__") != 0;
+  for (const cJSON *e = root->child; e; e = e->next)
+    count += strcmp(e->string, "__metadata__") != 0;
   f->tensors = calloc((size_t)count + 1, sizeof *f->tensors);
   if (!f->tensors) {
     cJSON_Delete(root);
@@ -133,7 +141,10 @@ static status_t parse_header(const char *path, st_file *f, const char *hdr, size
   }
   for (const cJSON *e = root->child; e && st == STATUS_OK; e = e->next) {
     if (!strcmp(e->string, "__metadata__")) {
-      f->metadata_json = cJSON_PrintUnformatted(e);
+      if (f->metadata_json)
+        st = status_set(STATUS_FORMAT, "%s: \"__metadata__\" appears twice", path);
+      else if (!(f->metadata_json = cJSON_PrintUnformatted(e)))
+        st = status_set(STATUS_NOMEM, "out of memory reading %s", path);
       continue;
     }
     st = parse_entry(path, e, data, data_size, &f->tensors[f->n]);
@@ -224,7 +235,8 @@ status_t st_expect(const st_file *f, const char *path, const char *name, dtype_t
     char want[128], got[128];
     shape_str(want, sizeof want, ndim, shape);
     shape_str(got, sizeof got, t->ndim, t->shape);
-    return status_set(STATUS_ARG, "%s: tensor '%s' has shape %s, expected %s", path, name, got, want);
+    return status_set(STATUS_ARG, "%s: tensor '%s' has shape %s, expected %s", path, name, got,
+                      want);
   }
   if (out) *out = t;
   return STATUS_OK;
@@ -303,7 +315,8 @@ static char *build_header(const st_writer *w, size_t *len) {
     cJSON *sh = o ? cJSON_AddArrayToObject(o, "shape") : NULL;
     cJSON *of = o ? cJSON_AddArrayToObject(o, "data_offsets") : NULL;
     if (!sh || !of || !cJSON_AddStringToObject(o, "dtype", dtypes[e->dtype].name)) goto fail;
-    for (int d = 0; d < e->ndim; d++) cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)e->shape[d]));
+    for (int d = 0; d < e->ndim; d++)
+      cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)e->shape[d]));
     cJSON_AddItemToArray(of, cJSON_CreateNumber((double)off));
     cJSON_AddItemToArray(of, cJSON_CreateNumber((double)(off + e->nbytes)));
     off += e->nbytes;
@@ -360,9 +373,12 @@ status_t st_writer_write(st_writer *w, const char *path) {
   for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
   st = write_all(fd, len8, 8, tmp);
   if (st == STATUS_OK) st = write_all(fd, hdr, hlen, tmp);
-  for (int i = 0; i < w->n && st == STATUS_OK; i++) st = write_all(fd, w->e[i].data, w->e[i].nbytes, tmp);
-  if (st == STATUS_OK && fsync(fd) != 0) st = status_set(STATUS_IO, "cannot sync %s: %s", tmp, strerror(errno));
-  if (close(fd) != 0 && st == STATUS_OK) st = status_set(STATUS_IO, "cannot close %s: %s", tmp, strerror(errno));
+  for (int i = 0; i < w->n && st == STATUS_OK; i++)
+    st = write_all(fd, w->e[i].data, w->e[i].nbytes, tmp);
+  if (st == STATUS_OK && fsync(fd) != 0)
+    st = status_set(STATUS_IO, "cannot sync %s: %s", tmp, strerror(errno));
+  if (close(fd) != 0 && st == STATUS_OK)
+    st = status_set(STATUS_IO, "cannot close %s: %s", tmp, strerror(errno));
   if (st == STATUS_OK && rename(tmp, path) != 0)
     st = status_set(STATUS_IO, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
   if (st != STATUS_OK) unlink(tmp);

@@ -20,14 +20,14 @@ const char *status_message(void) { return last_message; }
 
 const char *status_name(status_t code) {
   switch (code) {
-  case STATUS_OK: return "ok";
-  case STATUS_IO: return "I/O error";
-  case STATUS_FORMAT: return "format error";
-  case STATUS_CONFIG: return "configuration error";
-  case STATUS_ARG: return "bad argument";
-  case STATUS_NOMEM: return "out of memory";
-  case STATUS_COMM: return "communication error";
-  case STATUS_TIMEOUT: return "timeout";
+    case STATUS_OK: return "ok";
+    case STATUS_IO: return "I/O error";
+    case STATUS_FORMAT: return "format error";
+    case STATUS_CONFIG: return "configuration error";
+    case STATUS_ARG: return "bad argument";
+    case STATUS_NOMEM: return "out of memory";
+    case STATUS_COMM: return "communication error";
+    case STATUS_TIMEOUT: return "timeout";
   }
   return "unknown status";
 }

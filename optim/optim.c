@@ -37,8 +37,13 @@ struct optim {
 };
 
 optim_config optim_config_default(void) {
-  return (optim_config){.kind = OPTIM_LAMB, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-6f,
-                        .weight_decay = 0.01f, .bias_correction = true, .max_grad_norm = 1.0f};
+  return (optim_config){.kind = OPTIM_LAMB,
+                        .beta1 = 0.9f,
+                        .beta2 = 0.999f,
+                        .eps = 1e-6f,
+                        .weight_decay = 0.01f,
+                        .bias_correction = true,
+                        .max_grad_norm = 1.0f};
 }
 
 lr_schedule lr_schedule_default(void) {
@@ -95,9 +100,12 @@ status_t optim_set_key(optim_config *c, lr_schedule *s, const char *key, const c
   struct {
     const char *name;
     float *f;
-  } floats[] = {{"beta1", &c->beta1},         {"beta2", &c->beta2},
-                {"eps", &c->eps},             {"weight_decay", &c->weight_decay},
-                {"trust_min", &c->trust_min}, {"trust_max", &c->trust_max},
+  } floats[] = {{"beta1", &c->beta1},
+                {"beta2", &c->beta2},
+                {"eps", &c->eps},
+                {"weight_decay", &c->weight_decay},
+                {"trust_min", &c->trust_min},
+                {"trust_max", &c->trust_max},
                 {"max_grad_norm", &c->max_grad_norm}};
   for (size_t i = 0; i < sizeof floats / sizeof floats[0]; i++)
     if (!strcmp(key, floats[i].name)) {
@@ -107,15 +115,22 @@ status_t optim_set_key(optim_config *c, lr_schedule *s, const char *key, const c
       return STATUS_OK;
     }
   if (!strcmp(key, "name")) {
-    if (!strcmp(value, "lamb")) c->kind = OPTIM_LAMB;
-    else if (!strcmp(value, "adamw")) c->kind = OPTIM_ADAMW;
-    else return status_set(STATUS_CONFIG, "optim.name: '%s' is not an optimizer (lamb, adamw)", value);
+    if (!strcmp(value, "lamb"))
+      c->kind = OPTIM_LAMB;
+    else if (!strcmp(value, "adamw"))
+      c->kind = OPTIM_ADAMW;
+    else
+      return status_set(STATUS_CONFIG, "optim.name: '%s' is not an optimizer (lamb, adamw)", value);
     return STATUS_OK;
   }
   if (!strcmp(key, "schedule")) {
-    if (!strcmp(value, "poly")) s->kind = SCHED_POLY;
-    else if (!strcmp(value, "constant")) s->kind = SCHED_CONSTANT;
-    else return status_set(STATUS_CONFIG, "optim.schedule: '%s' is not a schedule (poly, constant)", value);
+    if (!strcmp(value, "poly"))
+      s->kind = SCHED_POLY;
+    else if (!strcmp(value, "constant"))
+      s->kind = SCHED_CONSTANT;
+    else
+      return status_set(STATUS_CONFIG, "optim.schedule: '%s' is not a schedule (poly, constant)",
+                        value);
     return STATUS_OK;
   }
   if (!strcmp(key, "bias_correction") || !strcmp(key, "adapt_all")) {
@@ -132,9 +147,12 @@ status_t optim_set_key(optim_config *c, lr_schedule *s, const char *key, const c
                                               : NULL;
   if (dst || !strcmp(key, "total_steps")) {
     ok = parse_double(value, &d) && d >= 0;
-    if (!ok) return status_set(STATUS_CONFIG, "optim.%s: '%s' is not a non-negative number", key, value);
-    if (dst) *dst = d;
-    else s->total_steps = (int64_t)d;
+    if (!ok)
+      return status_set(STATUS_CONFIG, "optim.%s: '%s' is not a non-negative number", key, value);
+    if (dst)
+      *dst = d;
+    else
+      s->total_steps = (int64_t)d;
     return STATUS_OK;
   }
   return status_set(STATUS_CONFIG, "unknown config key 'optim.%s'", key);
@@ -160,7 +178,8 @@ status_t optim_init(optim **out, const optim_config *c, const param_table *t) {
   *out = NULL;
   if (!(c->beta1 >= 0 && c->beta1 < 1 && c->beta2 >= 0 && c->beta2 < 1 && c->eps > 0 &&
         c->weight_decay >= 0))
-    return status_set(STATUS_CONFIG, "optimizer: need 0 <= beta1, beta2 < 1, eps > 0, weight_decay >= 0");
+    return status_set(STATUS_CONFIG,
+                      "optimizer: need 0 <= beta1, beta2 < 1, eps > 0, weight_decay >= 0");
   optim *o = calloc(1, sizeof *o);
   if (!o) return status_set(STATUS_NOMEM, "out of memory creating the optimizer");
   o->cfg = *c;
@@ -325,8 +344,13 @@ void optim_step(optim *o, float *w, const float *g, float lr, optim_stats *st) {
                ? o->cfg.max_grad_norm / s.grad_norm
                : 1.0;
   int64_t t = ++o->steps;
-  coefs k = {.b1 = o->cfg.beta1, .b2 = o->cfg.beta2, .omb1 = 1.0f - o->cfg.beta1,
-             .omb2 = 1.0f - o->cfg.beta2, .bc1 = 1.0f, .bc2 = 1.0f, .eps = o->cfg.eps,
+  coefs k = {.b1 = o->cfg.beta1,
+             .b2 = o->cfg.beta2,
+             .omb1 = 1.0f - o->cfg.beta1,
+             .omb2 = 1.0f - o->cfg.beta2,
+             .bc1 = 1.0f,
+             .bc2 = 1.0f,
+             .eps = o->cfg.eps,
              .clip = (float)s.clip};
   if (o->cfg.bias_correction) {
     k.bc1 = (float)(1.0 / (1.0 - pow(o->cfg.beta1, (double)t)));

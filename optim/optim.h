@@ -34,9 +34,9 @@ typedef enum { SCHED_POLY, SCHED_CONSTANT } sched_kind;
 typedef struct {
   sched_kind kind;
   double lr;
-  double warmup;      /* steps if >= 1, a fraction of total_steps if in (0,1) */
+  double warmup; /* steps if >= 1, a fraction of total_steps if in (0,1) */
   int64_t total_steps;
-  double power;       /* 1.0 BERT, 0.5 NVIDIA's LAMB recipes */
+  double power; /* 1.0 BERT, 0.5 NVIDIA's LAMB recipes */
   double end_lr;
 } lr_schedule;
 lr_schedule lr_schedule_default(void); /* poly, lr 1e-3, no warmup, power 1 */
@@ -57,10 +57,10 @@ const char *optim_keys_help(void);
 
 /* What a step did, for metrics. */
 typedef struct {
-  double grad_norm;                   /* global norm before clipping */
-  double clip;                        /* factor applied to the gradient */
+  double grad_norm; /* global norm before clipping */
+  double clip;      /* factor applied to the gradient */
   float lr;
-  bool skipped;                       /* non-finite norm: nothing changed */
+  bool skipped; /* non-finite norm: nothing changed */
   uint64_t skipped_total;
   float trust_min, trust_median, trust_max; /* over tensors with a ratio */
 } optim_stats;
@@ -71,7 +71,7 @@ typedef struct {
  * OpenMP internally. The table must outlive the optimizer. */
 typedef struct optim optim;
 status_t optim_init(optim **out, const optim_config *c, const param_table *t);
-void optim_free(optim *o); /* NULL is a no-op */
+void optim_free(optim *o);      /* NULL is a no-op */
 float *optim_moment1(optim *o); /* m, table layout */
 float *optim_moment2(optim *o); /* v, table layout */
 int64_t optim_steps_taken(const optim *o);

@@ -20,12 +20,12 @@ typedef struct {
 } layer_idx;
 
 typedef struct {
-  float *qkv;                /* (N, 3H) */
-  float *probs;              /* (B, NH, T, T) softmax output, before dropout */
-  float *ctx;                /* (N, H) */
+  float *qkv;                  /* (N, 3H) */
+  float *probs;                /* (B, NH, T, T) softmax output, before dropout */
+  float *ctx;                  /* (N, H) */
   float *sum1, *mean1, *rstd1; /* attention residual sum (N, H), LN stats (N) */
-  float *x1;                 /* (N, H) attention block output */
-  float *pre, *act;          /* (N, I) intermediate before/after activation */
+  float *x1;                   /* (N, H) attention block output */
+  float *pre, *act;            /* (N, I) intermediate before/after activation */
   float *sum2, *mean2, *rstd2; /* (N, H), (N) */
 } layer_acts;
 
@@ -47,10 +47,10 @@ struct bert_model {
   float *emb_sum, *emb_mean, *emb_rstd; /* (N, H), (N), (N) */
   float **hs;                           /* L+1 of (N, H) */
   layer_acts *la;
-  float *proj;                            /* (N, H) a projection before bias/LN */
+  float *proj;                             /* (N, H) a projection before bias/LN */
   float *G, *t1, *t2, *t3, *tmean, *trstd; /* MLM head rows (M, H), (M) */
-  float *logits, *dlogits;                /* (M, V) */
-  float *p0, *pooled, *nsp_logits, *dnsp; /* (B, H), (B, H), (B, 2), (B, 2) */
+  float *logits, *dlogits;                 /* (M, V) */
+  float *p0, *pooled, *nsp_logits, *dnsp;  /* (B, H), (B, H), (B, 2), (B, 2) */
   /* Backward buffers. */
   float *dh, *dx1, *dtmp, *dctx, *dqkv, *dbig; /* (N,H) x4, (N,3H), (N,I) */
   float *dG, *dt_a, *dt_b;                     /* (M, H) */
@@ -79,10 +79,10 @@ static status_t build_table(bert_model *m) {
   param_table *t = &m->table;
   char n[PARAM_NAME_MAX];
   int bad = 0;
-#define ADD(dst, d0, d1, ...)                                                                       \
-  do {                                                                                             \
-    snprintf(n, sizeof n, __VA_ARGS__);                                                            \
-    bad |= ((dst) = add_param(t, n, d0, d1)) < 0;                                                  \
+#define ADD(dst, d0, d1, ...)                     \
+  do {                                            \
+    snprintf(n, sizeof n, __VA_ARGS__);           \
+    bad |= ((dst) = add_param(t, n, d0, d1)) < 0; \
   } while (0)
   ADD(m->we, V, H, "bert.embeddings.word_embeddings.weight");
   ADD(m->pe, c->max_position_embeddings, H, "bert.embeddings.position_embeddings.weight");
@@ -322,7 +322,8 @@ void bert_init_weights(bert_model *m, uint64_t seed) {
 }
 
 /* ---- Batch checks ------------------------------------------------------------- */
-static status_t check_range(const char *what, const int32_t *x, size_t n, int lo, int hi, int cols) {
+static status_t check_range(const char *what, const int32_t *x, size_t n, int lo, int hi,
+                            int cols) {
   for (size_t i = 0; i < n; i++)
     if (x[i] < lo || x[i] >= hi)
       return status_set(STATUS_ARG, "batch tensor '%s' has value %d at [%zu,%zu], outside [%d,%d)",
@@ -349,9 +350,11 @@ status_t bert_check_batch(const bert_model *m, const bert_batch *b) {
       return status_set(STATUS_ARG, "batch tensor 'masked_lm_weights' has a bad value at [%zu,%zu]",
                         i / (size_t)b->P, i % (size_t)b->P);
   if (c->nsp && !b->next_sentence_labels)
-    return status_set(STATUS_ARG, "batch tensor 'next_sentence_labels' is missing (the model has "
-                                  "an NSP head)");
-  if (c->nsp) return check_range("next_sentence_labels", b->next_sentence_labels, (size_t)b->B, 0, 2, 1);
+    return status_set(STATUS_ARG,
+                      "batch tensor 'next_sentence_labels' is missing (the model has "
+                      "an NSP head)");
+  if (c->nsp)
+    return check_range("next_sentence_labels", b->next_sentence_labels, (size_t)b->B, 0, 2, 1);
   return STATUS_OK;
 }
 
@@ -419,8 +422,8 @@ static void layer_fwd(bert_model *m, int l) {
                   m->nthreads);
   k_linear_fwd(m->proj, a->ctx, P_(m, w->ao_w), N, H, H);
   dropout_desc d1 = drop_for(m, (uint32_t)l + 1, SITE_ATTN_OUT, c->hidden_dropout_prob);
-  k_add_ln_fwd(a->sum1, a->x1, a->mean1, a->rstd1, m->proj, P_(m, w->ao_b), &d1, x,
-               P_(m, w->ln1_g), P_(m, w->ln1_b), N, H, c->layer_norm_eps);
+  k_add_ln_fwd(a->sum1, a->x1, a->mean1, a->rstd1, m->proj, P_(m, w->ao_b), &d1, x, P_(m, w->ln1_g),
+               P_(m, w->ln1_b), N, H, c->layer_norm_eps);
   k_linear_fwd(a->pre, a->x1, P_(m, w->i_w), N, H, I);
   k_bias_act_fwd(a->pre, a->act, P_(m, w->i_b), N, I, c->hidden_act);
   k_linear_fwd(m->proj, a->act, P_(m, w->o_w), N, I, H);
@@ -517,14 +520,16 @@ static void layer_bwd(bert_model *m, int l) {
   dropout_desc d2 = drop_for(m, (uint32_t)l + 1, SITE_FFN_OUT, c->hidden_dropout_prob);
   k_add_ln_bwd(m->dtmp, m->dx1, G_(m, w->o_b), G_(m, w->ln2_g), G_(m, w->ln2_b), m->dh, a->sum2,
                a->mean2, a->rstd2, P_(m, w->ln2_g), &d2, N, H, m->scratch, m->nthreads);
-  k_linear_bwd(m->dbig, false, G_(m, w->o_w), NULL, m->dtmp, a->act, P_(m, w->o_w), m->ones, N, I, H);
+  k_linear_bwd(m->dbig, false, G_(m, w->o_w), NULL, m->dtmp, a->act, P_(m, w->o_w), m->ones, N, I,
+               H);
   k_act_bwd(m->dbig, m->dbig, a->pre, N, I, c->hidden_act);
   k_linear_bwd(m->dx1, true, G_(m, w->i_w), G_(m, w->i_b), m->dbig, a->x1, P_(m, w->i_w), m->ones,
                N, H, I);
   dropout_desc d1 = drop_for(m, (uint32_t)l + 1, SITE_ATTN_OUT, c->hidden_dropout_prob);
   k_add_ln_bwd(m->dtmp, m->dh, G_(m, w->ao_b), G_(m, w->ln1_g), G_(m, w->ln1_b), m->dx1, a->sum1,
                a->mean1, a->rstd1, P_(m, w->ln1_g), &d1, N, H, m->scratch, m->nthreads);
-  k_linear_bwd(m->dctx, false, G_(m, w->ao_w), NULL, m->dtmp, a->ctx, P_(m, w->ao_w), m->ones, N, H, H);
+  k_linear_bwd(m->dctx, false, G_(m, w->ao_w), NULL, m->dtmp, a->ctx, P_(m, w->ao_w), m->ones, N, H,
+               H);
   dropout_desc dp = drop_for(m, (uint32_t)l + 1, SITE_ATTN_PROBS, c->attention_probs_dropout_prob);
   k_attention_bwd(m->dqkv, m->dctx, a->probs, a->qkv, m->B, T, NH, H / NH, &dp, m->scratch,
                   m->nthreads);
@@ -566,9 +571,7 @@ void bert_backward(bert_model *m) {
   embed_bwd(m);
 }
 
-bert_run bert_run_default(void) {
-  return (bert_run){.train = true, .grad_scale = 1.0f};
-}
+bert_run bert_run_default(void) { return (bert_run){.train = true, .grad_scale = 1.0f}; }
 
 double bert_flops_per_step(const bert_config *c, int B, int T, int P) {
   double H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, L = c->num_hidden_layers;

@@ -48,7 +48,8 @@ status_t bert_config_check(const bert_config *c) {
     return status_set(STATUS_CONFIG, "model config: hidden_dropout_prob must be in [0,1)");
   if (!(c->attention_probs_dropout_prob >= 0 && c->attention_probs_dropout_prob < 1))
     return status_set(STATUS_CONFIG, "model config: attention_probs_dropout_prob must be in [0,1)");
-  if (!(c->layer_norm_eps > 0)) return status_set(STATUS_CONFIG, "model config: layer_norm_eps must be > 0");
+  if (!(c->layer_norm_eps > 0))
+    return status_set(STATUS_CONFIG, "model config: layer_norm_eps must be > 0");
   if (!(c->initializer_range >= 0))
     return status_set(STATUS_CONFIG, "model config: initializer_range must be >= 0");
   return STATUS_OK;
@@ -74,15 +75,19 @@ static status_t get_float(const cJSON *root, const char *path, const char *key, 
 static status_t parse_act(const cJSON *root, const char *path, act_kind *out) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
   if (!v) return STATUS_OK;
-  if (!cJSON_IsString(v)) return status_set(STATUS_CONFIG, "%s: 'hidden_act' must be a string", path);
+  if (!cJSON_IsString(v))
+    return status_set(STATUS_CONFIG, "%s: 'hidden_act' must be a string", path);
   const char *s = v->valuestring;
-  if (!strcmp(s, "gelu")) *out = ACT_GELU;
-  else if (!strcmp(s, "gelu_new") || !strcmp(s, "gelu_pytorch_tanh")) *out = ACT_GELU_TANH;
-  else if (!strcmp(s, "relu")) *out = ACT_RELU;
+  if (!strcmp(s, "gelu"))
+    *out = ACT_GELU;
+  else if (!strcmp(s, "gelu_new") || !strcmp(s, "gelu_pytorch_tanh"))
+    *out = ACT_GELU_TANH;
+  else if (!strcmp(s, "relu"))
+    *out = ACT_RELU;
   else
-    return status_set(STATUS_CONFIG,
-                      "%s: hidden_act '%s' is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)",
-                      path, s);
+    return status_set(
+        STATUS_CONFIG,
+        "%s: hidden_act '%s' is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)", path, s);
   return STATUS_OK;
 }
 
@@ -94,12 +99,15 @@ static status_t parse_nsp(const cJSON *root, const char *path, bool *nsp) {
     const cJSON *a;
     cJSON_ArrayForEach(a, arch) {
       if (!cJSON_IsString(a)) continue;
-      if (!strcmp(a->valuestring, "BertForMaskedLM")) *nsp = false;
-      else if (!strcmp(a->valuestring, "BertForPreTraining")) *nsp = true;
+      if (!strcmp(a->valuestring, "BertForMaskedLM"))
+        *nsp = false;
+      else if (!strcmp(a->valuestring, "BertForPreTraining"))
+        *nsp = true;
     }
   }
   const cJSON *u = cJSON_GetObjectItemCaseSensitive(root, "use_nsp");
-  if (u && !cJSON_IsBool(u)) return status_set(STATUS_CONFIG, "%s: 'use_nsp' must be true or false", path);
+  if (u && !cJSON_IsBool(u))
+    return status_set(STATUS_CONFIG, "%s: 'use_nsp' must be true or false", path);
   if (u) *nsp = cJSON_IsTrue(u);
   const cJSON *pe = cJSON_GetObjectItemCaseSensitive(root, "position_embedding_type");
   if (cJSON_IsString(pe) && strcmp(pe->valuestring, "absolute"))
@@ -145,7 +153,8 @@ status_t bert_config_load(const char *path, bert_config *cfg) {
       (st = get_int(root, path, "max_position_embeddings", &c.max_position_embeddings)) ||
       (st = get_int(root, path, "type_vocab_size", &c.type_vocab_size)) ||
       (st = get_float(root, path, "hidden_dropout_prob", &c.hidden_dropout_prob)) ||
-      (st = get_float(root, path, "attention_probs_dropout_prob", &c.attention_probs_dropout_prob)) ||
+      (st = get_float(root, path, "attention_probs_dropout_prob",
+                      &c.attention_probs_dropout_prob)) ||
       (st = get_float(root, path, "layer_norm_eps", &c.layer_norm_eps)) ||
       (st = get_float(root, path, "initializer_range", &c.initializer_range)) ||
       (st = parse_act(root, path, &c.hidden_act)) || (st = parse_nsp(root, path, &c.nsp))) {

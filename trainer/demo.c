@@ -53,12 +53,15 @@ static void make_batch(demo_batch *d, int B, int T, int P, int V, uint64_t seed)
 }
 
 int trainer_demo_main(int argc, char **argv) {
-  static const struct option opts[] = {
-      {"model", required_argument, 0, 'm'}, {"steps", required_argument, 0, 'n'},
-      {"batch", required_argument, 0, 'b'}, {"seq-len", required_argument, 0, 'T'},
-      {"lr", required_argument, 0, 'l'},    {"seed", required_argument, 0, 's'},
-      {"threads", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
-      {0, 0, 0, 0}};
+  static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                       {"steps", required_argument, 0, 'n'},
+                                       {"batch", required_argument, 0, 'b'},
+                                       {"seq-len", required_argument, 0, 'T'},
+                                       {"lr", required_argument, 0, 'l'},
+                                       {"seed", required_argument, 0, 's'},
+                                       {"threads", required_argument, 0, 't'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
   const char *model = NULL;
   int steps = 60, B = 16, T = 64, threads = 0;
   double lr = 0.03;
@@ -68,15 +71,18 @@ int trainer_demo_main(int argc, char **argv) {
   for (int c, li = 0; (c = getopt_long(argc, argv, "", opts, &li)) != -1;) {
     char *end = NULL;
     switch (c) {
-    case 'm': model = optarg; break;
-    case 'n': steps = (int)strtol(optarg, &end, 10); break;
-    case 'b': B = (int)strtol(optarg, &end, 10); break;
-    case 'T': T = (int)strtol(optarg, &end, 10); break;
-    case 'l': lr = strtod(optarg, &end); break;
-    case 's': seed = strtoull(optarg, &end, 10); break;
-    case 't': threads = (int)strtol(optarg, &end, 10); break;
-    case 'h': fputs(demo_usage, stdout); return 0;
-    default: fprintf(stderr, "mlmpi-train demo: unknown or incomplete option '%s' (see --help)\n", argv[optind - 1]); return 2;
+      case 'm': model = optarg; break;
+      case 'n': steps = (int)strtol(optarg, &end, 10); break;
+      case 'b': B = (int)strtol(optarg, &end, 10); break;
+      case 'T': T = (int)strtol(optarg, &end, 10); break;
+      case 'l': lr = strtod(optarg, &end); break;
+      case 's': seed = strtoull(optarg, &end, 10); break;
+      case 't': threads = (int)strtol(optarg, &end, 10); break;
+      case 'h': fputs(demo_usage, stdout); return 0;
+      default:
+        fprintf(stderr, "mlmpi-train demo: unknown or incomplete option '%s' (see --help)\n",
+                argv[optind - 1]);
+        return 2;
     }
     if (end && (*end || end == optarg)) {
       fprintf(stderr, "mlmpi-train demo: bad value '%s' for --%s\n", optarg, opts[li].name);
@@ -84,7 +90,8 @@ int trainer_demo_main(int argc, char **argv) {
     }
   }
   if (steps < 1 || B < 1 || T < 8 || !(lr > 0)) {
-    fprintf(stderr, "mlmpi-train demo: --steps and --batch must be >= 1, --seq-len >= 8, --lr > 0\n");
+    fprintf(stderr,
+            "mlmpi-train demo: --steps and --batch must be >= 1, --seq-len >= 8, --lr > 0\n");
     return 2;
   }
   if (threads) omp_set_num_threads(threads);
@@ -106,8 +113,8 @@ int trainer_demo_main(int argc, char **argv) {
   }
   bert_init_weights(m, seed);
   size_t N = (size_t)B * T, M = (size_t)B * P;
-  demo_batch d = {calloc(N, 4), calloc(N, 4), calloc(N, 4), calloc(M, 4), calloc(M, 4),
-                  calloc((size_t)B, 4), calloc(M, 4)};
+  demo_batch d = {calloc(N, 4), calloc(N, 4),         calloc(N, 4), calloc(M, 4),
+                  calloc(M, 4), calloc((size_t)B, 4), calloc(M, 4)};
   if (!d.ids || !d.mask || !d.seg || !d.pos || !d.mids || !d.nsp || !d.w) {
     fprintf(stderr, "mlmpi-train demo: out of memory\n");
     return 1;
@@ -115,10 +122,11 @@ int trainer_demo_main(int argc, char **argv) {
   make_batch(&d, B, T, P, cfg.vocab_size, seed);
   bert_batch b = {B, T, P, d.ids, d.mask, d.seg, d.pos, d.mids, d.w, d.nsp};
   const param_table *tab = bert_params(m);
-  printf("demo: BERT %d layers, hidden %d, %d heads, vocab %d, %zu parameters; batch %d x %d, "
-         "%d masked per sequence; LAMB lr %g\n",
-         cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.vocab_size,
-         tab->total, B, T, P, lr);
+  printf(
+      "demo: BERT %d layers, hidden %d, %d heads, vocab %d, %zu parameters; batch %d x %d, "
+      "%d masked per sequence; LAMB lr %g\n",
+      cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.vocab_size, tab->total,
+      B, T, P, lr);
   optim_config oc = optim_config_default();
   lr_schedule sched = lr_schedule_default();
   sched.lr = lr;
@@ -145,11 +153,18 @@ int trainer_demo_main(int argc, char **argv) {
     double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
     printf("step %3d  loss %.4f  (mlm %.4f, nsp %.4f)  mlm acc %.3f  lr %.2e  |g| %.3f  %.0f ms\n",
            s + 1, ls.loss, ls.mlm_loss, ls.nsp_loss,
-           ls.mlm_correct / (ls.mlm_weight_sum > 0 ? ls.mlm_weight_sum : 1), os.lr, os.grad_norm, ms);
+           ls.mlm_correct / (ls.mlm_weight_sum > 0 ? ls.mlm_weight_sum : 1), os.lr, os.grad_norm,
+           ms);
     fflush(stdout);
   }
   optim_free(opt);
   bert_free(m);
-  free(d.ids); free(d.mask); free(d.seg); free(d.pos); free(d.mids); free(d.nsp); free(d.w);
+  free(d.ids);
+  free(d.mask);
+  free(d.seg);
+  free(d.pos);
+  free(d.mids);
+  free(d.nsp);
+  free(d.w);
   return 0;
 }

@@ -75,26 +75,26 @@ static inline float fast_tanhf(float x) {
 
 static inline float act_fn(act_kind a, float x) {
   switch (a) {
-  case ACT_GELU: return x * norm_cdf(x);
-  case ACT_GELU_TANH: {
-    float u = SQRT_2_OVER_PI * (x + 0.044715f * x * x * x);
-    return 0.5f * x * (1.0f + fast_tanhf(u));
-  }
-  case ACT_RELU: return x > 0 ? x : 0.0f;
+    case ACT_GELU: return x * norm_cdf(x);
+    case ACT_GELU_TANH: {
+      float u = SQRT_2_OVER_PI * (x + 0.044715f * x * x * x);
+      return 0.5f * x * (1.0f + fast_tanhf(u));
+    }
+    case ACT_RELU: return x > 0 ? x : 0.0f;
   }
   return 0.0f;
 }
 
 static inline float act_grad_fn(act_kind a, float x) {
   switch (a) {
-  case ACT_GELU: return norm_cdf(x) + x * INV_SQRT_2PI * fast_expf(-0.5f * x * x);
-  case ACT_GELU_TANH: {
-    float u = SQRT_2_OVER_PI * (x + 0.044715f * x * x * x);
-    float th = fast_tanhf(u);
-    float du = SQRT_2_OVER_PI * (1.0f + 3.0f * 0.044715f * x * x);
-    return 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du;
-  }
-  case ACT_RELU: return x > 0 ? 1.0f : 0.0f;
+    case ACT_GELU: return norm_cdf(x) + x * INV_SQRT_2PI * fast_expf(-0.5f * x * x);
+    case ACT_GELU_TANH: {
+      float u = SQRT_2_OVER_PI * (x + 0.044715f * x * x * x);
+      float th = fast_tanhf(u);
+      float du = SQRT_2_OVER_PI * (1.0f + 3.0f * 0.044715f * x * x);
+      return 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du;
+    }
+    case ACT_RELU: return x > 0 ? 1.0f : 0.0f;
   }
   return 0.0f;
 }
@@ -104,12 +104,14 @@ float k_act_grad(act_kind a, float x) { return act_grad_fn(a, x); }
 
 /* ---- Linear ---------------------------------------------------------------- */
 void k_linear_fwd(float *y, const float *x, const float *W, int N, int in, int out) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, W, in, 0.0f, y,
+              out);
 }
 
 void k_linear_bwd(float *dx, bool dx_acc, float *dW, float *db, const float *dy, const float *x,
                   const float *W, const float *ones, int N, int in, int out) {
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW,
+              in);
   if (db) cblas_sgemv(CblasRowMajor, CblasTrans, N, out, 1.0f, dy, out, ones, 1, 1.0f, db, 1);
   if (dx)
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, in, out, 1.0f, dy, out, W, in,
@@ -136,18 +138,18 @@ void k_bias_act_fwd(float *pre, float *act, const float *b, int N, int C, act_ki
 #pragma omp simd
     for (int j = 0; j < C; j++) p[j] += b[j];
     switch (a) {
-    case ACT_GELU:
+      case ACT_GELU:
 #pragma omp simd
-      for (int j = 0; j < C; j++) o[j] = gelu_erf(p[j]);
-      break;
-    case ACT_GELU_TANH:
+        for (int j = 0; j < C; j++) o[j] = gelu_erf(p[j]);
+        break;
+      case ACT_GELU_TANH:
 #pragma omp simd
-      for (int j = 0; j < C; j++) o[j] = gelu_tanh(p[j]);
-      break;
-    case ACT_RELU:
+        for (int j = 0; j < C; j++) o[j] = gelu_tanh(p[j]);
+        break;
+      case ACT_RELU:
 #pragma omp simd
-      for (int j = 0; j < C; j++) o[j] = relu(p[j]);
-      break;
+        for (int j = 0; j < C; j++) o[j] = relu(p[j]);
+        break;
     }
   }
 }
@@ -158,18 +160,18 @@ void k_act_bwd(float *dpre, const float *dact, const float *pre, int N, int C, a
     float *d = dpre + (size_t)n * C;
     const float *g = dact + (size_t)n * C, *p = pre + (size_t)n * C;
     switch (a) {
-    case ACT_GELU:
+      case ACT_GELU:
 #pragma omp simd
-      for (int j = 0; j < C; j++) d[j] = g[j] * gelu_erf_grad(p[j]);
-      break;
-    case ACT_GELU_TANH:
+        for (int j = 0; j < C; j++) d[j] = g[j] * gelu_erf_grad(p[j]);
+        break;
+      case ACT_GELU_TANH:
 #pragma omp simd
-      for (int j = 0; j < C; j++) d[j] = g[j] * gelu_tanh_grad(p[j]);
-      break;
-    case ACT_RELU:
+        for (int j = 0; j < C; j++) d[j] = g[j] * gelu_tanh_grad(p[j]);
+        break;
+      case ACT_RELU:
 #pragma omp simd
-      for (int j = 0; j < C; j++) d[j] = g[j] * relu_grad(p[j]);
-      break;
+        for (int j = 0; j < C; j++) d[j] = g[j] * relu_grad(p[j]);
+        break;
     }
   }
 }
@@ -372,8 +374,10 @@ void k_attention_bwd(float *dqkv, const float *dctx, const float *probs, const f
       for (int j = 0; j < T; j++) g[j] = pr[j] * (g[j] - dot);
     }
     /* dQ = scale · dS K; dK = scale · dS^T Q. */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, T, scale, dP, T, k, H3, 0.0f, dq, H3);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, scale, dP, T, q, H3, 0.0f, dk, H3);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, T, scale, dP, T, k, H3, 0.0f, dq,
+                H3);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, scale, dP, T, q, H3, 0.0f, dk,
+                H3);
   }
 }
 

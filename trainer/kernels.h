@@ -41,14 +41,16 @@ void k_act_bwd(float *dpre, const float *dact, const float *pre, int N, int C, a
 /* Fused "dropout(x + bias) + resid, then LayerNorm" per row:
  *   s = drop(x + bias) + resid   (bias, drop, resid each optional)
  *   y = (s - mean) * rstd * gamma + beta,  rstd = 1/sqrt(var + eps)
- * matches torch.nn.LayerNorm (biased variance). s is stored in s_out (may be
- * NULL when nothing is added: then x itself is s). */
+ * matches torch.nn.LayerNorm (biased variance). s is stored in s_out. With
+ * s_out NULL the LayerNorm is of x itself and bias, drop and resid must be
+ * NULL. */
 void k_add_ln_fwd(float *s_out, float *y, float *mean, float *rstd, const float *x,
                   const float *bias, const dropout_desc *drop, const float *resid,
                   const float *gamma, const float *beta, int N, int C, float eps);
 /* Backward of k_add_ln_fwd: from dy computes ds (the gradient of s);
- * dresid = ds and dx = drop'(ds) are written where given; dbias, dgamma and
- * dbeta are added to. `scratch` holds nthreads * 3C floats. */
+ * dresid = ds and dx = drop'(ds) are written where given; dgamma and dbeta
+ * are added to, and dbias (which needs dx) is added Σ dx. `scratch` holds
+ * nthreads * 3C floats. */
 void k_add_ln_bwd(float *dx, float *dresid, float *dbias, float *dgamma, float *dbeta,
                   const float *dy, const float *s, const float *mean, const float *rstd,
                   const float *gamma, const dropout_desc *drop, int N, int C, float *scratch,
@@ -62,6 +64,8 @@ void k_dropout(float *x, const dropout_desc *drop, int N, int C);
  * as [q | k | v] per row:
  *   probs[b,h] = softmax(q k^T / sqrt(D) + (1 - mask) * -10000)  (B,NH,T,T)
  *   ctx[b*T+t, h*D..] = dropout(probs) v
+ * The dropout mask of probability (i, j) of head h in sequence b is element
+ * h*T*T + i*T + j of sample drop->sample_base + b (drop->T is not used).
  * scratch: nthreads * T*T floats. */
 void k_attention_fwd(float *ctx, float *probs, const float *qkv, const int32_t *input_mask, int B,
                      int T, int NH, int D, const dropout_desc *drop, float *scratch, int nthreads);
@@ -69,10 +73,10 @@ void k_attention_fwd(float *ctx, float *probs, const float *qkv, const int32_t *
 void k_attention_bwd(float *dqkv, const float *dctx, const float *probs, const float *qkv, int B,
                      int T, int NH, int D, const dropout_desc *drop, float *scratch, int nthreads);
 
-/* Adds bias to logits [M,V] in place, then softmax cross-entropy against
- * ids with per-row weights: returns Σ w·ce (double); dlogits = (softmax -
- * onehot) * w * coef. Rows with w == 0 get zero gradient. correct
- * accumulates Σ w where argmax == id. */
+/* Adds bias (if not NULL) to logits [M,V] in place, then softmax
+ * cross-entropy against ids with per-row weights w (NULL: all 1): returns
+ * Σ w·ce (double); dlogits = (softmax - onehot) * w * coef. Rows with w == 0
+ * get zero gradient. correct accumulates Σ w where argmax == id. */
 double k_softmax_xent(float *logits, float *dlogits, const float *bias, const int32_t *ids,
                       const float *w, float coef, int M, int V, double *correct);
 

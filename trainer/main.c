@@ -18,8 +18,9 @@ int trainer_demo_main(int argc, char **argv);
 int main(int argc, char **argv) {
 #if defined(__x86_64__) && defined(__AVX2__)
   if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) {
-    fprintf(stderr, "mlmpi-train: this build needs a processor with AVX2 and FMA; rebuild with "
-                    "-DMLMPI_ARCH=x86-64 for older ones\n");
+    fprintf(stderr,
+            "mlmpi-train: this build needs a processor with AVX2 and FMA; rebuild with "
+            "-DMLMPI_ARCH=x86-64 for older ones\n");
     return 1;
   }
 #endif

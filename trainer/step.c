@@ -23,7 +23,8 @@ static const char step_usage[] =
     "usage: mlmpi-train step --model CONFIG.json --weights W.safetensors --batch B.safetensors\n"
     "                        --out OUT.safetensors [--seed N] [--threads N]\n"
     "                        [--steps K --optim lamb|adamw --lr X --weight-decay X --beta1 X\n"
-    "                         --beta2 X --eps X --max-grad-norm X --adapt-all --no-bias-correction\n"
+    "                         --beta2 X --eps X --max-grad-norm X --adapt-all "
+    "--no-bias-correction\n"
     "                         --trust-min X --trust-max X]\n"
     "\n"
     "One forward and backward pass of the model in CONFIG.json (Hugging Face BertConfig) on the\n"
@@ -41,21 +42,30 @@ static const char step_usage[] =
     "               decay 0.01, beta1 0.9, beta2 0.999, eps 1e-6, max grad norm 1.0).\n";
 
 static int parse_args(int argc, char **argv, step_args *a) {
-  static const struct option opts[] = {
-      {"model", required_argument, 0, 'm'}, {"weights", required_argument, 0, 'w'},
-      {"batch", required_argument, 0, 'b'}, {"out", required_argument, 0, 'o'},
-      {"seed", required_argument, 0, 's'},  {"threads", required_argument, 0, 't'},
-      {"help", no_argument, 0, 'h'},        {"steps", required_argument, 0, 'K'},
-      {"optim", required_argument, 0, 1},   {"lr", required_argument, 0, 2},
-      {"weight-decay", required_argument, 0, 3}, {"beta1", required_argument, 0, 4},
-      {"beta2", required_argument, 0, 5},   {"eps", required_argument, 0, 6},
-      {"max-grad-norm", required_argument, 0, 7}, {"adapt-all", no_argument, 0, 8},
-      {"no-bias-correction", no_argument, 0, 9}, {"trust-min", required_argument, 0, 10},
-      {"trust-max", required_argument, 0, 11}, {0, 0, 0, 0}};
+  static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                       {"weights", required_argument, 0, 'w'},
+                                       {"batch", required_argument, 0, 'b'},
+                                       {"out", required_argument, 0, 'o'},
+                                       {"seed", required_argument, 0, 's'},
+                                       {"threads", required_argument, 0, 't'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {"steps", required_argument, 0, 'K'},
+                                       {"optim", required_argument, 0, 1},
+                                       {"lr", required_argument, 0, 2},
+                                       {"weight-decay", required_argument, 0, 3},
+                                       {"beta1", required_argument, 0, 4},
+                                       {"beta2", required_argument, 0, 5},
+                                       {"eps", required_argument, 0, 6},
+                                       {"max-grad-norm", required_argument, 0, 7},
+                                       {"adapt-all", no_argument, 0, 8},
+                                       {"no-bias-correction", no_argument, 0, 9},
+                                       {"trust-min", required_argument, 0, 10},
+                                       {"trust-max", required_argument, 0, 11},
+                                       {0, 0, 0, 0}};
   /* Long options 1..11 map onto these optim.* keys. */
-  static const char *const optim_keys[] = {NULL,    "name",          "lr",        "weight_decay",
-                                           "beta1", "beta2",         "eps",       "max_grad_norm",
-                                           "adapt_all", "bias_correction", "trust_min", "trust_max"};
+  static const char *const optim_keys[] = {
+      NULL,  "name",          "lr",        "weight_decay",    "beta1",     "beta2",
+      "eps", "max_grad_norm", "adapt_all", "bias_correction", "trust_min", "trust_max"};
   memset(a, 0, sizeof *a);
   a->optim = optim_config_default();
   a->sched = lr_schedule_default();
@@ -67,45 +77,65 @@ static int parse_args(int argc, char **argv, step_args *a) {
     if (c == -1) break;
     char *end;
     switch (c) {
-    case 'm': a->model = optarg; break;
-    case 'w': a->weights = optarg; break;
-    case 'b': a->batch = optarg; break;
-    case 'o': a->out = optarg; break;
-    case 's':
-      a->seed = strtoull(optarg, &end, 10);
-      if (*end || !*optarg) return fprintf(stderr, "mlmpi-train step: --seed needs a number, not '%s'\n", optarg), 2;
-      break;
-    case 't':
-      a->threads = (int)strtol(optarg, &end, 10);
-      if (*end || a->threads < 1) return fprintf(stderr, "mlmpi-train step: --threads needs a positive number, not '%s'\n", optarg), 2;
-      break;
-    case 'K':
-      a->steps = (int)strtol(optarg, &end, 10);
-      if (*end || a->steps < 0) return fprintf(stderr, "mlmpi-train step: --steps needs a count, not '%s'\n", optarg), 2;
-      break;
-    case 'h': fputs(step_usage, stdout); return 1;
-    case 1: case 2: case 3: case 4: case 5: case 6: case 7: case 8: case 9: case 10: case 11: {
-      const char *v = c == 8 ? "true" : c == 9 ? "false" : optarg;
-      if (optim_set_key(&a->optim, &a->sched, optim_keys[c], v) != STATUS_OK)
-        return fprintf(stderr, "mlmpi-train step: %s\n", status_message()), 2;
-      break;
-    }
-    default:
-      fprintf(stderr, "mlmpi-train step: unknown or incomplete option '%s' (see --help)\n",
-              argv[optind - 1]);
-      return 2;
+      case 'm': a->model = optarg; break;
+      case 'w': a->weights = optarg; break;
+      case 'b': a->batch = optarg; break;
+      case 'o': a->out = optarg; break;
+      case 's':
+        a->seed = strtoull(optarg, &end, 10);
+        if (*end || !*optarg)
+          return fprintf(stderr, "mlmpi-train step: --seed needs a number, not '%s'\n", optarg), 2;
+        break;
+      case 't':
+        a->threads = (int)strtol(optarg, &end, 10);
+        if (*end || a->threads < 1)
+          return fprintf(stderr, "mlmpi-train step: --threads needs a positive number, not '%s'\n",
+                         optarg),
+                 2;
+        break;
+      case 'K':
+        a->steps = (int)strtol(optarg, &end, 10);
+        if (*end || a->steps < 0)
+          return fprintf(stderr, "mlmpi-train step: --steps needs a count, not '%s'\n", optarg), 2;
+        break;
+      case 'h': fputs(step_usage, stdout); return 1;
+      case 1:
+      case 2:
+      case 3:
+      case 4:
+      case 5:
+      case 6:
+      case 7:
+      case 8:
+      case 9:
+      case 10:
+      case 11: {
+        const char *v = c == 8 ? "true" : c == 9 ? "false" : optarg;
+        if (optim_set_key(&a->optim, &a->sched, optim_keys[c], v) != STATUS_OK)
+          return fprintf(stderr, "mlmpi-train step: %s\n", status_message()), 2;
+        break;
+      }
+      default:
+        fprintf(stderr, "mlmpi-train step: unknown or incomplete option '%s' (see --help)\n",
+                argv[optind - 1]);
+        return 2;
     }
   }
   if (optind < argc)
-    return fprintf(stderr, "mlmpi-train step: unexpected argument '%s' (see --help)\n", argv[optind]), 2;
+    return fprintf(stderr, "mlmpi-train step: unexpected argument '%s' (see --help)\n",
+                   argv[optind]),
+           2;
   if (!a->model || !a->weights || !a->batch || !a->out)
-    return fprintf(stderr, "mlmpi-train step: --model, --weights, --batch and --out are required (see --help)\n"), 2;
+    return fprintf(stderr,
+                   "mlmpi-train step: --model, --weights, --batch and --out are required (see "
+                   "--help)\n"),
+           2;
   return 0;
 }
 
-static const char *const batch_fields[] = {"input_ids",           "input_mask",    "segment_ids",
-                                           "masked_lm_positions", "masked_lm_ids", "masked_lm_weights",
-                                           "next_sentence_labels"};
+static const char *const batch_fields[] = {
+    "input_ids",     "input_mask",        "segment_ids",         "masked_lm_positions",
+    "masked_lm_ids", "masked_lm_weights", "next_sentence_labels"};
 
 /* Points b at the tensors of f after checking names, dtypes and shapes. */
 static status_t load_batch(const st_file *f, const char *path, bool nsp, bert_batch *b) {
@@ -115,7 +145,8 @@ static status_t load_batch(const st_file *f, const char *path, bool nsp, bert_ba
   if (ids->ndim != 2 || ids->shape[0] < 1 || ids->shape[1] < 1 || ids->shape[0] > (1 << 20) ||
       ids->shape[1] > (1 << 20))
     return status_set(STATUS_ARG, "%s: tensor 'input_ids' must be [B,T]", path);
-  if (pos->ndim != 2 || pos->shape[0] != ids->shape[0] || pos->shape[1] < 1 || pos->shape[1] > (1 << 20))
+  if (pos->ndim != 2 || pos->shape[0] != ids->shape[0] || pos->shape[1] < 1 ||
+      pos->shape[1] > (1 << 20))
     return status_set(STATUS_ARG, "%s: tensor 'masked_lm_positions' must be [B,P] with B = %lld",
                       path, (long long)ids->shape[0]);
   int64_t bt[2] = {ids->shape[0], ids->shape[1]}, bp[2] = {ids->shape[0], pos->shape[1]},
@@ -138,9 +169,14 @@ static status_t load_batch(const st_file *f, const char *path, bool nsp, bert_ba
       return status_set(STATUS_ARG, "%s: tensor '%s' is not a batch field of this model", path,
                         f->tensors[i].name);
   }
-  *b = (bert_batch){.B = (int)bt[0], .T = (int)bt[1], .P = (int)bp[1],
-                    .input_ids = t[0]->data, .input_mask = t[1]->data, .segment_ids = t[2]->data,
-                    .masked_lm_positions = t[3]->data, .masked_lm_ids = t[4]->data,
+  *b = (bert_batch){.B = (int)bt[0],
+                    .T = (int)bt[1],
+                    .P = (int)bp[1],
+                    .input_ids = t[0]->data,
+                    .input_mask = t[1]->data,
+                    .segment_ids = t[2]->data,
+                    .masked_lm_positions = t[3]->data,
+                    .masked_lm_ids = t[4]->data,
                     .masked_lm_weights = t[5]->data,
                     .next_sentence_labels = t[6] ? t[6]->data : NULL};
   return STATUS_OK;
@@ -149,7 +185,7 @@ static status_t load_batch(const st_file *f, const char *path, bool nsp, bert_ba
 /* What --steps adds to OUT: the final weights, per-step losses and norms. */
 typedef struct {
   int K;
-  const float *weights; /* table layout, or NULL without --steps */
+  const float *weights;             /* table layout, or NULL without --steps */
   const float *losses, *grad_norms; /* [K] */
 } step_extra;
 
@@ -224,8 +260,8 @@ static status_t run_steps(bert_model *m, const bert_batch *b, const step_args *a
     optim_step(x->opt, bert_param_buf(m), bert_grad_buf(m), (float)lr_at(&a->sched, k), &os);
     x->norms[k] = (float)os.grad_norm;
   }
-  x->out = (step_extra){.K = a->steps, .weights = bert_param_buf(m), .losses = x->losses,
-                        .grad_norms = x->norms};
+  x->out = (step_extra){
+      .K = a->steps, .weights = bert_param_buf(m), .losses = x->losses, .grad_norms = x->norms};
   return STATUS_OK;
 }
 

@@ -44,12 +44,12 @@ status_t bert_config_check(const bert_config *cfg);
  * row-major [B,T] and [B,P]. The model does not keep these pointers. */
 typedef struct {
   int B, T, P;
-  const int32_t *input_ids;           /* [B,T] */
-  const int32_t *input_mask;          /* [B,T] 1 real token, 0 padding */
-  const int32_t *segment_ids;         /* [B,T] */
-  const int32_t *masked_lm_positions; /* [B,P] */
-  const int32_t *masked_lm_ids;       /* [B,P] */
-  const float *masked_lm_weights;     /* [B,P] 0 marks an unused slot */
+  const int32_t *input_ids;            /* [B,T] */
+  const int32_t *input_mask;           /* [B,T] 1 real token, 0 padding */
+  const int32_t *segment_ids;          /* [B,T] */
+  const int32_t *masked_lm_positions;  /* [B,P] */
+  const int32_t *masked_lm_ids;        /* [B,P] */
+  const float *masked_lm_weights;      /* [B,P] 0 marks an unused slot */
   const int32_t *next_sentence_labels; /* [B] (the [B,1] tensor); NULL without NSP */
 } bert_batch;
 
