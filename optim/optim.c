@@ -53,7 +53,7 @@ lr_schedule lr_schedule_default(void) {
 double lr_at(const lr_schedule *s, int64_t t) {
   double w = s->warmup;
   if (w > 0 && w < 1) w = floor(w * (double)s->total_steps + 0.5);
-  if (t < (int64_t)w) return s->lr * (double)t / w;
+  if ((double)t < w) return s->lr * (double)t / w;
   if (s->kind == SCHED_CONSTANT || s->total_steps <= 0) return s->lr;
   double span = (double)s->total_steps - w;
   if (span <= 0 || t >= s->total_steps) return s->end_lr;
@@ -149,10 +149,14 @@ status_t optim_set_key(optim_config *c, lr_schedule *s, const char *key, const c
     ok = parse_double(value, &d) && d >= 0;
     if (!ok)
       return status_set(STATUS_CONFIG, "optim.%s: '%s' is not a non-negative number", key, value);
-    if (dst)
+    if (dst) {
       *dst = d;
-    else
+    } else {
+      if (d != floor(d) || d > 4e18)
+        return status_set(STATUS_CONFIG, "optim.total_steps: '%s' is not a whole number of steps",
+                          value);
       s->total_steps = (int64_t)d;
+    }
     return STATUS_OK;
   }
   return status_set(STATUS_CONFIG, "unknown config key 'optim.%s'", key);

@@ -183,8 +183,16 @@ struct Batch {
   std::vector<int32_t> ids, mask, seg, pos, mids, nsp;
   std::vector<float> w;
   Batch(int B_, int T_, int P_, int V)
-      : B(B_), T(T_), P(P_), ids(B * T), mask(B * T, 1), seg(B * T, 0), pos(B * P),
-        mids(B * P), nsp(B), w(B * P, 1.0f) {
+      : B(B_),
+        T(T_),
+        P(P_),
+        ids(B * T),
+        mask(B * T, 1),
+        seg(B * T, 0),
+        pos(B * P),
+        mids(B * P),
+        nsp(B),
+        w(B * P, 1.0f) {
     for (int i = 0; i < B * T; i++) ids[i] = (i * 7 + 3) % V;
     for (int i = 0; i < B * P; i++) {
       pos[i] = (i * 3 + 1) % T;
@@ -193,8 +201,8 @@ struct Batch {
     for (int b = 0; b < B; b++) nsp[b] = b % 2;
   }
   bert_batch view() const {
-    return bert_batch{B,          T,           P,          ids.data(), mask.data(), seg.data(),
-                      pos.data(), mids.data(), w.data(),   nsp.data()};
+    return bert_batch{B,          T,          P,           ids.data(), mask.data(),
+                      seg.data(), pos.data(), mids.data(), w.data(),   nsp.data()};
   }
 };
 
@@ -223,8 +231,7 @@ TEST(BertModel, CheckBatchNamesTheBadTensor) {
     cs.spoil(bad);
     bert_batch bv = bad.view();
     EXPECT_EQ(bert_check_batch(m, &bv), STATUS_ARG) << cs.needle;
-    EXPECT_NE(std::string(status_message()).find(cs.needle), std::string::npos)
-        << status_message();
+    EXPECT_NE(std::string(status_message()).find(cs.needle), std::string::npos) << status_message();
   }
   Batch big(3, 8, 3, c.vocab_size);  // more sequences than the arena holds
   bert_batch bv = big.view();
