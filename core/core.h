@@ -31,6 +31,9 @@ typedef enum {
 /* Records msg (printf format) as this thread's last error and returns code.
  * Thread-safe (the message is thread-local). */
 status_t status_set(status_t code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Puts "prefix: " (printf format) in front of this thread's last message,
+ * e.g. to add a file name or line number on the way up. */
+void status_prefix(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* The last message set on this thread ("" when none). Valid until the next
  * status_set on this thread. */
 const char *status_message(void);

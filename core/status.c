@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core.h"
 
@@ -17,6 +18,22 @@ status_t status_set(status_t code, const char *fmt, ...) {
 }
 
 const char *status_message(void) { return last_message; }
+
+void status_prefix(const char *fmt, ...) {
+  char old[sizeof last_message], pre[256];
+  snprintf(old, sizeof old, "%s", last_message);
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(pre, sizeof pre, fmt, ap);
+  va_end(ap);
+  size_t np = strlen(pre), no = strlen(old), cap = sizeof last_message - 1;
+  if (np + 2 > cap) np = cap - 2;
+  if (np + 2 + no > cap) no = cap - np - 2;
+  memcpy(last_message, pre, np);
+  memcpy(last_message + np, ": ", 2);
+  memcpy(last_message + np + 2, old, no);
+  last_message[np + 2 + no] = 0;
+}
 
 const char *status_name(status_t code) {
   switch (code) {

@@ -4,7 +4,9 @@ mlmpi_deps=(
   build-essential cmake pkg-config
   libopenblas-openmp-dev libcjson-dev libgtest-dev
   libopenmpi-dev openmpi-bin libprotobuf-c-dev protobuf-c-compiler
-  python3 python3-numpy python3-torch
+  python3 python3-numpy python3-torch python3-protobuf
+  libpcre2-dev libutf8proc-dev libnng-dev
+  sentencepiece bible-kjv nodejs npm
 )
 
 mlmpi_install_deps() {
@@ -22,4 +24,18 @@ mlmpi_install_deps() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Installs the npm packages a folder's package.json pins (reference encoders
+# for the tests), once: npm ci when a lock file is there.
+mlmpi_install_npm() {
+  local dir=$1
+  [ -f "$dir/package.json" ] || return 0
+  [ -d "$dir/node_modules" ] && [ "$dir/node_modules" -nt "$dir/package.json" ] && return 0
+  echo "mlmpi: installing npm packages in $dir" >&2
+  if [ -f "$dir/package-lock.json" ]; then
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  else
+    (cd "$dir" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
 }

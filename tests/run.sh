@@ -7,6 +7,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$root/launch/deps.sh"
 mlmpi_install_deps
+mlmpi_install_npm "$root/tests/reference"
 
 sanitize=${MLMPI_SANITIZE:-}
 build="$root/build${sanitize:+-san}"

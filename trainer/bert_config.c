@@ -163,9 +163,8 @@ status_t bert_config_load(const char *path, bert_config *cfg) {
   }
   cJSON_Delete(root);
   if ((st = bert_config_check(&c)) != STATUS_OK) {
-    char why[512];
-    snprintf(why, sizeof why, "%s", status_message());
-    return status_set(st, "%s: %s", path, why);
+    status_prefix("%s", path);
+    return st;
   }
   *cfg = c;
   return STATUS_OK;

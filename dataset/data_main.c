@@ -1,0 +1,210 @@
+/* data_main.c: the mlmpi-data executable. Commands so far: encode and
+ * decode (tokenizers). */
+#include <getopt.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tokenizer.h"
+
+static const char usage[] =
+    "usage: mlmpi-data <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  encode --tokenizer PATH [--pieces] [--threads N] < text > ids\n"
+    "      one line in, one line out: the line's token ids (or pieces) separated by spaces,\n"
+    "      as `spm_encode --output_format=id` (piece) prints them\n"
+    "  decode --tokenizer PATH < ids > text\n"
+    "      one line of space-separated ids in, its text out\n"
+    "\n"
+    "PATH is a SentencePiece .model file, a directory with vocab.json + merges.txt (GPT-2\n"
+    "byte-level BPE), or a WordPiece vocab.txt (or a directory holding one).\n";
+
+typedef struct {
+  const char *tokenizer;
+  bool pieces;
+  int threads;
+} tok_args;
+
+static int parse_tok_args(const char *cmd, int argc, char **argv, tok_args *a) {
+  static const struct option opts[] = {{"tokenizer", required_argument, 0, 'k'},
+                                       {"pieces", no_argument, 0, 'p'},
+                                       {"threads", required_argument, 0, 't'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+  memset(a, 0, sizeof *a);
+  opterr = 0;
+  optind = 1;
+  for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
+    char *end;
+    switch (c) {
+      case 'k': a->tokenizer = optarg; break;
+      case 'p': a->pieces = true; break;
+      case 't':
+        a->threads = (int)strtol(optarg, &end, 10);
+        if (*end || a->threads < 1)
+          return fprintf(stderr, "mlmpi-data %s: --threads needs a positive number\n", cmd), 2;
+        break;
+      case 'h': fputs(usage, stdout); return 1;
+      default:
+        fprintf(stderr, "mlmpi-data %s: unknown or incomplete option '%s' (see --help)\n", cmd,
+                argv[optind - 1]);
+        return 2;
+    }
+  }
+  if (optind < argc)
+    return fprintf(stderr, "mlmpi-data %s: unexpected argument '%s'\n", cmd, argv[optind]), 2;
+  if (!a->tokenizer)
+    return fprintf(stderr, "mlmpi-data %s: --tokenizer PATH is required\n", cmd), 2;
+  return 0;
+}
+
+/* Lines are read in blocks, encoded in parallel, and written in order. */
+#define BLOCK_LINES 4096
+
+typedef struct {
+  char **line;
+  size_t *len, *cap;
+  tok_str *out;
+} line_block;
+
+static status_t format_line(const tokenizer *t, bool pieces, const tok_ids *ids, tok_str *o) {
+  char num[16];
+  o->n = 0;
+  status_t st = tok_str_append(o, "", 0);
+  for (size_t i = 0; i < ids->n && st == STATUS_OK; i++) {
+    if (i) st = tok_str_append(o, " ", 1);
+    if (pieces) {
+      size_t len = 0;
+      const char *p = tok_piece(t, ids->v[i], &len);
+      if (st == STATUS_OK) st = tok_str_append(o, p, len);
+    } else if (st == STATUS_OK) {
+      int k = snprintf(num, sizeof num, "%d", ids->v[i]);
+      st = tok_str_append(o, num, (size_t)k);
+    }
+  }
+  if (st == STATUS_OK) st = tok_str_append(o, "\n", 1);
+  return st;
+}
+
+static int cmd_encode(int argc, char **argv) {
+  tok_args a;
+  int rc = parse_tok_args("encode", argc, argv, &a);
+  if (rc) return rc == 1 ? 0 : rc;
+  if (a.threads) omp_set_num_threads(a.threads);
+  tokenizer *t;
+  if (tok_load(a.tokenizer, &t) != STATUS_OK) {
+    fprintf(stderr, "mlmpi-data encode: %s\n", status_message());
+    return 1;
+  }
+  line_block b = {calloc(BLOCK_LINES, sizeof(char *)), calloc(BLOCK_LINES, sizeof(size_t)),
+                  calloc(BLOCK_LINES, sizeof(size_t)), calloc(BLOCK_LINES, sizeof(tok_str))};
+  status_t st = (b.line && b.len && b.cap && b.out) ? STATUS_OK : STATUS_NOMEM;
+  if (st) status_set(st, "out of memory");
+  for (bool eof = false; !eof && st == STATUS_OK;) {
+    int n = 0;
+    while (n < BLOCK_LINES) {
+      ssize_t r = getline(&b.line[n], &b.cap[n], stdin);
+      if (r < 0) {
+        eof = true;
+        break;
+      }
+      b.len[n] = (size_t)r - (r > 0 && b.line[n][r - 1] == '\n');
+      n++;
+    }
+    int failed = -1;
+    char why[512] = "";
+#pragma omp parallel
+    {
+      tok_ids ids = {0};
+#pragma omp for schedule(dynamic, 16)
+      for (int i = 0; i < n; i++) {
+        ids.n = 0;
+        if (tok_encode(t, b.line[i], b.len[i], &ids) != STATUS_OK ||
+            format_line(t, a.pieces, &ids, &b.out[i]) != STATUS_OK) {
+#pragma omp critical
+          if (failed < 0 || i < failed) {
+            failed = i;
+            snprintf(why, sizeof why, "%s", status_message());
+          }
+        }
+      }
+      tok_ids_free(&ids);
+    }
+    if (failed >= 0) {
+      st = status_set(STATUS_ARG, "cannot encode an input line: %s", why);
+      break;
+    }
+    for (int i = 0; i < n; i++) fwrite(b.out[i].s, 1, b.out[i].n, stdout);
+  }
+  if (st == STATUS_OK && (fflush(stdout) != 0 || ferror(stdout)))
+    st = status_set(STATUS_IO, "cannot write the output");
+  if (st) fprintf(stderr, "mlmpi-data encode: %s\n", status_message());
+  for (int i = 0; i < BLOCK_LINES && b.line && b.out; i++) {
+    free(b.line[i]);
+    tok_str_free(&b.out[i]);
+  }
+  free(b.line);
+  free(b.len);
+  free(b.cap);
+  free(b.out);
+  tok_free(t);
+  return st == STATUS_OK ? 0 : 1;
+}
+
+static int cmd_decode(int argc, char **argv) {
+  tok_args a;
+  int rc = parse_tok_args("decode", argc, argv, &a);
+  if (rc) return rc == 1 ? 0 : rc;
+  tokenizer *t;
+  if (tok_load(a.tokenizer, &t) != STATUS_OK) {
+    fprintf(stderr, "mlmpi-data decode: %s\n", status_message());
+    return 1;
+  }
+  char *line = NULL;
+  size_t cap = 0, lineno = 0;
+  tok_ids ids = {0};
+  tok_str out = {0};
+  status_t st = STATUS_OK;
+  while (st == STATUS_OK && getline(&line, &cap, stdin) >= 0) {
+    lineno++;
+    ids.n = 0;
+    for (char *p = line, *end;; p = end) {
+      while (*p == ' ' || *p == '\t') p++;
+      if (!*p || *p == '\n' || *p == '\r') break;
+      long v = strtol(p, &end, 10);
+      if (end == p || (*end && *end != ' ' && *end != '\t' && *end != '\n' && *end != '\r') ||
+          v < 0 || v > INT32_MAX) {
+        st = status_set(STATUS_ARG, "line %zu: '%.*s' is not a token id", lineno,
+                        (int)strcspn(p, " \t\r\n"), p);
+        break;
+      }
+      st = tok_ids_push(&ids, (int32_t)v);
+      if (st) break;
+    }
+    out.n = 0;
+    if (st == STATUS_OK) st = tok_decode(t, ids.v, ids.n, &out);
+    if (st == STATUS_OK) st = tok_str_append(&out, "\n", 1);
+    if (st == STATUS_OK) fwrite(out.s, 1, out.n, stdout);
+    else if (strncmp(status_message(), "line ", 5) != 0)
+      status_prefix("line %zu", lineno);
+  }
+  if (st) fprintf(stderr, "mlmpi-data decode: %s\n", status_message());
+  free(line);
+  tok_ids_free(&ids);
+  tok_str_free(&out);
+  tok_free(t);
+  return st == STATUS_OK ? 0 : 1;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+    fputs(usage, argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  if (!strcmp(argv[1], "encode")) return cmd_encode(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "decode")) return cmd_decode(argc - 1, argv + 1);
+  fprintf(stderr, "mlmpi-data: unknown command '%s' (see mlmpi-data --help)\n", argv[1]);
+  return 2;
+}

@@ -1,0 +1,195 @@
+/* tokenizer.c: loading a tokenizer by path, the shared buffers, special
+ * tokens and the fingerprint; the backends do the encoding. */
+#include "tokenizer.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+struct tokenizer {
+  tok_kind kind;
+  void *impl;
+  const tok_ops *ops;
+  tok_specials sp;
+  uint64_t fingerprint;
+};
+
+static status_t grow(void **p, size_t *cap, size_t need, size_t elem) {
+  if (need <= *cap) return STATUS_OK;
+  size_t c = *cap ? *cap : 64;
+  while (c < need) c *= 2;
+  void *q = realloc(*p, c * elem);
+  if (!q) return status_set(STATUS_NOMEM, "out of memory growing a token buffer");
+  *p = q;
+  *cap = c;
+  return STATUS_OK;
+}
+
+status_t tok_ids_push(tok_ids *a, int32_t id) {
+  if (a->n == a->cap && grow((void **)&a->v, &a->cap, a->n + 1, sizeof *a->v)) return STATUS_NOMEM;
+  a->v[a->n++] = id;
+  return STATUS_OK;
+}
+
+status_t tok_str_append(tok_str *s, const char *p, size_t n) {
+  if (grow((void **)&s->s, &s->cap, s->n + n + 1, 1)) return STATUS_NOMEM;
+  memcpy(s->s + s->n, p, n);
+  s->n += n;
+  s->s[s->n] = 0;
+  return STATUS_OK;
+}
+
+void tok_ids_free(tok_ids *a) {
+  free(a->v);
+  memset(a, 0, sizeof *a);
+}
+
+void tok_str_free(tok_str *s) {
+  free(s->s);
+  memset(s, 0, sizeof *s);
+}
+
+static bool is_dir(const char *p) {
+  struct stat sb;
+  return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+static bool exists(const char *p) {
+  struct stat sb;
+  return stat(p, &sb) == 0;
+}
+
+static bool ends_with(const char *s, const char *suffix) {
+  size_t a = strlen(s), b = strlen(suffix);
+  return a >= b && !strcmp(s + a - b, suffix);
+}
+
+/* Looks up the first spelling present. */
+static int32_t find_special(const tokenizer *t, const char *const *names) {
+  for (; *names; names++) {
+    int32_t id = t->ops->piece_id(t->impl, *names);
+    if (id >= 0) return id;
+  }
+  return -1;
+}
+
+static void resolve_specials(tokenizer *t) {
+  static const char *const cls[] = {"[CLS]", "<s>", "<cls>", NULL};
+  static const char *const sep[] = {"[SEP]", "</s>", "<sep>", NULL};
+  static const char *const mask[] = {"[MASK]", "<mask>", NULL};
+  static const char *const pad[] = {"[PAD]", "<pad>", NULL};
+  static const char *const unk[] = {"[UNK]", "<unk>", NULL};
+  t->sp = (tok_specials){find_special(t, cls), find_special(t, sep), find_special(t, mask),
+                         find_special(t, pad), find_special(t, unk)};
+}
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n) {
+  const unsigned char *b = p;
+  for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+  return h;
+}
+
+/* Kind and every piece in id order: two tokenizers that map text the same
+ * way through the same vocabulary agree. (Normalisation rules and merges are
+ * part of the backend's own fingerprint only through the pieces; a backend
+ * that wants more can add to it later.) */
+static uint64_t compute_fingerprint(const tokenizer *t) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  h = fnv(h, &t->kind, sizeof t->kind);
+  int32_t n = t->ops->vocab_size(t->impl);
+  for (int32_t i = 0; i < n; i++) {
+    size_t len = 0;
+    const char *p = t->ops->piece(t->impl, i, &len);
+    h = fnv(h, p ? p : "", p ? len : 0);
+    h = fnv(h, "\xff", 1);
+  }
+  return h;
+}
+
+status_t tok_load(const char *path, tokenizer **out) {
+  *out = NULL;
+  if (!exists(path)) return status_set(STATUS_IO, "tokenizer %s: %s", path, strerror(ENOENT));
+  tokenizer *t = calloc(1, sizeof *t);
+  if (!t) return status_set(STATUS_NOMEM, "out of memory loading tokenizer %s", path);
+  status_t st;
+  char buf[4096];
+  if (is_dir(path)) {
+    snprintf(buf, sizeof buf, "%s/vocab.json", path);
+    if (exists(buf)) {
+      t->kind = TOK_GPT2;
+      st = tok_gpt2_load(path, &t->impl, &t->ops);
+    } else {
+      snprintf(buf, sizeof buf, "%s/vocab.txt", path);
+      if (!exists(buf)) {
+        free(t);
+        return status_set(STATUS_IO,
+                          "tokenizer %s: the directory has neither vocab.json + merges.txt nor "
+                          "vocab.txt",
+                          path);
+      }
+      t->kind = TOK_WORDPIECE;
+      st = tok_wordpiece_load(buf, &t->impl, &t->ops);
+    }
+  } else if (ends_with(path, ".txt")) {
+    t->kind = TOK_WORDPIECE;
+    st = tok_wordpiece_load(path, &t->impl, &t->ops);
+  } else {
+    t->kind = TOK_SPM;
+    st = tok_spm_load(path, &t->impl, &t->ops);
+  }
+  if (st != STATUS_OK) {
+    free(t);
+    return st;
+  }
+  resolve_specials(t);
+  t->fingerprint = compute_fingerprint(t);
+  *out = t;
+  return STATUS_OK;
+}
+
+void tok_free(tokenizer *t) {
+  if (!t) return;
+  t->ops->free(t->impl);
+  free(t);
+}
+
+tok_kind tok_get_kind(const tokenizer *t) { return t->kind; }
+int32_t tok_vocab_size(const tokenizer *t) { return t->ops->vocab_size(t->impl); }
+const char *tok_piece(const tokenizer *t, int32_t id, size_t *len) {
+  return t->ops->piece(t->impl, id, len);
+}
+int32_t tok_piece_id(const tokenizer *t, const char *piece) {
+  return t->ops->piece_id(t->impl, piece);
+}
+tok_specials tok_get_specials(const tokenizer *t) { return t->sp; }
+uint64_t tok_fingerprint(const tokenizer *t) { return t->fingerprint; }
+
+status_t tok_require_specials(const tokenizer *t) {
+  const bool bert = t->kind == TOK_WORDPIECE;
+  const struct {
+    int32_t id;
+    const char *bert_name, *other_name;
+  } need[] = {{t->sp.cls, "[CLS]", "<s>"},
+              {t->sp.sep, "[SEP]", "</s>"},
+              {t->sp.mask, "[MASK]", "<mask>"},
+              {t->sp.pad, "[PAD]", "<pad>"}};
+  for (size_t i = 0; i < sizeof need / sizeof need[0]; i++)
+    if (need[i].id < 0)
+      return status_set(STATUS_ARG, "the tokenizer's vocabulary has no %s token",
+                        bert ? need[i].bert_name : need[i].other_name);
+  return STATUS_OK;
+}
+
+status_t tok_encode(const tokenizer *t, const char *text, size_t n, tok_ids *out) {
+  return t->ops->encode(t->impl, text, n, out);
+}
+
+status_t tok_decode(const tokenizer *t, const int32_t *ids, size_t n, tok_str *out) {
+  int32_t v = tok_vocab_size(t);
+  for (size_t i = 0; i < n; i++)
+    if (ids[i] < 0 || ids[i] >= v)
+      return status_set(STATUS_ARG, "id %d is outside the vocabulary (size %d)", ids[i], v);
+  return t->ops->decode(t->impl, ids, n, out);
+}
