@@ -17,6 +17,14 @@ static const char usage[] =
     "      as `spm_encode --output_format=id` (piece) prints them\n"
     "  decode --tokenizer PATH < ids > text\n"
     "      one line of space-separated ids in, its text out\n"
+    "  shard --tokenizer PATH --out DIR [--holdout-docs N] [--shard-mb M] FILE...\n"
+    "      tokenizes text or JSON Lines corpora into shards (*.mlms)\n"
+    "  inspect FILE...\n"
+    "      a shard's header and counts, with a full checksum check\n"
+    "  dump FILE\n"
+    "      every record of a shard as one JSON object per line\n"
+    "\n"
+    "`mlmpi-data <command> --help` describes each command.\n"
     "\n"
     "PATH is a SentencePiece .model file, a directory with vocab.json + merges.txt (GPT-2\n"
     "byte-level BPE), or a WordPiece vocab.txt (or a directory holding one).\n";
@@ -198,6 +206,10 @@ static int cmd_decode(int argc, char **argv) {
   return st == STATUS_OK ? 0 : 1;
 }
 
+int data_shard_main(int argc, char **argv);
+int data_inspect_main(int argc, char **argv);
+int data_dump_main(int argc, char **argv);
+
 int main(int argc, char **argv) {
   if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
     fputs(usage, argc < 2 ? stderr : stdout);
@@ -205,6 +217,9 @@ int main(int argc, char **argv) {
   }
   if (!strcmp(argv[1], "encode")) return cmd_encode(argc - 1, argv + 1);
   if (!strcmp(argv[1], "decode")) return cmd_decode(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "shard")) return data_shard_main(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "inspect")) return data_inspect_main(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "dump")) return data_dump_main(argc - 1, argv + 1);
   fprintf(stderr, "mlmpi-data: unknown command '%s' (see mlmpi-data --help)\n", argv[1]);
   return 2;
 }
