@@ -23,6 +23,8 @@ static const char usage[] =
     "      a shard's header and counts, with a full checksum check\n"
     "  dump FILE\n"
     "      every record of a shard as one JSON object per line\n"
+    "  batches --data DIR --seq-len T --global-batch B --world W --rank R --step S ...\n"
+    "      the batches a rank receives, as JSON lines (determinism checks)\n"
     "\n"
     "`mlmpi-data <command> --help` describes each command.\n"
     "\n"
@@ -209,6 +211,7 @@ static int cmd_decode(int argc, char **argv) {
 int data_shard_main(int argc, char **argv);
 int data_inspect_main(int argc, char **argv);
 int data_dump_main(int argc, char **argv);
+int data_batches_main(int argc, char **argv);
 
 int main(int argc, char **argv) {
   if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
@@ -220,6 +223,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "shard")) return data_shard_main(argc - 1, argv + 1);
   if (!strcmp(argv[1], "inspect")) return data_inspect_main(argc - 1, argv + 1);
   if (!strcmp(argv[1], "dump")) return data_dump_main(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "batches")) return data_batches_main(argc - 1, argv + 1);
   fprintf(stderr, "mlmpi-data: unknown command '%s' (see mlmpi-data --help)\n", argv[1]);
   return 2;
 }
