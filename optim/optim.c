@@ -225,6 +225,11 @@ void optim_free(optim *o) {
 float *optim_moment1(optim *o) { return o->m; }
 float *optim_moment2(optim *o) { return o->v; }
 int64_t optim_steps_taken(const optim *o) { return o->steps; }
+uint64_t optim_steps_skipped(const optim *o) { return o->skipped; }
+void optim_set_counters(optim *o, int64_t taken, uint64_t skipped) {
+  o->steps = taken;
+  o->skipped = skipped;
+}
 
 double optim_grad_norm(optim *o, const float *g) {
 #pragma omp parallel for schedule(dynamic, 4)

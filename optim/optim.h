@@ -75,6 +75,9 @@ void optim_free(optim *o);      /* NULL is a no-op */
 float *optim_moment1(optim *o); /* m, table layout */
 float *optim_moment2(optim *o); /* v, table layout */
 int64_t optim_steps_taken(const optim *o);
+uint64_t optim_steps_skipped(const optim *o);
+/* Restores the counters with the moments (resuming from a checkpoint). */
+void optim_set_counters(optim *o, int64_t taken, uint64_t skipped);
 
 /* Global L2 norm of g (over the table's tensors), summed in double. */
 double optim_grad_norm(optim *o, const float *grads);

@@ -5,7 +5,11 @@
 #include "trainer.h"
 
 static const char usage[] =
-    "usage: mlmpi-train <command> [options]\n"
+    "usage: mlmpi-train [--config FILE] [--set section.key=value ...] [--init-from CKPT]\n"
+    "       mlmpi-train <command> [options]\n"
+    "\n"
+    "Without a command: data-parallel pretraining (run it under mpirun or srun, or alone);\n"
+    "`mlmpi-train --help-config` lists every config key.\n"
     "\n"
     "commands:\n"
     "  step   one forward+backward of a model on given weights and batch (the oracle hook)\n"
@@ -14,6 +18,7 @@ static const char usage[] =
     "`mlmpi-train <command> --help` describes each command.\n";
 
 int trainer_demo_main(int argc, char **argv);
+int trainer_train_main(int argc, char **argv);
 
 int main(int argc, char **argv) {
 #if defined(__x86_64__) && defined(__AVX2__)
@@ -24,12 +29,19 @@ int main(int argc, char **argv) {
     return 1;
   }
 #endif
-  if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-    fputs(usage, argc < 2 ? stderr : stdout);
-    return argc < 2 ? 2 : 0;
+  if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+    fputs(usage, stdout);
+    return 0;
   }
-  if (!strcmp(argv[1], "step")) return trainer_step_main(argc - 1, argv + 1);
-  if (!strcmp(argv[1], "demo")) return trainer_demo_main(argc - 1, argv + 1);
-  fprintf(stderr, "mlmpi-train: unknown command '%s' (see mlmpi-train --help)\n", argv[1]);
-  return 2;
+  if (argc >= 2 && !strcmp(argv[1], "--help-config")) {
+    char *args[] = {argv[0], "--help", NULL};
+    return trainer_train_main(2, args);
+  }
+  if (argc >= 2 && !strcmp(argv[1], "step")) return trainer_step_main(argc - 1, argv + 1);
+  if (argc >= 2 && !strcmp(argv[1], "demo")) return trainer_demo_main(argc - 1, argv + 1);
+  if (argc >= 2 && argv[1][0] != '-') {
+    fprintf(stderr, "mlmpi-train: unknown command '%s' (see mlmpi-train --help)\n", argv[1]);
+    return 2;
+  }
+  return trainer_train_main(argc, argv);
 }

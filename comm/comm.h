@@ -1,0 +1,82 @@
+/* comm.h: the communicator: collectives over a backend's operations table
+ * (MPI for host buffers; NCCL for device buffers where built), every wait
+ * bounded by a deadline, and the bucketed gradient reducer that overlaps the
+ * all-reduce with backward. */
+#ifndef MLMPI_COMM_H
+#define MLMPI_COMM_H
+
+#include "core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct comm comm_t;
+typedef struct comm_req comm_req; /* a pending non-blocking collective */
+
+/* The backend's table. Buffers are fp32 unless a size in bytes is given.
+ * Every blocking call and `wait` returns STATUS_TIMEOUT past the deadline
+ * (comm->timeout_s); comm_fail then ends the job. */
+typedef struct {
+  const char *name;
+  status_t (*allreduce)(comm_t *c, float *buf, size_t n); /* sum, in place */
+  status_t (*allreduce_f64)(comm_t *c, double *buf, size_t n);
+  status_t (*iallreduce)(comm_t *c, float *buf, size_t n, comm_req **req);
+  status_t (*test)(comm_t *c, comm_req *req, bool *done);
+  status_t (*wait)(comm_t *c, comm_req *req); /* frees req */
+  /* out[counts[rank]] = this rank's slice of the sum of in (all ranks' in
+   * have the same layout: slices in rank order). */
+  status_t (*reduce_scatter)(comm_t *c, const float *in, float *out, const int *counts);
+  /* buf holds every rank's slice in rank order; each rank's own slice is
+   * already in place; on return every slice is everywhere. */
+  status_t (*allgather)(comm_t *c, float *buf, const int *counts);
+  status_t (*allgather_bytes)(comm_t *c, const void *mine, void *all, size_t bytes);
+  status_t (*broadcast)(comm_t *c, void *buf, size_t bytes, int root);
+  status_t (*barrier)(comm_t *c);
+  void (*free)(comm_t *c);
+} comm_ops;
+
+struct comm {
+  const comm_ops *ops;
+  int rank, size;             /* in the job */
+  int local_rank, local_size; /* on this node */
+  double timeout_s;           /* deadline of every wait */
+  char context[128];          /* what is being waited for, for the timeout message */
+  void *impl;
+};
+
+/* MPI backend over MPI_COMM_WORLD (MPI must be initialised). */
+status_t comm_mpi_init(comm_t **out, double timeout_s);
+void comm_free(comm_t *c); /* NULL is a no-op */
+
+/* Records what the next waits are for ("step 12 bucket 3"); thread-unsafe. */
+void comm_set_context(comm_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Ends the whole job after a communication failure: logs the message (with
+ * the context) and calls MPI_Abort, so no rank is left waiting. */
+__attribute__((noreturn)) void comm_fail(comm_t *c, const char *what);
+
+/* ---- The gradient reducer -------------------------------------------------
+ * Buckets are spans of the flat gradient buffer covering whole tensors in
+ * reverse table order (the order backward finishes them): the first about
+ * first_mb, then bucket_mb each. During the last micro-batch's backward the
+ * model announces each finished tensor (reducer_ready); a bucket whose
+ * tensors are all finished starts its all-reduce at once, and every
+ * announcement also tests the pending ones so MPI makes progress while
+ * backward runs. reducer_finish waits for all. Not thread-safe. */
+typedef struct reducer reducer;
+status_t reducer_init(reducer **out, comm_t *c, const param_table *t, float *grads,
+                      double first_mb, double bucket_mb);
+void reducer_free(reducer *r);
+void reducer_begin(reducer *r, bool communicate, uint64_t step); /* before backward */
+void reducer_ready(reducer *r, int tensor);                      /* from backward */
+status_t reducer_finish(reducer *r);                             /* after backward */
+int reducer_buckets(const reducer *r);
+/* Seconds spent waiting in reducer_finish at the last step: the
+ * communication backward did not hide. */
+double reducer_exposed_s(const reducer *r);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

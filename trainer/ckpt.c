@@ -1,0 +1,283 @@
+/* ckpt.c: writing, finding and loading checkpoints (see ckpt.h). */
+#include "ckpt.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static status_t file_crc(const char *path, uint32_t *crc) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return status_set(STATUS_IO, "cannot open %s: %s", path, strerror(errno));
+  char buf[1 << 16];
+  uint32_t c = 0;
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) c = crc32c_update(c, buf, n);
+  bool bad = ferror(f);
+  fclose(f);
+  if (bad) return status_set(STATUS_IO, "cannot read %s", path);
+  *crc = c;
+  return STATUS_OK;
+}
+
+static status_t fsync_path(const char *path) {
+  int fd = open(path, O_RDONLY);
+  if (fd < 0) return status_set(STATUS_IO, "cannot open %s: %s", path, strerror(errno));
+  int rc = fsync(fd);
+  close(fd);
+  if (rc) return status_set(STATUS_IO, "cannot sync %s: %s", path, strerror(errno));
+  return STATUS_OK;
+}
+
+static status_t write_text(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  if (!f) return status_set(STATUS_IO, "cannot create %s: %s", path, strerror(errno));
+  bool ok = fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
+  ok = (fclose(f) == 0) && ok;
+  return ok ? STATUS_OK : status_set(STATUS_IO, "cannot write %s", path);
+}
+
+static int64_t step_of(const char *name) {
+  if (strncmp(name, "step-", 5)) return -1;
+  char *e;
+  long long s = strtoll(name + 5, &e, 10);
+  return *e || e == name + 5 ? -1 : s;
+}
+
+static int cmp_desc(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Steps of the step-N directories in dir, newest first. */
+static int list_steps(const char *dir, int64_t **out) {
+  DIR *d = opendir(dir);
+  *out = NULL;
+  if (!d) return 0;
+  int n = 0, cap = 0;
+  for (struct dirent *e; (e = readdir(d));) {
+    int64_t s = step_of(e->d_name);
+    if (s < 0) continue;
+    if (n == cap) {
+      cap = cap ? 2 * cap : 16;
+      int64_t *p = realloc(*out, (size_t)cap * sizeof *p);
+      if (!p) break;
+      *out = p;
+    }
+    (*out)[n++] = s;
+  }
+  closedir(d);
+  if (n) qsort(*out, (size_t)n, sizeof **out, cmp_desc);
+  return n;
+}
+
+static void remove_tree(const char *path) {
+  DIR *d = opendir(path);
+  if (d) {
+    char p[4096];
+    for (struct dirent *e; (e = readdir(d));) {
+      if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+      snprintf(p, sizeof p, "%s/%s", path, e->d_name);
+      unlink(p);
+    }
+    closedir(d);
+  }
+  rmdir(path);
+}
+
+static status_t write_optimizer(const char *path, const param_table *t, optim *o) {
+  st_writer *w = st_writer_init();
+  if (!w) return STATUS_NOMEM;
+  char num[32];
+  status_t st;
+  if ((st = param_add_to_writer(t, optim_moment1(o), "exp_avg.", w)) ||
+      (st = param_add_to_writer(t, optim_moment2(o), "exp_avg_sq.", w)))
+    goto out;
+  snprintf(num, sizeof num, "%lld", (long long)optim_steps_taken(o));
+  if ((st = st_writer_meta(w, "steps_taken", num))) goto out;
+  snprintf(num, sizeof num, "%llu", (unsigned long long)optim_steps_skipped(o));
+  if ((st = st_writer_meta(w, "steps_skipped", num))) goto out;
+  st = st_writer_write(w, path);
+out:
+  st_writer_free(w);
+  return st;
+}
+
+status_t ckpt_save(const char *dir, const ckpt_info *info, const param_table *t,
+                   const float *params, optim *o, const char *config_text, int64_t keep) {
+  char tmp[4096], final[4096], p[4096 + 64];
+  if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+    return status_set(STATUS_IO, "cannot create checkpoint directory %s: %s", dir, strerror(errno));
+  snprintf(tmp, sizeof tmp, "%s/.step-%lld.tmp%d", dir, (long long)info->step, (int)getpid());
+  snprintf(final, sizeof final, "%s/step-%lld", dir, (long long)info->step);
+  remove_tree(tmp);
+  if (mkdir(tmp, 0755) != 0)
+    return status_set(STATUS_IO, "cannot create %s: %s", tmp, strerror(errno));
+  status_t st;
+  st_writer *w = st_writer_init();
+  if (!w) return STATUS_NOMEM;
+  snprintf(p, sizeof p, "%s/model.safetensors", tmp);
+  st = param_add_to_writer(t, params, "", w);
+  if (st == STATUS_OK) st = st_writer_meta(w, "format", "pt");
+  if (st == STATUS_OK) st = st_writer_write(w, p);
+  st_writer_free(w);
+  uint32_t crc_model = 0, crc_optim = 0;
+  if (st == STATUS_OK) st = file_crc(p, &crc_model);
+  snprintf(p, sizeof p, "%s/optimizer.safetensors", tmp);
+  if (st == STATUS_OK) st = write_optimizer(p, t, o);
+  if (st == STATUS_OK) st = file_crc(p, &crc_optim);
+  if (st == STATUS_OK) {
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "step", (double)info->step);
+    cJSON_AddNumberToObject(j, "world_size", info->world_size);
+    cJSON_AddNumberToObject(j, "seed", (double)info->seed);
+    char fp[32];
+    snprintf(fp, sizeof fp, "%016llx", (unsigned long long)info->data_fingerprint);
+    cJSON_AddStringToObject(j, "data_fingerprint", fp);
+    snprintf(fp, sizeof fp, "%016llx", (unsigned long long)param_table_hash(t));
+    cJSON_AddStringToObject(j, "layout_hash", fp);
+    cJSON *cs = cJSON_AddObjectToObject(j, "crc32c");
+    snprintf(fp, sizeof fp, "%08x", crc_model);
+    cJSON_AddStringToObject(cs, "model.safetensors", fp);
+    snprintf(fp, sizeof fp, "%08x", crc_optim);
+    cJSON_AddStringToObject(cs, "optimizer.safetensors", fp);
+    cJSON_AddStringToObject(j, "config", config_text ? config_text : "");
+    char *text = cJSON_Print(j);
+    cJSON_Delete(j);
+    snprintf(p, sizeof p, "%s/meta.json", tmp);
+    st = text ? write_text(p, text) : status_set(STATUS_NOMEM, "out of memory writing %s", p);
+    free(text);
+  }
+  if (st == STATUS_OK) st = fsync_path(tmp);
+  if (st == STATUS_OK) {
+    remove_tree(final); /* a checkpoint of the same step from an earlier attempt */
+    if (rename(tmp, final) != 0)
+      st = status_set(STATUS_IO, "cannot rename %s to %s: %s", tmp, final, strerror(errno));
+  }
+  if (st == STATUS_OK) st = fsync_path(dir);
+  if (st != STATUS_OK) {
+    remove_tree(tmp);
+    return st;
+  }
+  int64_t *steps;
+  int n = list_steps(dir, &steps);
+  for (int i = (int)keep; i < n; i++) {
+    snprintf(p, sizeof p, "%s/step-%lld", dir, (long long)steps[i]);
+    remove_tree(p);
+  }
+  free(steps);
+  return STATUS_OK;
+}
+
+static status_t read_meta(const char *path, ckpt_info *info, uint32_t *crc_model,
+                          uint32_t *crc_optim) {
+  char p[4096 + 64];
+  snprintf(p, sizeof p, "%s/meta.json", path);
+  FILE *f = fopen(p, "rb");
+  if (!f) return status_set(STATUS_IO, "checkpoint %s has no meta.json", path);
+  char *text = NULL;
+  size_t len = 0;
+  FILE *m = open_memstream(&text, &len);
+  char buf[4096];
+  size_t n;
+  while (m && (n = fread(buf, 1, sizeof buf, f)) > 0) fwrite(buf, 1, n, m);
+  fclose(f);
+  if (m) fclose(m);
+  cJSON *j = text ? cJSON_Parse(text) : NULL;
+  free(text);
+  const cJSON *s = cJSON_GetObjectItem(j, "step"), *w = cJSON_GetObjectItem(j, "world_size"),
+              *fp = cJSON_GetObjectItem(j, "data_fingerprint"), *cs = cJSON_GetObjectItem(j, "crc32c"),
+              *sd = cJSON_GetObjectItem(j, "seed");
+  const cJSON *cm = cJSON_GetObjectItem(cs, "model.safetensors"),
+              *co = cJSON_GetObjectItem(cs, "optimizer.safetensors");
+  status_t st = STATUS_OK;
+  if (!cJSON_IsNumber(s) || !cJSON_IsNumber(w) || !cJSON_IsString(fp) || !cJSON_IsString(cm) ||
+      !cJSON_IsString(co) || !cJSON_IsNumber(sd))
+    st = status_set(STATUS_FORMAT, "checkpoint %s: meta.json is incomplete", path);
+  else {
+    info->step = (int64_t)s->valuedouble;
+    info->world_size = (int)w->valuedouble;
+    info->seed = (int64_t)sd->valuedouble;
+    info->data_fingerprint = strtoull(fp->valuestring, NULL, 16);
+    *crc_model = (uint32_t)strtoul(cm->valuestring, NULL, 16);
+    *crc_optim = (uint32_t)strtoul(co->valuestring, NULL, 16);
+  }
+  cJSON_Delete(j);
+  return st;
+}
+
+static status_t verify(const char *path, ckpt_info *info) {
+  uint32_t cm = 0, co = 0, got = 0;
+  status_t st = read_meta(path, info, &cm, &co);
+  if (st) return st;
+  char p[4096 + 64];
+  snprintf(p, sizeof p, "%s/model.safetensors", path);
+  if ((st = file_crc(p, &got))) return st;
+  if (got != cm) return status_set(STATUS_FORMAT, "checkpoint %s: model.safetensors is damaged (checksum)", path);
+  snprintf(p, sizeof p, "%s/optimizer.safetensors", path);
+  if ((st = file_crc(p, &got))) return st;
+  if (got != co)
+    return status_set(STATUS_FORMAT, "checkpoint %s: optimizer.safetensors is damaged (checksum)", path);
+  return STATUS_OK;
+}
+
+status_t ckpt_find_latest(const char *dir, char *path, size_t n) {
+  path[0] = 0;
+  int64_t *steps;
+  int k = list_steps(dir, &steps);
+  for (int i = 0; i < k; i++) {
+    char p[4096 + 64];
+    snprintf(p, sizeof p, "%s/step-%lld", dir, (long long)steps[i]);
+    ckpt_info info;
+    if (verify(p, &info) == STATUS_OK) {
+      snprintf(path, n, "%s", p);
+      break;
+    }
+    LOG_WARN(TRAINER, "skipping checkpoint: %s", status_message());
+  }
+  free(steps);
+  return STATUS_OK;
+}
+
+status_t ckpt_load(const char *path, ckpt_info *info, const param_table *t, float *params, optim *o) {
+  status_t st = verify(path, info);
+  if (st) return st;
+  char p[4096 + 64];
+  st_file *f = NULL;
+  snprintf(p, sizeof p, "%s/model.safetensors", path);
+  if ((st = st_read(p, &f))) return st;
+  st = param_load_safetensors(t, params, f, p, true);
+  st_free(f);
+  if (st || !o) return st;
+  snprintf(p, sizeof p, "%s/optimizer.safetensors", path);
+  if ((st = st_read(p, &f))) return st;
+  /* The moments are stored under prefixed names: load each half through a
+   * table view with the prefix. */
+  for (int half = 0; half < 2 && st == STATUS_OK; half++) {
+    const char *prefix = half ? "exp_avg_sq." : "exp_avg.";
+    float *dst = half ? optim_moment2(o) : optim_moment1(o);
+    char name[PARAM_NAME_MAX + 16];
+    for (int i = 0; i < t->n && st == STATUS_OK; i++) {
+      snprintf(name, sizeof name, "%s%s", prefix, t->p[i].name);
+      const st_tensor *x;
+      st = st_expect(f, p, name, DTYPE_F32, t->p[i].ndim, t->p[i].shape, &x);
+      if (st == STATUS_OK) memcpy(dst + t->p[i].offset, x->data, t->p[i].numel * sizeof(float));
+    }
+  }
+  if (st == STATUS_OK) {
+    cJSON *meta = f->metadata_json ? cJSON_Parse(f->metadata_json) : NULL;
+    const cJSON *a = cJSON_GetObjectItem(meta, "steps_taken"), *b = cJSON_GetObjectItem(meta, "steps_skipped");
+    if (cJSON_IsString(a) && cJSON_IsString(b))
+      optim_set_counters(o, strtoll(a->valuestring, NULL, 10), strtoull(b->valuestring, NULL, 10));
+    else
+      st = status_set(STATUS_FORMAT, "%s: optimizer counters are missing", p);
+    cJSON_Delete(meta);
+  }
+  st_free(f);
+  return st;
+}

@@ -1,0 +1,28 @@
+/* ckpt.h: checkpoints: <dir>/step-<N>/ holding model.safetensors (Hugging
+ * Face names), optimizer.safetensors (moments and counters) and meta.json
+ * (step, world size, seeds, data fingerprint, the effective config, CRC32C
+ * of both files). Written under a temporary name, fsynced, renamed: the
+ * newest complete checkpoint survives any crash. Private to trainer/. */
+#ifndef MLMPI_CKPT_H
+#define MLMPI_CKPT_H
+
+#include "optim.h"
+
+typedef struct {
+  int64_t step; /* steps completed */
+  int world_size;
+  uint64_t data_fingerprint;
+  int64_t seed;
+} ckpt_info;
+
+/* Writes step-N into dir (created if missing) and keeps the newest `keep`. */
+status_t ckpt_save(const char *dir, const ckpt_info *info, const param_table *t,
+                   const float *params, optim *o, const char *config_text, int64_t keep);
+/* Finds the newest complete checkpoint in dir (checksums verified; damaged
+ * ones are skipped with a warning). *path is set to "" when there is none. */
+status_t ckpt_find_latest(const char *dir, char *path, size_t n);
+/* Loads params (and, when o is not NULL, the optimizer state) from a
+ * checkpoint directory. */
+status_t ckpt_load(const char *path, ckpt_info *info, const param_table *t, float *params, optim *o);
+
+#endif

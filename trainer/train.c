@@ -1,0 +1,517 @@
+/* train.c: `mlmpi-train [--config FILE] [--set section.key=value ...]`: the
+ * data-parallel training run. Every rank holds the whole model and takes
+ * its contiguous slice of each global batch, in micro-batches; gradients
+ * are all-reduced in buckets during the last micro-batch's backward; every
+ * rank then takes the same LAMB (or AdamW) step. Loss normalisers are the
+ * global batch's, so N ranks and one rank with accumulation compute the
+ * same gradient. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <mpi.h>
+#include <omp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ckpt.h"
+#include "comm.h"
+#include "train_config.h"
+
+static volatile sig_atomic_t stop_requested;
+static void on_signal(int sig) {
+  (void)sig;
+  stop_requested = 1;
+}
+
+static double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static uint64_t fnv_str(const char *s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (; s && *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+  return h;
+}
+
+/* The run's state, shared by the steps. */
+typedef struct {
+  train_config cfg;
+  char *cfg_text;
+  comm_t *comm;
+  int rank, world;
+  dataset *data, *holdout;
+  bert_config mcfg;
+  bert_model *model;
+  optim *opt;
+  reducer *red;
+  int64_t micro, accum, per_rank;
+  bool uniform; /* a failure now is the same on every rank */
+  data_batch *mb; /* accum micro-batches of this rank's slice */
+  FILE *metrics;
+  bool tty;
+} run_state;
+
+static void on_grad_ready(void *ctx, int tensor) { reducer_ready(ctx, tensor); }
+
+static status_t mkdir_p(const char *path) {
+  char p[CFG_PATH];
+  snprintf(p, sizeof p, "%s", path);
+  for (char *q = p + 1; *q; q++)
+    if (*q == '/') {
+      *q = 0;
+      mkdir(p, 0755);
+      *q = '/';
+    }
+  if (mkdir(p, 0755) != 0 && errno != EEXIST)
+    return status_set(STATUS_IO, "cannot create %s: %s", path, strerror(errno));
+  return STATUS_OK;
+}
+
+static const char train_usage[] =
+    "usage: mlmpi-train [--config FILE] [--set section.key=value ...] [--init-from CKPT]\n"
+    "       mlmpi-train step|demo ... (see mlmpi-train --help)\n"
+    "\n"
+    "Trains under mpirun/srun (or as one process). Config keys (INI sections) and defaults:\n";
+
+/* ---- Set-up ------------------------------------------------------------------- */
+static status_t parse_args(int argc, char **argv, train_config *c, const char **init_from,
+                           bool *help) {
+  static const struct option opts[] = {{"config", required_argument, 0, 'c'},
+                                       {"set", required_argument, 0, 's'},
+                                       {"init-from", required_argument, 0, 'i'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+  train_config_default(c);
+  *init_from = NULL;
+  *help = false;
+  /* The file first, then every --set on top, whatever their order. */
+  opterr = 0;
+  optind = 1;
+  for (int o; (o = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
+    if (o == 'c') {
+      status_t st = train_config_load(c, optarg);
+      if (st) return st;
+    } else if (o == 'h') {
+      *help = true;
+      return STATUS_OK;
+    } else if (o == '?') {
+      return status_set(STATUS_ARG, "unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
+    }
+  }
+  optind = 1;
+  for (int o; (o = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
+    if (o == 's') {
+      char *eq = strchr(optarg, '=');
+      if (!eq) return status_set(STATUS_ARG, "--set needs section.key=value, not '%s'", optarg);
+      *eq = 0;
+      status_t st = train_config_set(c, optarg, eq + 1);
+      *eq = '=';
+      if (st) return st;
+    } else if (o == 'i') {
+      *init_from = optarg;
+    }
+  }
+  if (optind < argc) return status_set(STATUS_ARG, "unexpected argument '%s'", argv[optind]);
+  if (c->sched.total_steps == 0) c->sched.total_steps = c->steps;
+  return train_config_check(c);
+}
+
+static status_t setup_model(run_state *s) {
+  train_config *c = &s->cfg;
+  const shard_meta *meta = dataset_meta(s->data);
+  status_t st;
+  if (c->model_config[0]) {
+    if ((st = bert_config_load(c->model_config, &s->mcfg))) return st;
+    if ((uint32_t)s->mcfg.vocab_size < meta->vocab_size)
+      return status_set(STATUS_CONFIG, "%s: vocab_size %d is smaller than the data's tokenizer (%u)",
+                        c->model_config, s->mcfg.vocab_size, meta->vocab_size);
+  } else {
+    if ((st = bert_preset(c->model_preset, &s->mcfg))) return st;
+    s->mcfg.vocab_size = (int)meta->vocab_size;
+  }
+  s->mcfg.nsp = c->data.instances == INST_NSP;
+  if (s->mcfg.max_position_embeddings < c->data.seq_len)
+    return status_set(STATUS_CONFIG, "data.seq_len %d exceeds the model's max_position_embeddings %d",
+                      c->data.seq_len, s->mcfg.max_position_embeddings);
+  int threads = c->threads;
+  if (!threads) {
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    threads = (int)(cores / s->comm->local_size);
+    if (threads < 1) threads = 1;
+  }
+  omp_set_num_threads(threads);
+  if (s->rank == 0)
+    LOG_INFO(TRAINER, "%d rank(s), %d on this node, %d thread(s) each", s->world,
+             s->comm->local_size, threads);
+  if ((st = bert_init(&s->model, &s->mcfg, (int)s->micro, c->data.seq_len, c->data.max_predictions,
+                      threads)))
+    return st;
+  if ((st = optim_init(&s->opt, &c->optim, bert_params(s->model)))) return st;
+  if ((st = reducer_init(&s->red, s->comm, bert_params(s->model), bert_grad_buf(s->model),
+                         c->first_bucket_mb, c->bucket_mb)))
+    return st;
+  bert_set_grad_ready(s->model, on_grad_ready, s->red);
+  return STATUS_OK;
+}
+
+static status_t setup_batches(run_state *s) {
+  train_config *c = &s->cfg;
+  if (c->global_batch % s->world)
+    return status_set(STATUS_CONFIG, "train.global_batch %lld is not divisible by the %d ranks",
+                      (long long)c->global_batch, s->world);
+  s->per_rank = c->global_batch / s->world;
+  s->micro = c->micro_batch ? c->micro_batch : s->per_rank;
+  if (s->per_rank % s->micro)
+    return status_set(STATUS_CONFIG,
+                      "train.global_batch %lld over %d ranks gives %lld sequences per rank, not a "
+                      "multiple of train.micro_batch %lld",
+                      (long long)c->global_batch, s->world, (long long)s->per_rank,
+                      (long long)s->micro);
+  s->accum = s->per_rank / s->micro;
+  s->mb = calloc((size_t)s->accum, sizeof *s->mb);
+  if (!s->mb) return status_set(STATUS_NOMEM, "out of memory");
+  for (int64_t k = 0; k < s->accum; k++) {
+    status_t st = data_batch_alloc(&s->mb[k], (int)s->micro, c->data.seq_len, c->data.max_predictions);
+    if (st) return st;
+  }
+  return STATUS_OK;
+}
+
+/* Every rank must run the same job: compare hashes of the effective config,
+ * the parameter layout and the data with every other rank's. */
+typedef struct {
+  uint64_t config, layout, data;
+  int64_t world;
+} job_hash;
+
+static status_t check_same_job(run_state *s) {
+  job_hash mine = {fnv_str(s->cfg_text), param_table_hash(bert_params(s->model)),
+                   dataset_fingerprint(s->data), s->world};
+  job_hash *all = calloc((size_t)s->world, sizeof *all);
+  if (!all) return status_set(STATUS_NOMEM, "out of memory");
+  status_t st = s->comm->ops->allgather_bytes(s->comm, &mine, all, sizeof mine);
+  for (int r = 1; r < s->world && st == STATUS_OK; r++) {
+    const char *field = all[r].config != all[0].config   ? "config"
+                        : all[r].layout != all[0].layout ? "model layout"
+                        : all[r].data != all[0].data     ? "data fingerprint"
+                                                         : NULL;
+    if (field)
+      st = status_set(STATUS_CONFIG, "rank %d differs from rank 0 in its %s: every rank must run the same job",
+                      r, field);
+  }
+  free(all);
+  return st;
+}
+
+/* ---- One step ----------------------------------------------------------------- */
+typedef struct {
+  double loss, mlm_loss, nsp_loss, mlm_correct, mlm_wsum, nsp_correct;
+  double data_s, compute_s, exposed_s;
+  optim_stats os;
+} step_result;
+
+static status_t train_step(run_state *s, int64_t step, step_result *r) {
+  train_config *c = &s->cfg;
+  bert_model *m = s->model;
+  memset(r, 0, sizeof *r);
+  double t0 = now_s();
+  double wsum[1] = {0};
+  for (int64_t k = 0; k < s->accum; k++) {
+    uint64_t first = (uint64_t)(s->rank * s->per_rank + k * s->micro);
+    status_t st = dataset_get_batch(s->data, (uint64_t)c->global_batch, (uint64_t)step, first,
+                                    (int)s->micro, &s->mb[k]);
+    if (st) return st;
+    for (int64_t i = 0; i < s->micro * c->data.max_predictions; i++) wsum[0] += s->mb[k].masked_lm_weights[i];
+  }
+  r->data_s = now_s() - t0;
+  comm_set_context(s->comm, "step %lld loss normaliser", (long long)step);
+  status_t st = s->comm->ops->allreduce_f64(s->comm, wsum, 1);
+  if (st) comm_fail(s->comm, status_message());
+  bert_zero_grad(m);
+  for (int64_t k = 0; k < s->accum; k++) {
+    const data_batch *b = &s->mb[k];
+    bert_batch bb = {b->n, b->T, b->P, b->input_ids, b->input_mask, b->segment_ids,
+                     b->masked_lm_positions, b->masked_lm_ids, b->masked_lm_weights,
+                     b->next_sentence_labels};
+    if ((st = bert_check_batch(m, &bb))) return st;
+    bert_run run = bert_run_default();
+    run.seed = (uint64_t)c->seed;
+    run.step = (uint32_t)step;
+    run.sample_base = (uint32_t)(s->rank * s->per_rank + k * s->micro);
+    run.mlm_denominator = wsum[0];
+    run.nsp_denominator = (double)c->global_batch;
+    bert_losses ls;
+    bert_forward(m, &bb, &run, &ls);
+    reducer_begin(s->red, k == s->accum - 1, (uint64_t)step);
+    bert_backward(m);
+    r->loss += ls.loss;
+    r->mlm_loss += ls.mlm_loss;
+    r->nsp_loss += ls.nsp_loss;
+    r->mlm_correct += ls.mlm_correct;
+    r->mlm_wsum += ls.mlm_weight_sum;
+    r->nsp_correct += ls.nsp_correct;
+  }
+  if ((st = reducer_finish(s->red))) comm_fail(s->comm, status_message());
+  r->exposed_s = reducer_exposed_s(s->red);
+  optim_step(s->opt, bert_param_buf(m), bert_grad_buf(m), (float)lr_at(&c->sched, step), &r->os);
+  r->compute_s = now_s() - t0 - r->data_s - r->exposed_s;
+  return STATUS_OK;
+}
+
+/* Held-out loss and accuracy on a fixed set of batches (eval steps 0..k-1). */
+static status_t evaluate(run_state *s, double out[4]) {
+  train_config *c = &s->cfg;
+  double acc[4] = {0, 0, 0, 0}; /* loss, mlm correct, mlm weights, nsp correct */
+  for (int64_t e = 0; e < c->eval_batches; e++) {
+    double wsum[1] = {0};
+    for (int64_t k = 0; k < s->accum; k++) {
+      uint64_t first = (uint64_t)(s->rank * s->per_rank + k * s->micro);
+      status_t st = dataset_get_batch(s->holdout, (uint64_t)c->global_batch, (uint64_t)e, first,
+                                      (int)s->micro, &s->mb[k]);
+      if (st) return st;
+      for (int64_t i = 0; i < s->micro * c->data.max_predictions; i++) wsum[0] += s->mb[k].masked_lm_weights[i];
+    }
+    comm_set_context(s->comm, "evaluation");
+    if (s->comm->ops->allreduce_f64(s->comm, wsum, 1)) comm_fail(s->comm, status_message());
+    for (int64_t k = 0; k < s->accum; k++) {
+      const data_batch *b = &s->mb[k];
+      bert_batch bb = {b->n, b->T, b->P, b->input_ids, b->input_mask, b->segment_ids,
+                       b->masked_lm_positions, b->masked_lm_ids, b->masked_lm_weights,
+                       b->next_sentence_labels};
+      bert_run run = bert_run_default();
+      run.train = false;
+      run.mlm_denominator = wsum[0];
+      run.nsp_denominator = (double)c->global_batch;
+      bert_losses ls;
+      bert_forward(s->model, &bb, &run, &ls);
+      acc[0] += ls.loss;
+      acc[1] += ls.mlm_correct;
+      acc[2] += ls.mlm_weight_sum;
+      acc[3] += ls.nsp_correct;
+    }
+  }
+  if (s->comm->ops->allreduce_f64(s->comm, acc, 4)) comm_fail(s->comm, status_message());
+  out[0] = acc[0] / (double)c->eval_batches;
+  out[1] = acc[2] > 0 ? acc[1] / acc[2] : 0;
+  out[2] = acc[3] / (double)(c->eval_batches * c->global_batch);
+  return STATUS_OK;
+}
+
+static double peak_rss_mb(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_maxrss / 1024.0;
+}
+
+static void log_step(run_state *s, int64_t step, const step_result *r, const double g[6],
+                     double step_s) {
+  train_config *c = &s->cfg;
+  double tokens = (double)c->global_batch * c->data.seq_len;
+  double acc = g[3] > 0 ? g[2] / g[3] : 0;
+  if (s->metrics)
+    fprintf(s->metrics,
+            "{\"step\":%lld,\"loss\":%.6f,\"mlm_loss\":%.6f,\"nsp_loss\":%.6f,\"mlm_acc\":%.5f,"
+            "\"nsp_acc\":%.5f,\"lr\":%.6g,\"grad_norm\":%.6g,\"clip\":%.4g,\"skipped\":%s,"
+            "\"trust_min\":%.5g,\"trust_median\":%.5g,\"trust_max\":%.5g,\"tokens_per_s\":%.1f,"
+            "\"step_s\":%.4f,\"data_s\":%.4f,\"compute_s\":%.4f,\"exposed_comm_s\":%.4f,"
+            "\"peak_rss_mb\":%.1f}\n",
+            (long long)step + 1, g[0], g[1], g[5], acc, g[4] / (double)c->global_batch,
+            (double)r->os.lr, r->os.grad_norm, r->os.clip, r->os.skipped ? "true" : "false",
+            (double)r->os.trust_min, (double)r->os.trust_median, (double)r->os.trust_max,
+            tokens / step_s, step_s, r->data_s, r->compute_s, r->exposed_s, peak_rss_mb());
+  if (s->metrics) fflush(s->metrics);
+  if ((step + 1) % c->log_every && step + 1 != c->steps) return;
+  double eta = step_s * (double)(c->steps - step - 1);
+  if (s->tty)
+    fprintf(stderr, "\rstep %lld/%lld  loss %.4f  mlm acc %.3f  lr %.2e  %.0f tok/s  ETA %.0f s   ",
+            (long long)step + 1, (long long)c->steps, g[0], acc, (double)r->os.lr, tokens / step_s, eta);
+  else
+    LOG_INFO(TRAINER, "step %lld/%lld loss %.4f mlm_acc %.3f lr %.3g grad_norm %.3g %.0f tok/s",
+             (long long)step + 1, (long long)c->steps, g[0], acc, (double)r->os.lr,
+             r->os.grad_norm, tokens / step_s);
+}
+
+static status_t save(run_state *s, int64_t steps_done) {
+  if (!s->cfg.ckpt_dir[0]) return STATUS_OK;
+  status_t st = STATUS_OK;
+  if (s->rank == 0) {
+    ckpt_info info = {steps_done, s->world, dataset_fingerprint(s->data), s->cfg.seed};
+    st = ckpt_save(s->cfg.ckpt_dir, &info, bert_params(s->model), bert_param_buf(s->model), s->opt,
+                   s->cfg_text, s->cfg.ckpt_keep);
+    if (st == STATUS_OK) LOG_INFO(TRAINER, "checkpoint: %s/step-%lld", s->cfg.ckpt_dir, (long long)steps_done);
+  }
+  /* Every rank learns whether rank 0's write worked. */
+  double ok[1] = {st == STATUS_OK};
+  comm_set_context(s->comm, "checkpoint at step %lld", (long long)steps_done);
+  if (s->comm->ops->broadcast(s->comm, ok, sizeof ok, 0)) comm_fail(s->comm, status_message());
+  if (!ok[0] && s->rank) st = status_set(STATUS_IO, "rank 0 could not write the checkpoint");
+  return st;
+}
+
+/* Weights: resumed, initialised from a checkpoint's weights, or fresh;
+ * rank 0's are broadcast so every replica starts identical. */
+static status_t init_weights(run_state *s, const char *init_from, int64_t *start) {
+  train_config *c = &s->cfg;
+  *start = 0;
+  char path[4096] = "";
+  status_t st = STATUS_OK;
+  if (!strcmp(c->ckpt_resume, "auto")) {
+    if (!c->ckpt_dir[0]) return status_set(STATUS_CONFIG, "ckpt.resume = auto needs ckpt.dir");
+    if ((st = ckpt_find_latest(c->ckpt_dir, path, sizeof path))) return st;
+  } else if (strcmp(c->ckpt_resume, "none")) {
+    snprintf(path, sizeof path, "%s", c->ckpt_resume);
+  }
+  const param_table *t = bert_params(s->model);
+  if (path[0]) {
+    ckpt_info info;
+    if ((st = ckpt_load(path, &info, t, bert_param_buf(s->model), s->opt))) return st;
+    if (info.data_fingerprint != dataset_fingerprint(s->data))
+      return status_set(STATUS_CONFIG, "checkpoint %s was made on other data or data settings", path);
+    *start = info.step;
+    if (s->rank == 0)
+      LOG_INFO(TRAINER, "resuming from %s (step %lld, written by %d rank(s))", path,
+               (long long)info.step, info.world_size);
+  } else if (init_from) {
+    ckpt_info info;
+    if ((st = ckpt_load(init_from, &info, t, bert_param_buf(s->model), NULL))) return st;
+    if (s->rank == 0) LOG_INFO(TRAINER, "weights from %s; fresh optimizer and schedule", init_from);
+  } else {
+    bert_init_weights(s->model, (uint64_t)c->seed);
+  }
+  comm_set_context(s->comm, "start-up weight broadcast");
+  if ((st = s->comm->ops->broadcast(s->comm, bert_param_buf(s->model), t->total * sizeof(float), 0)))
+    return st;
+  if (path[0]) {
+    if ((st = s->comm->ops->broadcast(s->comm, optim_moment1(s->opt), t->total * sizeof(float), 0)) ||
+        (st = s->comm->ops->broadcast(s->comm, optim_moment2(s->opt), t->total * sizeof(float), 0)))
+      return st;
+  }
+  return STATUS_OK;
+}
+
+static status_t run(run_state *s, const char *init_from) {
+  train_config *c = &s->cfg;
+  status_t st;
+  if ((st = setup_batches(s))) return st;
+  if ((st = dataset_open(&s->data, c->data_path, "train", &c->data))) return st;
+  if (c->eval_every && (st = dataset_open(&s->holdout, c->data_path, "holdout", &c->data))) return st;
+  if ((st = setup_model(s))) return st;
+  s->uniform = true; /* the verdict of the job check is everyone's */
+  if ((st = check_same_job(s))) return st;
+  s->uniform = false;
+  int64_t start;
+  if ((st = init_weights(s, init_from, &start))) return st;
+  if (s->rank == 0) {
+    fprintf(stderr, "effective config:\n%s", s->cfg_text);
+    LOG_INFO(TRAINER, "%zu parameters; %llu training instances; global batch %lld = %d rank(s) x %lld "
+             "micro-batch(es) of %lld; %d gradient bucket(s)",
+             bert_params(s->model)->total, (unsigned long long)dataset_instances(s->data),
+             (long long)c->global_batch, s->world, (long long)s->accum, (long long)s->micro,
+             reducer_buckets(s->red));
+    if (c->log_dir[0]) {
+      char p[CFG_PATH + 32];
+      if ((st = mkdir_p(c->log_dir))) return st;
+      snprintf(p, sizeof p, "%s/metrics.jsonl", c->log_dir);
+      s->metrics = fopen(p, start ? "a" : "w");
+      if (!s->metrics) return status_set(STATUS_IO, "cannot open %s: %s", p, strerror(errno));
+    }
+  }
+  int64_t step = start;
+  for (; step < c->steps; step++) {
+    double t0 = now_s();
+    step_result r;
+    if ((st = train_step(s, step, &r))) return st;
+    /* One reduction carries the metrics and the stop flag. */
+    double g[7] = {r.loss, r.mlm_loss, r.mlm_correct, r.mlm_wsum, r.nsp_correct, r.nsp_loss,
+                   (double)stop_requested};
+    comm_set_context(s->comm, "step %lld metrics", (long long)step);
+    if (s->comm->ops->allreduce_f64(s->comm, g, 7)) comm_fail(s->comm, status_message());
+    if (s->rank == 0) log_step(s, step, &r, g, now_s() - t0);
+    bool stop = g[6] > 0;
+    if (c->eval_every && (step + 1) % c->eval_every == 0) {
+      double e[4];
+      if ((st = evaluate(s, e))) return st;
+      if (s->rank == 0) {
+        if (s->metrics)
+          fprintf(s->metrics, "{\"eval_step\":%lld,\"eval_loss\":%.6f,\"eval_mlm_acc\":%.5f,\"eval_nsp_acc\":%.5f}\n",
+                  (long long)step + 1, e[0], e[1], e[2]);
+        if (s->tty) fputc('\n', stderr);
+        LOG_INFO(TRAINER, "eval at step %lld: held-out loss %.4f, MLM accuracy %.4f", (long long)step + 1,
+                 e[0], e[1]);
+      }
+    }
+    bool periodic = c->ckpt_every && (step + 1) % c->ckpt_every == 0;
+    if (periodic || stop || step + 1 == c->steps)
+      if ((st = save(s, step + 1))) return st;
+    if (stop) {
+      if (s->rank == 0) LOG_INFO(TRAINER, "stopping after step %lld on a signal", (long long)step + 1);
+      step++;
+      break;
+    }
+  }
+  if (s->rank == 0 && s->tty) fputc('\n', stderr);
+  if (s->rank == 0) LOG_INFO(TRAINER, "done: %lld steps", (long long)step);
+  return STATUS_OK;
+}
+
+int trainer_train_main(int argc, char **argv) {
+  int provided; /* FUNNELED suffices: only the main thread calls MPI */
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+  (void)provided;
+  run_state s = {0};
+  int rc = 0;
+  bool help;
+  const char *init_from;
+  MPI_Comm_rank(MPI_COMM_WORLD, &s.rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &s.world);
+  log_set_rank(s.world > 1 ? s.rank : -1);
+  status_t st = parse_args(argc, argv, &s.cfg, &init_from, &help);
+  if (help) {
+    if (s.rank == 0) {
+      fputs(train_usage, stdout);
+      fputs(train_config_help(), stdout);
+    }
+    MPI_Finalize();
+    return 0;
+  }
+  struct sigaction sa = {.sa_handler = on_signal};
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGUSR1, &sa, NULL);
+  s.tty = isatty(STDERR_FILENO) && s.rank == 0;
+  if (st == STATUS_OK) {
+    s.cfg_text = train_config_dump(&s.cfg);
+    st = comm_mpi_init(&s.comm, s.cfg.timeout_s);
+  }
+  bool uniform = true; /* argument and config errors are found alike everywhere */
+  if (st == STATUS_OK) {
+    st = run(&s, init_from);
+    uniform = s.uniform;
+  }
+  if (st != STATUS_OK) {
+    /* One line: from rank 0 when every rank failed alike, else from the rank
+     * that failed (which then ends the job so nobody waits for it). */
+    if (!uniform || s.rank == 0) LOG_ERROR(TRAINER, "%s", status_message());
+    rc = 1;
+  }
+  if (s.metrics) fclose(s.metrics);
+  reducer_free(s.red);
+  optim_free(s.opt);
+  bert_free(s.model);
+  for (int64_t k = 0; s.mb && k < s.accum; k++) data_batch_free(&s.mb[k]);
+  free(s.mb);
+  dataset_free(s.data);
+  dataset_free(s.holdout);
+  free(s.cfg_text);
+  if (rc && !uniform && s.world > 1) MPI_Abort(MPI_COMM_WORLD, rc);
+  comm_free(s.comm);
+  MPI_Finalize();
+  return rc;
+}

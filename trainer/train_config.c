@@ -1,0 +1,219 @@
+/* train_config.c: keys, defaults, the INI reader and the effective-config
+ * dump of a training run. */
+#include "train_config.h"
+
+#include <ini.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void train_config_default(train_config *c) {
+  memset(c, 0, sizeof *c);
+  snprintf(c->model_preset, sizeof c->model_preset, "bert-mini");
+  c->data = data_config_default();
+  c->global_batch = 32;
+  c->micro_batch = 0;
+  c->steps = 100;
+  c->seed = 42;
+  c->eval_every = 0;
+  c->eval_batches = 4;
+  c->log_every = 1;
+  c->optim = optim_config_default();
+  c->sched = lr_schedule_default();
+  c->bucket_mb = 25;
+  c->first_bucket_mb = 1;
+  c->timeout_s = 300;
+  c->ckpt_keep = 3;
+  snprintf(c->ckpt_resume, sizeof c->ckpt_resume, "none");
+}
+
+static status_t set_i64(int64_t *dst, const char *key, const char *v, int64_t lo) {
+  char *e;
+  long long x = strtoll(v, &e, 10);
+  if (!*v || *e || x < lo)
+    return status_set(STATUS_CONFIG, "%s: '%s' is not a whole number >= %lld", key, v, (long long)lo);
+  *dst = x;
+  return STATUS_OK;
+}
+
+static status_t set_f64(double *dst, const char *key, const char *v) {
+  char *e;
+  double x = strtod(v, &e);
+  if (!*v || *e || !(x >= 0))
+    return status_set(STATUS_CONFIG, "%s: '%s' is not a non-negative number", key, v);
+  *dst = x;
+  return STATUS_OK;
+}
+
+static status_t set_str(char *dst, size_t n, const char *key, const char *v) {
+  if (strlen(v) >= n) return status_set(STATUS_CONFIG, "%s: value too long", key);
+  snprintf(dst, n, "%s", v);
+  return STATUS_OK;
+}
+
+status_t train_config_set(train_config *c, const char *key, const char *v) {
+  int64_t tmp = 0;
+  status_t st;
+#define STR(k, f) \
+  if (!strcmp(key, k)) return set_str(c->f, sizeof c->f, key, v)
+#define I64(k, f, lo) \
+  if (!strcmp(key, k)) return set_i64(&c->f, key, v, lo)
+#define F64(k, f) \
+  if (!strcmp(key, k)) return set_f64(&c->f, key, v)
+  STR("model.config", model_config);
+  STR("model.preset", model_preset);
+  STR("data.path", data_path);
+  STR("data.service", data_service);
+  I64("train.global_batch", global_batch, 1);
+  I64("train.micro_batch", micro_batch, 0);
+  I64("train.steps", steps, 0);
+  I64("train.seed", seed, 0);
+  I64("train.eval_every", eval_every, 0);
+  I64("train.eval_batches", eval_batches, 1);
+  I64("train.log_every", log_every, 1);
+  if (!strcmp(key, "train.threads")) {
+    if ((st = set_i64(&tmp, key, v, 0))) return st;
+    c->threads = (int)tmp;
+    return STATUS_OK;
+  }
+  if (!strcmp(key, "optim.zero")) {
+    if ((st = set_i64(&tmp, key, v, 0))) return st;
+    if (tmp > 1) return status_set(STATUS_CONFIG, "optim.zero: only 0 and 1 exist");
+    c->zero = (int)tmp;
+    return STATUS_OK;
+  }
+  F64("comm.bucket_mb", bucket_mb);
+  F64("comm.first_bucket_mb", first_bucket_mb);
+  F64("comm.timeout_s", timeout_s);
+  STR("ckpt.dir", ckpt_dir);
+  I64("ckpt.every_steps", ckpt_every, 0);
+  I64("ckpt.keep", ckpt_keep, 1);
+  STR("ckpt.resume", ckpt_resume);
+  STR("log.dir", log_dir);
+#undef STR
+#undef I64
+#undef F64
+  if (!strncmp(key, "optim.", 6)) return optim_set_key(&c->optim, &c->sched, key + 6, v);
+  if (!strncmp(key, "data.", 5)) return data_set_key(&c->data, key + 5, v);
+  return status_set(STATUS_CONFIG, "unknown config key '%s'", key);
+}
+
+typedef struct {
+  train_config *c;
+  const char *path;
+  status_t st;
+} ini_ctx;
+
+static int ini_cb(void *user, const char *section, const char *name, const char *value) {
+  ini_ctx *x = user;
+  if (x->st) return 0;
+  char key[256];
+  snprintf(key, sizeof key, "%s.%s", section, name);
+  if ((x->st = train_config_set(x->c, key, value))) {
+    status_prefix("%s", x->path);
+    return 0;
+  }
+  return 1;
+}
+
+status_t train_config_load(train_config *c, const char *path) {
+  ini_ctx x = {c, path, STATUS_OK};
+  int rc = ini_parse(path, ini_cb, &x);
+  if (x.st) return x.st;
+  if (rc < 0) return status_set(STATUS_IO, "cannot open config %s", path);
+  if (rc > 0) return status_set(STATUS_CONFIG, "%s:%d: not a key = value line", path, rc);
+  return STATUS_OK;
+}
+
+status_t train_config_check(const train_config *c) {
+  if (!c->data_path[0] && !c->data_service[0])
+    return status_set(STATUS_CONFIG, "data.path (a directory of shards) is not set");
+  if (c->zero) return status_set(STATUS_CONFIG, "optim.zero = 1 is not built yet (use 0)");
+  if (c->data_service[0])
+    return status_set(STATUS_CONFIG, "data.service is not wired into the trainer yet (use data.path)");
+  return STATUS_OK;
+}
+
+char *train_config_dump(const train_config *c) {
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  if (!f) return NULL;
+  static const char *masking[] = {"bert", "electra"}, *inst[] = {"packed", "nsp"};
+  fprintf(f, "model.config = %s\nmodel.preset = %s\n", c->model_config, c->model_preset);
+  fprintf(f, "data.path = %s\ndata.service = %s\ndata.seq_len = %d\ndata.max_predictions = %d\n",
+          c->data_path, c->data_service, c->data.seq_len, c->data.max_predictions);
+  fprintf(f, "data.mask_prob = %g\ndata.masking = %s\ndata.whole_word = %s\ndata.instances = %s\n",
+          (double)c->data.mask_prob, masking[c->data.masking], c->data.whole_word ? "true" : "false",
+          inst[c->data.instances]);
+  fprintf(f, "data.short_seq_prob = %g\ndata.seed = %llu\n", (double)c->data.short_seq_prob,
+          (unsigned long long)c->data.seed);
+  fprintf(f, "train.global_batch = %lld\ntrain.micro_batch = %lld\ntrain.steps = %lld\n",
+          (long long)c->global_batch, (long long)c->micro_batch, (long long)c->steps);
+  fprintf(f, "train.seed = %lld\ntrain.eval_every = %lld\ntrain.eval_batches = %lld\n",
+          (long long)c->seed, (long long)c->eval_every, (long long)c->eval_batches);
+  fprintf(f, "train.log_every = %lld\ntrain.threads = %d\n", (long long)c->log_every, c->threads);
+  fprintf(f, "optim.name = %s\noptim.lr = %g\noptim.schedule = %s\noptim.warmup = %g\n",
+          c->optim.kind == OPTIM_LAMB ? "lamb" : "adamw", c->sched.lr,
+          c->sched.kind == SCHED_POLY ? "poly" : "constant", c->sched.warmup);
+  fprintf(f, "optim.decay_power = %g\noptim.end_lr = %g\noptim.total_steps = %lld\n", c->sched.power,
+          c->sched.end_lr, (long long)c->sched.total_steps);
+  fprintf(f, "optim.beta1 = %g\noptim.beta2 = %g\noptim.eps = %g\noptim.weight_decay = %g\n",
+          (double)c->optim.beta1, (double)c->optim.beta2, (double)c->optim.eps,
+          (double)c->optim.weight_decay);
+  fprintf(f, "optim.bias_correction = %s\noptim.adapt_all = %s\noptim.trust_min = %g\n",
+          c->optim.bias_correction ? "true" : "false", c->optim.adapt_all ? "true" : "false",
+          (double)c->optim.trust_min);
+  fprintf(f, "optim.trust_max = %g\noptim.max_grad_norm = %g\noptim.zero = %d\n",
+          (double)c->optim.trust_max, (double)c->optim.max_grad_norm, c->zero);
+  fprintf(f, "comm.bucket_mb = %g\ncomm.first_bucket_mb = %g\ncomm.timeout_s = %g\n", c->bucket_mb,
+          c->first_bucket_mb, c->timeout_s);
+  fprintf(f, "ckpt.dir = %s\nckpt.every_steps = %lld\nckpt.keep = %lld\nckpt.resume = %s\n",
+          c->ckpt_dir, (long long)c->ckpt_every, (long long)c->ckpt_keep, c->ckpt_resume);
+  fprintf(f, "log.dir = %s\n", c->log_dir);
+  fclose(f);
+  return buf;
+}
+
+static const char help[] =
+    "[model]  config = PATH (a Hugging Face config.json) | preset = bert-tiny|bert-mini|bert-small|"
+    "bert-base (bert-mini)\n"
+    "         with a preset, vocab_size comes from the shards' tokenizer\n"
+    "[data]   path = DIR of shards (train-*.mlms, holdout-*.mlms) | service = HOST:PORT,...\n"
+    "         seq_len = 128, max_predictions = 20, mask_prob = 0.15, masking = bert|electra,\n"
+    "         whole_word = false, instances = packed|nsp, short_seq_prob = 0.1, seed = 12345\n"
+    "[train]  global_batch = 32, micro_batch = 0 (global_batch / ranks), steps = 100, seed = 42,\n"
+    "         eval_every = 0 (off), eval_batches = 4, log_every = 1, threads = 0 (cores/ranks)\n"
+    "[optim]  name = lamb|adamw, lr, schedule, warmup, decay_power, end_lr, total_steps (0: train.steps),\n"
+    "         beta1, beta2, eps, weight_decay, bias_correction, adapt_all, trust_min, trust_max,\n"
+    "         max_grad_norm, zero = 0\n"
+    "[comm]   bucket_mb = 25, first_bucket_mb = 1, timeout_s = 300\n"
+    "[ckpt]   dir = DIR (none: no checkpoints), every_steps = 0 (only at the end), keep = 3,\n"
+    "         resume = none|auto|DIR\n"
+    "[log]    dir = DIR (metrics.jsonl; none: no file)\n";
+
+const char *train_config_help(void) { return help; }
+
+status_t bert_preset(const char *name, bert_config *out) {
+  static const struct {
+    const char *name;
+    int L, H, A, I;
+  } presets[] = {{"bert-tiny", 2, 128, 2, 512},
+                 {"bert-mini", 4, 256, 4, 1024},
+                 {"bert-small", 4, 512, 8, 2048},
+                 {"bert-medium", 8, 512, 8, 2048},
+                 {"bert-base", 12, 768, 12, 3072},
+                 {"bert-large", 24, 1024, 16, 4096}};
+  for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
+    if (!strcmp(name, presets[i].name)) {
+      bert_config c = bert_config_default();
+      c.num_hidden_layers = presets[i].L;
+      c.hidden_size = presets[i].H;
+      c.num_attention_heads = presets[i].A;
+      c.intermediate_size = presets[i].I;
+      *out = c;
+      return STATUS_OK;
+    }
+  return status_set(STATUS_CONFIG, "model.preset: unknown preset '%s' (bert-tiny, bert-mini, "
+                                   "bert-small, bert-medium, bert-base, bert-large)", name);
+}

@@ -1,0 +1,56 @@
+/* train_config.h: the training run's configuration: an INI file (inih) with
+ * sections model, data, train, optim, comm, ckpt, log; every key also a
+ * `--set section.key=value` flag; unknown keys are errors naming the key.
+ * Private to trainer/. */
+#ifndef MLMPI_TRAIN_CONFIG_H
+#define MLMPI_TRAIN_CONFIG_H
+
+#include "dataset.h"
+#include "optim.h"
+#include "trainer.h"
+
+#define CFG_PATH 1024
+
+typedef struct {
+  /* [model] */
+  char model_config[CFG_PATH]; /* a config.json, or empty for the preset */
+  char model_preset[32];       /* bert-tiny, bert-mini, bert-small, bert-base */
+  /* [data] */
+  char data_path[CFG_PATH];    /* a directory of shards */
+  char data_service[CFG_PATH]; /* host:port[,host:port]: fetch from the service */
+  data_config data;
+  /* [train] */
+  int64_t global_batch, micro_batch, steps, seed, eval_every, eval_batches, log_every;
+  int threads;
+  /* [optim] */
+  optim_config optim;
+  lr_schedule sched;
+  int zero;
+  /* [comm] */
+  double bucket_mb, first_bucket_mb, timeout_s;
+  /* [ckpt] */
+  char ckpt_dir[CFG_PATH];
+  int64_t ckpt_every, ckpt_keep;
+  char ckpt_resume[CFG_PATH]; /* none, auto, or a checkpoint directory */
+  /* [log] */
+  char log_dir[CFG_PATH];
+} train_config;
+
+void train_config_default(train_config *c);
+/* Sets "section.key" from text; STATUS_CONFIG names the key when unknown or
+ * when the value is wrong. */
+status_t train_config_set(train_config *c, const char *key, const char *value);
+/* Reads an INI file into c (on top of what is there). */
+status_t train_config_load(train_config *c, const char *path);
+/* Cross-key checks (batch sizes, paths). */
+status_t train_config_check(const train_config *c);
+/* Every key with its current value, one "section.key = value" per line
+ * (the effective config, printed at start and stored in checkpoints).
+ * Returns a malloc'd string. */
+char *train_config_dump(const train_config *c);
+/* --help text for every key. */
+const char *train_config_help(void);
+/* A named model preset's shape (vocab_size left to the caller). */
+status_t bert_preset(const char *name, bert_config *out);
+
+#endif
