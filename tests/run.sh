@@ -8,6 +8,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$root/launch/deps.sh"
 mlmpi_install_deps
 mlmpi_install_npm "$root/tests/reference"
+mlmpi_install_npm "$root/tests/reference/wordpiece"
 
 sanitize=${MLMPI_SANITIZE:-}
 build="$root/build${sanitize:+-san}"
