@@ -34,6 +34,9 @@ struct optim {
   float *sorted;           /* per tensor, scratch for the median */
   int64_t steps;
   uint64_t skipped;
+  size_t lo, hi;  /* the floats of the layout this optimizer updates */
+  optim_sum_fn sum; /* ZeRO-1: sums partial norms across ranks */
+  void *sum_ctx;
 };
 
 optim_config optim_config_default(void) {
@@ -163,22 +166,31 @@ status_t optim_set_key(optim_config *c, lr_schedule *s, const char *key, const c
 }
 
 /* ---- State ------------------------------------------------------------------------ */
-static int make_chunks(const param_table *t, chunk *out) {
+/* Chunks of each tensor's part inside [lo, hi). */
+static int make_chunks(const param_table *t, size_t lo, size_t hi, chunk *out) {
   int n = 0;
-  for (int i = 0; i < t->n; i++)
-    for (size_t b = 0; b < t->p[i].numel; b += CHUNK) {
+  for (int i = 0; i < t->n; i++) {
+    size_t b0 = t->p[i].offset, b1 = b0 + t->p[i].numel;
+    if (b0 < lo) b0 = lo;
+    if (b1 > hi) b1 = hi;
+    for (size_t b = b0; b < b1; b += CHUNK) {
       if (out) {
-        out[n].begin = t->p[i].offset + b;
-        size_t e = b + CHUNK < t->p[i].numel ? b + CHUNK : t->p[i].numel;
-        out[n].end = t->p[i].offset + e;
+        out[n].begin = b;
+        out[n].end = b + CHUNK < b1 ? b + CHUNK : b1;
         out[n].tensor = i;
       }
       n++;
     }
+  }
   return n;
 }
 
 status_t optim_init(optim **out, const optim_config *c, const param_table *t) {
+  return optim_init_shard(out, c, t, 0, t->total, NULL, NULL);
+}
+
+status_t optim_init_shard(optim **out, const optim_config *c, const param_table *t, size_t lo,
+                          size_t hi, optim_sum_fn sum, void *sum_ctx) {
   *out = NULL;
   if (!(c->beta1 >= 0 && c->beta1 < 1 && c->beta2 >= 0 && c->beta2 < 1 && c->eps > 0 &&
         c->weight_decay >= 0))
@@ -186,16 +198,21 @@ status_t optim_init(optim **out, const optim_config *c, const param_table *t) {
                       "optimizer: need 0 <= beta1, beta2 < 1, eps > 0, weight_decay >= 0");
   optim *o = calloc(1, sizeof *o);
   if (!o) return status_set(STATUS_NOMEM, "out of memory creating the optimizer");
+  CORE_ASSERT(lo <= hi && hi <= t->total);
   o->cfg = *c;
   o->table = t;
-  o->nchunks = make_chunks(t, NULL);
-  o->m = mem_calloc(t->total * sizeof(float), "optimizer first moments");
-  o->v = mem_calloc(t->total * sizeof(float), "optimizer second moments");
+  o->lo = lo;
+  o->hi = hi;
+  o->sum = sum;
+  o->sum_ctx = sum_ctx;
+  o->nchunks = make_chunks(t, lo, hi, NULL);
+  o->m = mem_calloc((hi - lo + 1) * sizeof(float), "optimizer first moments");
+  o->v = mem_calloc((hi - lo + 1) * sizeof(float), "optimizer second moments");
   o->chunks = mem_alloc((size_t)o->nchunks * sizeof(chunk), "optimizer chunks");
   o->part_a = mem_alloc((size_t)o->nchunks * sizeof(double), "optimizer sums");
   o->part_b = mem_alloc((size_t)o->nchunks * sizeof(double), "optimizer sums");
-  o->wnorm = mem_alloc((size_t)t->n * sizeof(double), "optimizer norms");
-  o->unorm = mem_alloc((size_t)t->n * sizeof(double), "optimizer norms");
+  o->wnorm = mem_alloc(2 * (size_t)t->n * sizeof(double) + 8, "optimizer norms");
+  o->unorm = o->wnorm ? o->wnorm + t->n : NULL; /* one block: one reduction */
   o->ratio = mem_alloc((size_t)t->n * sizeof(float), "optimizer ratios");
   o->sorted = mem_alloc((size_t)t->n * sizeof(float), "optimizer ratios");
   if (!o->m || !o->v || !o->chunks || !o->part_a || !o->part_b || !o->wnorm || !o->unorm ||
@@ -203,7 +220,7 @@ status_t optim_init(optim **out, const optim_config *c, const param_table *t) {
     optim_free(o);
     return STATUS_NOMEM;
   }
-  make_chunks(t, o->chunks);
+  make_chunks(t, lo, hi, o->chunks);
   *out = o;
   return STATUS_OK;
 }
@@ -216,12 +233,15 @@ void optim_free(optim *o) {
   mem_free(o->part_a);
   mem_free(o->part_b);
   mem_free(o->wnorm);
-  mem_free(o->unorm);
   mem_free(o->ratio);
   mem_free(o->sorted);
   free(o);
 }
 
+void optim_range(const optim *o, size_t *lo, size_t *hi) {
+  *lo = o->lo;
+  *hi = o->hi;
+}
 float *optim_moment1(optim *o) { return o->m; }
 float *optim_moment2(optim *o) { return o->v; }
 int64_t optim_steps_taken(const optim *o) { return o->steps; }
@@ -235,7 +255,7 @@ double optim_grad_norm(optim *o, const float *g) {
 #pragma omp parallel for schedule(dynamic, 4)
   for (int c = 0; c < o->nchunks; c++) {
     double s = 0.0;
-    const float *x = g + o->chunks[c].begin;
+    const float *x = g + (o->chunks[c].begin - o->lo);
     size_t n = o->chunks[c].end - o->chunks[c].begin;
 #pragma omp simd reduction(+ : s)
     for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
@@ -243,6 +263,7 @@ double optim_grad_norm(optim *o, const float *g) {
   }
   double total = 0.0;
   for (int c = 0; c < o->nchunks; c++) total += o->part_a[c];
+  if (o->sum) o->sum(o->sum_ctx, &total, 1);
   return sqrt(total);
 }
 
@@ -271,9 +292,10 @@ static void lamb_pass1(optim *o, float *w, const float *g, const coefs *k) {
     float lam = p->decay ? o->cfg.weight_decay : 0.0f;
     double sw = 0.0, su = 0.0;
     float *m = o->m, *v = o->v;
+    const size_t lo = o->lo;
 #pragma omp simd reduction(+ : sw, su)
     for (size_t i = ch->begin; i < ch->end; i++) {
-      float u = adam_dir(k, g[i], &m[i], &v[i]) + lam * w[i];
+      float u = adam_dir(k, g[i - lo], &m[i - lo], &v[i - lo]) + lam * w[i];
       sw += (double)w[i] * w[i];
       su += (double)u * u;
     }
@@ -294,6 +316,7 @@ static float trust_ratio(const optim *o, int t) {
 
 static void lamb_pass2(optim *o, float *w, const coefs *k, float lr) {
   const float *m = o->m, *v = o->v;
+  const size_t lo = o->lo;
 #pragma omp parallel for schedule(dynamic, 4)
   for (int c = 0; c < o->nchunks; c++) {
     const chunk *ch = &o->chunks[c];
@@ -301,7 +324,7 @@ static void lamb_pass2(optim *o, float *w, const coefs *k, float lr) {
     float lam = p->decay ? o->cfg.weight_decay : 0.0f, step = lr * o->ratio[ch->tensor];
 #pragma omp simd
     for (size_t i = ch->begin; i < ch->end; i++) {
-      float u = (m[i] * k->bc1) / (sqrtf(v[i] * k->bc2) + k->eps) + lam * w[i];
+      float u = (m[i - lo] * k->bc1) / (sqrtf(v[i - lo] * k->bc2) + k->eps) + lam * w[i];
       w[i] -= step * u;
     }
   }
@@ -314,9 +337,10 @@ static void adamw_pass(optim *o, float *w, const float *g, const coefs *k, float
     const param_info *p = &o->table->p[ch->tensor];
     float lam = p->decay ? o->cfg.weight_decay : 0.0f;
     float *m = o->m, *v = o->v;
+    const size_t lo = o->lo;
 #pragma omp simd
     for (size_t i = ch->begin; i < ch->end; i++) {
-      float u = adam_dir(k, g[i], &m[i], &v[i]) + lam * w[i];
+      float u = adam_dir(k, g[i - lo], &m[i - lo], &v[i - lo]) + lam * w[i];
       w[i] -= lr * u;
     }
   }
@@ -375,6 +399,8 @@ void optim_step(optim *o, float *w, const float *g, float lr, optim_stats *st) {
       o->wnorm[o->chunks[c].tensor] += o->part_a[c];
       o->unorm[o->chunks[c].tensor] += o->part_b[c];
     }
+    /* Tensors straddle shards: every rank needs the whole tensor's norms. */
+    if (o->sum) o->sum(o->sum_ctx, o->wnorm, 2 * (size_t)o->table->n);
     for (int i = 0; i < o->table->n; i++) o->ratio[i] = trust_ratio(o, i);
     lamb_pass2(o, w, &k, lr);
     ratio_stats(o, &s);

@@ -71,19 +71,29 @@ typedef struct {
  * OpenMP internally. The table must outlive the optimizer. */
 typedef struct optim optim;
 status_t optim_init(optim **out, const optim_config *c, const param_table *t);
+/* ZeRO-1: an optimizer for the floats [lo, hi) of the layout only (moments
+ * of that size). `sum` adds a vector of partial sums across the ranks in
+ * place (an all-reduce); the global gradient norm and LAMB's per-tensor
+ * norms go through it, since tensors straddle the ranks' ranges. */
+typedef status_t (*optim_sum_fn)(void *ctx, double *buf, size_t n);
+status_t optim_init_shard(optim **out, const optim_config *c, const param_table *t, size_t lo,
+                          size_t hi, optim_sum_fn sum, void *ctx);
+void optim_range(const optim *o, size_t *lo, size_t *hi);
 void optim_free(optim *o);      /* NULL is a no-op */
-float *optim_moment1(optim *o); /* m, table layout */
-float *optim_moment2(optim *o); /* v, table layout */
+float *optim_moment1(optim *o); /* m of floats [lo, hi) of the layout */
+float *optim_moment2(optim *o); /* v, likewise */
 int64_t optim_steps_taken(const optim *o);
 uint64_t optim_steps_skipped(const optim *o);
 /* Restores the counters with the moments (resuming from a checkpoint). */
 void optim_set_counters(optim *o, int64_t taken, uint64_t skipped);
 
-/* Global L2 norm of g (over the table's tensors), summed in double. */
+/* Global L2 norm of the gradient, summed in double. `grads` points at the
+ * gradient of float `lo` (the whole gradient buffer when not sharded). */
 double optim_grad_norm(optim *o, const float *grads);
 
 /* One update with learning rate lr: clips by the global norm, then applies
- * LAMB or AdamW to params using grads (grads are not modified). The bias
+ * LAMB or AdamW to params[lo, hi) (params is the whole layout; grads points
+ * at the gradient of float lo; grads are not modified). The bias
  * correction uses the optimizer's own count of steps taken + 1. A non-finite
  * gradient norm skips the step: params and moments stay as they were, the
  * step count does not advance, and stats->skipped is set. */

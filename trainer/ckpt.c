@@ -90,17 +90,17 @@ static void remove_tree(const char *path) {
   rmdir(path);
 }
 
-static status_t write_optimizer(const char *path, const param_table *t, optim *o) {
+static status_t write_optimizer(const char *path, const param_table *t, const ckpt_optim *o) {
   st_writer *w = st_writer_init();
   if (!w) return STATUS_NOMEM;
   char num[32];
   status_t st;
-  if ((st = param_add_to_writer(t, optim_moment1(o), "exp_avg.", w)) ||
-      (st = param_add_to_writer(t, optim_moment2(o), "exp_avg_sq.", w)))
+  if ((st = param_add_to_writer(t, o->m, "exp_avg.", w)) ||
+      (st = param_add_to_writer(t, o->v, "exp_avg_sq.", w)))
     goto out;
-  snprintf(num, sizeof num, "%lld", (long long)optim_steps_taken(o));
+  snprintf(num, sizeof num, "%lld", (long long)o->taken);
   if ((st = st_writer_meta(w, "steps_taken", num))) goto out;
-  snprintf(num, sizeof num, "%llu", (unsigned long long)optim_steps_skipped(o));
+  snprintf(num, sizeof num, "%llu", (unsigned long long)o->skipped);
   if ((st = st_writer_meta(w, "steps_skipped", num))) goto out;
   st = st_writer_write(w, path);
 out:
@@ -109,7 +109,7 @@ out:
 }
 
 status_t ckpt_save(const char *dir, const ckpt_info *info, const param_table *t,
-                   const float *params, optim *o, const char *config_text, int64_t keep) {
+                   const float *params, const ckpt_optim *o, const char *config_text, int64_t keep) {
   char tmp[4096], final[4096], p[4096 + 64];
   if (mkdir(dir, 0755) != 0 && errno != EEXIST)
     return status_set(STATUS_IO, "cannot create checkpoint directory %s: %s", dir, strerror(errno));
@@ -244,7 +244,8 @@ status_t ckpt_find_latest(const char *dir, char *path, size_t n) {
   return STATUS_OK;
 }
 
-status_t ckpt_load(const char *path, ckpt_info *info, const param_table *t, float *params, optim *o) {
+status_t ckpt_load(const char *path, ckpt_info *info, const param_table *t, float *params,
+                   ckpt_optim *o) {
   status_t st = verify(path, info);
   if (st) return st;
   char p[4096 + 64];
@@ -260,7 +261,7 @@ status_t ckpt_load(const char *path, ckpt_info *info, const param_table *t, floa
    * table view with the prefix. */
   for (int half = 0; half < 2 && st == STATUS_OK; half++) {
     const char *prefix = half ? "exp_avg_sq." : "exp_avg.";
-    float *dst = half ? optim_moment2(o) : optim_moment1(o);
+    float *dst = half ? o->v : o->m;
     char name[PARAM_NAME_MAX + 16];
     for (int i = 0; i < t->n && st == STATUS_OK; i++) {
       snprintf(name, sizeof name, "%s%s", prefix, t->p[i].name);
@@ -272,9 +273,10 @@ status_t ckpt_load(const char *path, ckpt_info *info, const param_table *t, floa
   if (st == STATUS_OK) {
     cJSON *meta = f->metadata_json ? cJSON_Parse(f->metadata_json) : NULL;
     const cJSON *a = cJSON_GetObjectItem(meta, "steps_taken"), *b = cJSON_GetObjectItem(meta, "steps_skipped");
-    if (cJSON_IsString(a) && cJSON_IsString(b))
-      optim_set_counters(o, strtoll(a->valuestring, NULL, 10), strtoull(b->valuestring, NULL, 10));
-    else
+    if (cJSON_IsString(a) && cJSON_IsString(b)) {
+      o->taken = strtoll(a->valuestring, NULL, 10);
+      o->skipped = strtoull(b->valuestring, NULL, 10);
+    } else
       st = status_set(STATUS_FORMAT, "%s: optimizer counters are missing", p);
     cJSON_Delete(meta);
   }

@@ -15,14 +15,22 @@ typedef struct {
   int64_t seed;
 } ckpt_info;
 
+/* The optimizer's state in the whole layout (gathered when sharded). */
+typedef struct {
+  float *m, *v; /* table layout */
+  int64_t taken;
+  uint64_t skipped;
+} ckpt_optim;
+
 /* Writes step-N into dir (created if missing) and keeps the newest `keep`. */
 status_t ckpt_save(const char *dir, const ckpt_info *info, const param_table *t,
-                   const float *params, optim *o, const char *config_text, int64_t keep);
+                   const float *params, const ckpt_optim *o, const char *config_text, int64_t keep);
 /* Finds the newest complete checkpoint in dir (checksums verified; damaged
  * ones are skipped with a warning). *path is set to "" when there is none. */
 status_t ckpt_find_latest(const char *dir, char *path, size_t n);
-/* Loads params (and, when o is not NULL, the optimizer state) from a
- * checkpoint directory. */
-status_t ckpt_load(const char *path, ckpt_info *info, const param_table *t, float *params, optim *o);
+/* Loads params (and, when o is not NULL, the optimizer state into o's
+ * buffers) from a checkpoint directory. */
+status_t ckpt_load(const char *path, ckpt_info *info, const param_table *t, float *params,
+                   ckpt_optim *o);
 
 #endif

@@ -54,12 +54,24 @@ typedef struct {
   reducer *red;
   int64_t micro, accum, per_rank;
   bool uniform; /* a failure now is the same on every rank */
+  /* ZeRO-1: this rank updates floats [lo, hi) of the layout. */
+  size_t lo, hi;
+  int *counts; /* every rank's slice size */
+  float *gslice;
   data_batch *mb; /* accum micro-batches of this rank's slice */
   FILE *metrics;
   bool tty;
 } run_state;
 
 static void on_grad_ready(void *ctx, int tensor) { reducer_ready(ctx, tensor); }
+
+/* The optimizer's cross-rank sum under ZeRO-1. */
+static status_t sum_across_ranks(void *ctx, double *buf, size_t n) {
+  comm_t *c = ctx;
+  comm_set_context(c, "optimizer norms");
+  if (c->ops->allreduce_f64(c, buf, n)) comm_fail(c, status_message());
+  return STATUS_OK;
+}
 
 static status_t mkdir_p(const char *path) {
   char p[CFG_PATH];
@@ -154,7 +166,24 @@ static status_t setup_model(run_state *s) {
   if ((st = bert_init(&s->model, &s->mcfg, (int)s->micro, c->data.seq_len, c->data.max_predictions,
                       threads)))
     return st;
-  if ((st = optim_init(&s->opt, &c->optim, bert_params(s->model)))) return st;
+  const param_table *t = bert_params(s->model);
+  if (c->zero) {
+    s->counts = calloc((size_t)s->world, sizeof *s->counts);
+    if (!s->counts) return status_set(STATUS_NOMEM, "out of memory");
+    for (int r = 0; r < s->world; r++)
+      s->counts[r] = (int)(t->total * (size_t)(r + 1) / (size_t)s->world -
+                           t->total * (size_t)r / (size_t)s->world);
+    s->lo = t->total * (size_t)s->rank / (size_t)s->world;
+    s->hi = s->lo + (size_t)s->counts[s->rank];
+    s->gslice = mem_alloc((s->hi - s->lo + 1) * sizeof(float), "the gradient shard");
+    if (!s->gslice) return STATUS_NOMEM;
+    st = optim_init_shard(&s->opt, &c->optim, t, s->lo, s->hi, sum_across_ranks, s->comm);
+  } else {
+    s->lo = 0;
+    s->hi = t->total;
+    st = optim_init(&s->opt, &c->optim, t);
+  }
+  if (st) return st;
   if ((st = reducer_init(&s->red, s->comm, bert_params(s->model), bert_grad_buf(s->model),
                          c->first_bucket_mb, c->bucket_mb)))
     return st;
@@ -250,7 +279,7 @@ static status_t train_step(run_state *s, int64_t step, step_result *r) {
     run.nsp_denominator = (double)c->global_batch;
     bert_losses ls;
     bert_forward(m, &bb, &run, &ls);
-    reducer_begin(s->red, k == s->accum - 1, (uint64_t)step);
+    reducer_begin(s->red, !c->zero && k == s->accum - 1, (uint64_t)step);
     bert_backward(m);
     r->loss += ls.loss;
     r->mlm_loss += ls.mlm_loss;
@@ -261,7 +290,23 @@ static status_t train_step(run_state *s, int64_t step, step_result *r) {
   }
   if ((st = reducer_finish(s->red))) comm_fail(s->comm, status_message());
   r->exposed_s = reducer_exposed_s(s->red);
-  optim_step(s->opt, bert_param_buf(m), bert_grad_buf(m), (float)lr_at(&c->sched, step), &r->os);
+  float lr = (float)lr_at(&c->sched, step);
+  if (c->zero) {
+    /* Reduce-scatter the gradient, update this rank's slice, gather the
+     * parameters. */
+    double tc = now_s();
+    comm_set_context(s->comm, "step %lld gradient reduce-scatter", (long long)step);
+    if (s->comm->ops->reduce_scatter(s->comm, bert_grad_buf(m), s->gslice, s->counts))
+      comm_fail(s->comm, status_message());
+    r->exposed_s += now_s() - tc;
+    optim_step(s->opt, bert_param_buf(m), s->gslice, lr, &r->os);
+    tc = now_s();
+    comm_set_context(s->comm, "step %lld parameter all-gather", (long long)step);
+    if (s->comm->ops->allgather(s->comm, bert_param_buf(m), s->counts)) comm_fail(s->comm, status_message());
+    r->exposed_s += now_s() - tc;
+  } else {
+    optim_step(s->opt, bert_param_buf(m), bert_grad_buf(m), lr, &r->os);
+  }
   r->compute_s = now_s() - t0 - r->data_s - r->exposed_s;
   return STATUS_OK;
 }
@@ -339,14 +384,44 @@ static void log_step(run_state *s, int64_t step, const step_result *r, const dou
              r->os.grad_norm, tokens / step_s);
 }
 
+/* The optimizer state in the whole layout: the optimizer's own buffers, or
+ * (ZeRO-1) every rank's slice gathered into new ones (freed by the caller
+ * when *owned). */
+static status_t gather_optim(run_state *s, ckpt_optim *o, bool *owned) {
+  const param_table *t = bert_params(s->model);
+  o->taken = optim_steps_taken(s->opt);
+  o->skipped = optim_steps_skipped(s->opt);
+  *owned = s->cfg.zero != 0;
+  if (!*owned) {
+    o->m = optim_moment1(s->opt);
+    o->v = optim_moment2(s->opt);
+    return STATUS_OK;
+  }
+  o->m = mem_alloc(t->total * sizeof(float), "gathered moments");
+  o->v = mem_alloc(t->total * sizeof(float), "gathered moments");
+  if (!o->m || !o->v) return STATUS_NOMEM;
+  memcpy(o->m + s->lo, optim_moment1(s->opt), (s->hi - s->lo) * sizeof(float));
+  memcpy(o->v + s->lo, optim_moment2(s->opt), (s->hi - s->lo) * sizeof(float));
+  comm_set_context(s->comm, "gathering optimizer state");
+  if (s->comm->ops->allgather(s->comm, o->m, s->counts) || s->comm->ops->allgather(s->comm, o->v, s->counts))
+    comm_fail(s->comm, status_message());
+  return STATUS_OK;
+}
+
 static status_t save(run_state *s, int64_t steps_done) {
   if (!s->cfg.ckpt_dir[0]) return STATUS_OK;
-  status_t st = STATUS_OK;
-  if (s->rank == 0) {
+  ckpt_optim o = {0};
+  bool owned;
+  status_t st = gather_optim(s, &o, &owned);
+  if (st == STATUS_OK && s->rank == 0) {
     ckpt_info info = {steps_done, s->world, dataset_fingerprint(s->data), s->cfg.seed};
-    st = ckpt_save(s->cfg.ckpt_dir, &info, bert_params(s->model), bert_param_buf(s->model), s->opt,
+    st = ckpt_save(s->cfg.ckpt_dir, &info, bert_params(s->model), bert_param_buf(s->model), &o,
                    s->cfg_text, s->cfg.ckpt_keep);
     if (st == STATUS_OK) LOG_INFO(TRAINER, "checkpoint: %s/step-%lld", s->cfg.ckpt_dir, (long long)steps_done);
+  }
+  if (owned) {
+    mem_free(o.m);
+    mem_free(o.v);
   }
   /* Every rank learns whether rank 0's write worked. */
   double ok[1] = {st == STATUS_OK};
@@ -356,45 +431,75 @@ static status_t save(run_state *s, int64_t steps_done) {
   return st;
 }
 
-/* Weights: resumed, initialised from a checkpoint's weights, or fresh;
- * rank 0's are broadcast so every replica starts identical. */
+/* Weights: resumed, initialised from a checkpoint's weights, or fresh. Rank
+ * 0 reads; everything is broadcast, so ranks need not share a file system. */
 static status_t init_weights(run_state *s, const char *init_from, int64_t *start) {
   train_config *c = &s->cfg;
-  *start = 0;
+  const param_table *t = bert_params(s->model);
+  const size_t bytes = t->total * sizeof(float);
+  ckpt_optim o = {0};
+  /* What rank 0 found: ok, resumed, step, steps taken, steps skipped. */
+  double head[5] = {1, 0, 0, 0, 0};
   char path[4096] = "";
   status_t st = STATUS_OK;
-  if (!strcmp(c->ckpt_resume, "auto")) {
-    if (!c->ckpt_dir[0]) return status_set(STATUS_CONFIG, "ckpt.resume = auto needs ckpt.dir");
-    if ((st = ckpt_find_latest(c->ckpt_dir, path, sizeof path))) return st;
-  } else if (strcmp(c->ckpt_resume, "none")) {
-    snprintf(path, sizeof path, "%s", c->ckpt_resume);
-  }
-  const param_table *t = bert_params(s->model);
-  if (path[0]) {
+  *start = 0;
+  if (s->rank == 0) {
+    if (!strcmp(c->ckpt_resume, "auto")) {
+      if (!c->ckpt_dir[0]) st = status_set(STATUS_CONFIG, "ckpt.resume = auto needs ckpt.dir");
+      else st = ckpt_find_latest(c->ckpt_dir, path, sizeof path);
+    } else if (strcmp(c->ckpt_resume, "none")) {
+      snprintf(path, sizeof path, "%s", c->ckpt_resume);
+    }
     ckpt_info info;
-    if ((st = ckpt_load(path, &info, t, bert_param_buf(s->model), s->opt))) return st;
-    if (info.data_fingerprint != dataset_fingerprint(s->data))
-      return status_set(STATUS_CONFIG, "checkpoint %s was made on other data or data settings", path);
-    *start = info.step;
-    if (s->rank == 0)
-      LOG_INFO(TRAINER, "resuming from %s (step %lld, written by %d rank(s))", path,
-               (long long)info.step, info.world_size);
-  } else if (init_from) {
-    ckpt_info info;
-    if ((st = ckpt_load(init_from, &info, t, bert_param_buf(s->model), NULL))) return st;
-    if (s->rank == 0) LOG_INFO(TRAINER, "weights from %s; fresh optimizer and schedule", init_from);
-  } else {
-    bert_init_weights(s->model, (uint64_t)c->seed);
+    if (st == STATUS_OK && path[0]) {
+      o.m = mem_alloc(bytes, "checkpoint moments");
+      o.v = mem_alloc(bytes, "checkpoint moments");
+      st = !o.m || !o.v ? STATUS_NOMEM : ckpt_load(path, &info, t, bert_param_buf(s->model), &o);
+      if (st == STATUS_OK && info.data_fingerprint != dataset_fingerprint(s->data))
+        st = status_set(STATUS_CONFIG, "checkpoint %s was made on other data or data settings", path);
+      if (st == STATUS_OK) {
+        head[1] = 1;
+        head[2] = (double)info.step;
+        head[3] = (double)o.taken;
+        head[4] = (double)o.skipped;
+        LOG_INFO(TRAINER, "resuming from %s (step %lld, written by %d rank(s))", path,
+                 (long long)info.step, info.world_size);
+      }
+    } else if (st == STATUS_OK && init_from) {
+      st = ckpt_load(init_from, &info, t, bert_param_buf(s->model), NULL);
+      if (st == STATUS_OK) LOG_INFO(TRAINER, "weights from %s; fresh optimizer and schedule", init_from);
+    } else if (st == STATUS_OK) {
+      bert_init_weights(s->model, (uint64_t)c->seed);
+    }
+    head[0] = st == STATUS_OK;
   }
+  s->uniform = true; /* rank 0's verdict reaches everyone */
   comm_set_context(s->comm, "start-up weight broadcast");
-  if ((st = s->comm->ops->broadcast(s->comm, bert_param_buf(s->model), t->total * sizeof(float), 0)))
-    return st;
-  if (path[0]) {
-    if ((st = s->comm->ops->broadcast(s->comm, optim_moment1(s->opt), t->total * sizeof(float), 0)) ||
-        (st = s->comm->ops->broadcast(s->comm, optim_moment2(s->opt), t->total * sizeof(float), 0)))
-      return st;
+  if (s->comm->ops->broadcast(s->comm, head, sizeof head, 0)) comm_fail(s->comm, status_message());
+  if (!head[0]) {
+    if (s->rank) st = status_set(STATUS_IO, "rank 0 could not load the weights");
+    goto out;
   }
-  return STATUS_OK;
+  if ((st = s->comm->ops->broadcast(s->comm, bert_param_buf(s->model), bytes, 0))) goto out;
+  if (head[1]) {
+    if (s->rank) {
+      o.m = mem_alloc(bytes, "checkpoint moments");
+      o.v = mem_alloc(bytes, "checkpoint moments");
+      if (!o.m || !o.v) comm_fail(s->comm, "out of memory receiving the optimizer state");
+    }
+    if ((st = s->comm->ops->broadcast(s->comm, o.m, bytes, 0)) ||
+        (st = s->comm->ops->broadcast(s->comm, o.v, bytes, 0)))
+      goto out;
+    memcpy(optim_moment1(s->opt), o.m + s->lo, (s->hi - s->lo) * sizeof(float));
+    memcpy(optim_moment2(s->opt), o.v + s->lo, (s->hi - s->lo) * sizeof(float));
+    optim_set_counters(s->opt, (int64_t)head[3], (uint64_t)head[4]);
+    *start = (int64_t)head[2];
+  }
+out:
+  mem_free(o.m);
+  mem_free(o.v);
+  if (st == STATUS_OK) s->uniform = false;
+  return st;
 }
 
 static status_t run(run_state *s, const char *init_from) {
@@ -507,6 +612,8 @@ int trainer_train_main(int argc, char **argv) {
   bert_free(s.model);
   for (int64_t k = 0; s.mb && k < s.accum; k++) data_batch_free(&s.mb[k]);
   free(s.mb);
+  free(s.counts);
+  mem_free(s.gslice);
   dataset_free(s.data);
   dataset_free(s.holdout);
   free(s.cfg_text);

@@ -128,7 +128,6 @@ status_t train_config_load(train_config *c, const char *path) {
 status_t train_config_check(const train_config *c) {
   if (!c->data_path[0] && !c->data_service[0])
     return status_set(STATUS_CONFIG, "data.path (a directory of shards) is not set");
-  if (c->zero) return status_set(STATUS_CONFIG, "optim.zero = 1 is not built yet (use 0)");
   if (c->data_service[0])
     return status_set(STATUS_CONFIG, "data.service is not wired into the trainer yet (use data.path)");
   return STATUS_OK;

@@ -3,6 +3,8 @@
 
 Builds a small real corpus (Genesis and Exodus from Debian's bible-kjv), a
 SentencePiece model trained with spm_train and shards, then checks:
+  zero           ZeRO-1 on 2 ranks == unsharded on 1; its checkpoint resumes
+                 on 4 ranks;
   same-weights   1 rank x accumulation 4 == 2 ranks x 2 == 4 ranks x 1
                  (oversubscribed) after several LAMB steps, within 1e-5 of
                  each tensor's scale (attention key biases, whose true
@@ -144,6 +146,29 @@ def test_same_weights(a, data):
                   f"(worst {k} at {worst:.3f} of the bound)")
 
 
+def test_zero(a, data):
+    """ZeRO-1 equals the unsharded run; a ZeRO checkpoint resumes on another
+    number of ranks (state gathered and re-sliced)."""
+    base = mpirun(1, [a.train] + config(a, data, "zero_ref", **{"train.micro_batch": "2"}), timeout=600)
+    z = mpirun(2, [a.train] + config(a, data, "zero_2", **{"optim.zero": "1", "ckpt.every_steps": "3"}),
+               timeout=600)
+    check(base.returncode == 0 and z.returncode == 0, "zero: runs finished"
+          + ("" if z.returncode == 0 else ": " + z.stderr[-800:]))
+    if base.returncode or z.returncode:
+        return
+    worst, k = compare(weights(a, "zero_ref", 6), weights(a, "zero_2", 6))
+    check(worst <= 1.0, f"zero: 2 ranks with ZeRO-1 vs 1 rank unsharded (worst {k} at {worst:.3f} of the bound)")
+    import shutil
+    shutil.rmtree(os.path.join(a.workdir, "zero_2", "ckpt", "step-6"))
+    r = mpirun(4, [a.train] + config(a, data, "zero_2", **{"optim.zero": "1", "ckpt.resume": "auto",
+                                                          "train.micro_batch": "2"}), timeout=600)
+    check(r.returncode == 0 and "resuming from" in r.stderr and "step 3" in r.stderr,
+          "zero: a 2-rank checkpoint resumed on 4 ranks" + ("" if r.returncode == 0 else ": " + r.stderr[-800:]))
+    if r.returncode == 0:
+        worst, k = compare(weights(a, "zero_ref", 6), weights(a, "zero_2", 6))
+        check(worst <= 1.0, f"zero: resumed on 4 ranks vs 1 rank (worst {k} at {worst:.3f} of the bound)")
+
+
 def test_kill_resume(a, data):
     over = {"train.steps": "120", "ckpt.every_steps": "10", "comm.timeout_s": "20"}
     ref = mpirun(2, [a.train] + config(a, data, "uninterrupted", **over), timeout=900)
@@ -241,7 +266,7 @@ def main():
     ap.add_argument("--only", default="")
     a = ap.parse_args()
     data = make_data(a)
-    tests = {"same-weights": test_same_weights, "kill-resume": test_kill_resume,
+    tests = {"same-weights": test_same_weights, "zero": test_zero, "kill-resume": test_kill_resume,
              "signals": test_signals, "mismatch": test_mismatch, "loss-falls": test_loss_falls}
     only = [x for x in a.only.split(",") if x]
     for name, fn in tests.items():
