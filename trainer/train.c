@@ -21,6 +21,7 @@
 
 #include "ckpt.h"
 #include "comm.h"
+#include "tb.h"
 #include "train_config.h"
 
 static volatile sig_atomic_t stop_requested;
@@ -60,6 +61,7 @@ typedef struct {
   float *gslice;
   data_batch *mb; /* accum micro-batches of this rank's slice */
   FILE *metrics;
+  tb_writer *tb;
   bool tty;
 } run_state;
 
@@ -373,6 +375,17 @@ static void log_step(run_state *s, int64_t step, const step_result *r, const dou
             (double)r->os.trust_min, (double)r->os.trust_median, (double)r->os.trust_max,
             tokens / step_s, step_s, r->data_s, r->compute_s, r->exposed_s, peak_rss_mb());
   if (s->metrics) fflush(s->metrics);
+  if (s->tb) {
+    static const char *const tags[] = {"train/loss", "train/mlm_accuracy", "train/learning_rate",
+                                       "train/grad_norm", "train/tokens_per_s", "train/trust_ratio_median"};
+    const float v[] = {(float)g[0], (float)acc, r->os.lr, (float)r->os.grad_norm,
+                       (float)(tokens / step_s), r->os.trust_median};
+    if (tb_scalars(s->tb, step + 1, tags, v, 6) || tb_flush(s->tb)) {
+      LOG_WARN(TRAINER, "%s; no more TensorBoard events", status_message());
+      tb_close(s->tb);
+      s->tb = NULL;
+    }
+  }
   if ((step + 1) % c->log_every && step + 1 != c->steps) return;
   double eta = step_s * (double)(c->steps - step - 1);
   if (s->tty)
@@ -527,6 +540,7 @@ static status_t run(run_state *s, const char *init_from) {
       snprintf(p, sizeof p, "%s/metrics.jsonl", c->log_dir);
       s->metrics = fopen(p, start ? "a" : "w");
       if (!s->metrics) return status_set(STATUS_IO, "cannot open %s: %s", p, strerror(errno));
+      if ((st = tb_open(&s->tb, c->log_dir))) return st;
     }
   }
   int64_t step = start;
@@ -548,6 +562,11 @@ static status_t run(run_state *s, const char *init_from) {
         if (s->metrics)
           fprintf(s->metrics, "{\"eval_step\":%lld,\"eval_loss\":%.6f,\"eval_mlm_acc\":%.5f,\"eval_nsp_acc\":%.5f}\n",
                   (long long)step + 1, e[0], e[1], e[2]);
+        if (s->tb) {
+          static const char *const tags[] = {"eval/loss", "eval/mlm_accuracy"};
+          const float v[] = {(float)e[0], (float)e[1]};
+          tb_scalars(s->tb, step + 1, tags, v, 2);
+        }
         if (s->tty) fputc('\n', stderr);
         LOG_INFO(TRAINER, "eval at step %lld: held-out loss %.4f, MLM accuracy %.4f", (long long)step + 1,
                  e[0], e[1]);
@@ -607,6 +626,7 @@ int trainer_train_main(int argc, char **argv) {
     rc = 1;
   }
   if (s.metrics) fclose(s.metrics);
+  tb_close(s.tb);
   reducer_free(s.red);
   optim_free(s.opt);
   bert_free(s.model);

@@ -253,6 +253,20 @@ def test_loss_falls(a, data):
     if os.path.exists(log):
         evals = [json.loads(l)["eval_loss"] for l in open(log) if "eval_loss" in l]
     falling = len(evals) == 3 and evals[0] > evals[1] > evals[2] and evals[2] < evals[0] - 0.3
+    # The TensorBoard event file, read independently, holds the same curve.
+    import tfevents
+    ev = glob.glob(os.path.join(a.workdir, name, "log", "events.out.tfevents.*"))
+    if ev:
+        version, events = tfevents.read_events(ev[0])
+        train = [(st, d["train/loss"]) for st, d in events if "train/loss" in d]
+        jl = [json.loads(l) for l in open(log) if '"loss"' in l]
+        same = len(train) == len(jl) and all(
+            st == j["step"] and abs(v - j["loss"]) < 1e-4 * abs(j["loss"]) for (st, v), j in zip(train, jl))
+        check(version == "brain.Event:2" and same and
+              sum("eval/loss" in d for _, d in events) == 3,
+              f"loss-falls: TensorBoard events ({len(train)} train scalars) match metrics.jsonl")
+    else:
+        check(False, "loss-falls: no TensorBoard event file")
     check(r.returncode == 0 and falling,
           f"loss-falls: held-out loss {['%.3f' % e for e in evals]}"
           + ("" if r.returncode == 0 else ": " + r.stderr[-600:]))
