@@ -6,16 +6,20 @@
 #include <string.h>
 
 #include "dataset.h"
+#include "service.h"
 
 static const char batches_usage[] =
     "usage: mlmpi-data batches --data DIR --seq-len T --global-batch B --world W --rank R\n"
     "                          --step S [--seed N] [--count N] [--split train|holdout]\n"
     "                          [--max-predictions P] [--mask-prob X] [--masking bert|electra]\n"
     "                          [--whole-word] [--instances packed|nsp] [--short-seq-prob X]\n"
+    "                          [--service HOST:PORT[,HOST:PORT...] [--token-file F]]\n"
     "  Prints the batches rank R of W receives at steps S..S+N-1 (its contiguous slice of\n"
     "  each global batch of B sequences), one JSON object per line with the batch fields\n"
     "  (input_ids, input_mask, segment_ids, masked_lm_positions, masked_lm_ids,\n"
-    "  masked_lm_weights, next_sentence_labels), each an array of rows.\n";
+    "  masked_lm_weights, next_sentence_labels), each an array of rows.\n"
+    "  With --service the batches are fetched from running `mlmpi-data serve` replicas\n"
+    "  (--data is then not needed; --token-file holds their shared secret, if any).\n";
 
 static void print_rows_i(const char *key, const int32_t *v, int n, int w) {
   printf(",\"%s\":[", key);
@@ -47,9 +51,10 @@ int data_batches_main(int argc, char **argv) {
       {"mask-prob", required_argument, 0, 'm'},    {"masking", required_argument, 0, 'M'},
       {"whole-word", no_argument, 0, 'w'},         {"instances", required_argument, 0, 'i'},
       {"short-seq-prob", required_argument, 0, 'q'}, {"help", no_argument, 0, 'h'},
+      {"service", required_argument, 0, 'V'},      {"token-file", required_argument, 0, 'K'},
       {0, 0, 0, 0}};
   data_config cfg = data_config_default();
-  const char *dir = NULL, *split = "train";
+  const char *dir = NULL, *split = "train", *service = NULL, *token_file = NULL;
   long long B = 0, W = 1, R = 0, S = -1, count = 1;
   opterr = 0;
   optind = 1;
@@ -59,6 +64,8 @@ int data_batches_main(int argc, char **argv) {
     switch (c) {
       case 'd': dir = optarg; break;
       case 'p': split = optarg; break;
+      case 'V': service = optarg; break;
+      case 'K': token_file = optarg; break;
       case 'B': B = strtoll(optarg, &e, 10); break;
       case 'W': W = strtoll(optarg, &e, 10); break;
       case 'R': R = strtoll(optarg, &e, 10); break;
@@ -87,7 +94,7 @@ int data_batches_main(int argc, char **argv) {
       return 2;
     }
   }
-  if (!dir || B < 1 || S < 0 || W < 1 || R < 0 || R >= W || count < 1) {
+  if ((!dir && !service) || B < 1 || S < 0 || W < 1 || R < 0 || R >= W || count < 1) {
     fprintf(stderr, "mlmpi-data batches: --data, --global-batch >= 1, --step >= 0 and "
                     "0 <= --rank < --world are required (see --help)\n");
     return 2;
@@ -96,8 +103,24 @@ int data_batches_main(int argc, char **argv) {
     fprintf(stderr, "mlmpi-data batches: --global-batch %lld is not divisible by --world %lld\n", B, W);
     return 2;
   }
-  dataset *d;
-  if (dataset_open(&d, dir, split, &cfg) != STATUS_OK) {
+  dataset *d = NULL;
+  svc_client *svc = NULL;
+  if (service) {
+    svc_client_options o = svc_client_options_default();
+    char *token = NULL;
+    o.addresses = service;
+    o.config = cfg;
+    o.split = split;
+    o.global_batch = (uint64_t)B;
+    status_t ost = token_file ? svc_read_token(token_file, &token) : STATUS_OK;
+    o.token = token;
+    if (ost == STATUS_OK) ost = svc_client_open(&svc, &o);
+    free(token);
+    if (ost) {
+      fprintf(stderr, "mlmpi-data batches: %s\n", status_message());
+      return 1;
+    }
+  } else if (dataset_open(&d, dir, split, &cfg) != STATUS_OK) {
     fprintf(stderr, "mlmpi-data batches: %s\n", status_message());
     return 1;
   }
@@ -106,10 +129,11 @@ int data_batches_main(int argc, char **argv) {
   status_t st = data_batch_alloc(&b, n, cfg.seq_len, cfg.max_predictions);
   for (long long k = 0; k < count && st == STATUS_OK; k++) {
     uint64_t step = (uint64_t)(S + k);
-    st = dataset_get_batch(d, (uint64_t)B, step, (uint64_t)(R * n), n, &b);
+    st = svc ? svc_client_get(svc, step, (uint64_t)(R * n), n, &b)
+             : dataset_get_batch(d, (uint64_t)B, step, (uint64_t)(R * n), n, &b);
     if (st) break;
     printf("{\"step\":%llu,\"rank\":%lld,\"world\":%lld,\"fingerprint\":\"%016llx\"",
-           (unsigned long long)step, R, W, (unsigned long long)dataset_fingerprint(d));
+           (unsigned long long)step, R, W, (unsigned long long)(svc ? svc_client_fingerprint(svc) : dataset_fingerprint(d)));
     print_rows_i("input_ids", b.input_ids, n, b.T);
     print_rows_i("input_mask", b.input_mask, n, b.T);
     print_rows_i("segment_ids", b.segment_ids, n, b.T);
@@ -122,5 +146,6 @@ int data_batches_main(int argc, char **argv) {
   if (st) fprintf(stderr, "mlmpi-data batches: %s\n", status_message());
   data_batch_free(&b);
   dataset_free(d);
+  svc_client_free(svc);
   return st == STATUS_OK ? 0 : 1;
 }

@@ -25,6 +25,12 @@ static const char usage[] =
     "      every record of a shard as one JSON object per line\n"
     "  batches --data DIR --seq-len T --global-batch B --world W --rank R --step S ...\n"
     "      the batches a rank receives, as JSON lines (determinism checks)\n"
+    "  serve --data DIR [--bind HOST] [--port P] [--workers N] [--token-file F]\n"
+    "      the dataset service: streams batches to trainers over TCP\n"
+    "  tfrecord-export --data DIR --out FILE --seq-len T [--count N | --steps S --global-batch B]\n"
+    "      the batch stream's instances, masks included, as BERT pretraining TFRecords\n"
+    "  tfrecord-import FILE|GLOB...\n"
+    "      checks BERT pretraining TFRecords (read in place, not converted) and summarizes them\n"
     "\n"
     "`mlmpi-data <command> --help` describes each command.\n"
     "\n"
@@ -79,20 +85,23 @@ typedef struct {
   tok_str *out;
 } line_block;
 
-static status_t format_line(const tokenizer *t, bool pieces, const tok_ids *ids, tok_str *o) {
+/* The ids of one line; --pieces lines come from tok_encode_pieces, which
+ * prints pieces the way the tokenizer's own tool does. */
+static status_t format_line(const tok_ids *ids, tok_str *o) {
   char num[16];
   o->n = 0;
   status_t st = tok_str_append(o, "", 0);
   for (size_t i = 0; i < ids->n && st == STATUS_OK; i++) {
-    if (i) st = tok_str_append(o, " ", 1);
-    if (pieces) {
-      size_t len = 0;
-      const char *p = tok_piece(t, ids->v[i], &len);
-      if (st == STATUS_OK) st = tok_str_append(o, p, len);
-    } else if (st == STATUS_OK) {
-      int k = snprintf(num, sizeof num, "%d", ids->v[i]);
-      st = tok_str_append(o, num, (size_t)k);
-    }
+    /* Digits written backwards from the end of num, after a separator. */
+    char *p = num + sizeof num;
+    int64_t v = ids->v[i];
+    bool neg = v < 0;
+    if (neg) v = -v;
+    do *--p = (char)('0' + v % 10);
+    while (v /= 10);
+    if (neg) *--p = '-';
+    if (i) *--p = ' ';
+    st = tok_str_append(o, p, (size_t)(num + sizeof num - p));
   }
   if (st == STATUS_OK) st = tok_str_append(o, "\n", 1);
   return st;
@@ -131,8 +140,12 @@ static int cmd_encode(int argc, char **argv) {
 #pragma omp for schedule(dynamic, 16)
       for (int i = 0; i < n; i++) {
         ids.n = 0;
-        if (tok_encode(t, b.line[i], b.len[i], &ids) != STATUS_OK ||
-            format_line(t, a.pieces, &ids, &b.out[i]) != STATUS_OK) {
+        b.out[i].n = 0;
+        status_t est = a.pieces ? tok_encode_pieces(t, b.line[i], b.len[i], &ids, &b.out[i])
+                                : tok_encode(t, b.line[i], b.len[i], &ids);
+        if (est == STATUS_OK)
+          est = a.pieces ? tok_str_append(&b.out[i], "\n", 1) : format_line(&ids, &b.out[i]);
+        if (est != STATUS_OK) {
 #pragma omp critical
           if (failed < 0 || i < failed) {
             failed = i;
@@ -212,6 +225,9 @@ int data_shard_main(int argc, char **argv);
 int data_inspect_main(int argc, char **argv);
 int data_dump_main(int argc, char **argv);
 int data_batches_main(int argc, char **argv);
+int data_serve_main(int argc, char **argv);
+int data_tfrecord_export_main(int argc, char **argv);
+int data_tfrecord_import_main(int argc, char **argv);
 
 int main(int argc, char **argv) {
   if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
@@ -224,6 +240,9 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "inspect")) return data_inspect_main(argc - 1, argv + 1);
   if (!strcmp(argv[1], "dump")) return data_dump_main(argc - 1, argv + 1);
   if (!strcmp(argv[1], "batches")) return data_batches_main(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "serve")) return data_serve_main(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "tfrecord-export")) return data_tfrecord_export_main(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "tfrecord-import")) return data_tfrecord_import_main(argc - 1, argv + 1);
   fprintf(stderr, "mlmpi-data: unknown command '%s' (see mlmpi-data --help)\n", argv[1]);
   return 2;
 }

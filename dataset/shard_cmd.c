@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "shard.h"
+#include "tfexample.h"
 #include "tokenizer.h"
 
 /* One document: its sentences as text, then as token ids. */
@@ -308,12 +309,17 @@ static void print_ints(const char *key, const int32_t *v, size_t n, bool first) 
 int data_dump_main(int argc, char **argv) {
   if (argc != 2 || !strcmp(argv[1], "--help")) {
     fputs("usage: mlmpi-data dump FILE\n  Prints the shard's header and then every document as "
-          "one JSON object per line.\n",
+          "one JSON object per line; a TFRecord file of tf.train.Example prints each record's\n"
+          "  feature map: {\"record\":i,\"offset\":byte,\"features\":{name: values}}.\n",
           argc != 2 ? stderr : stdout);
     return argc != 2 ? 2 : 0;
   }
   shard_reader *r;
   if (shard_open(argv[1], &r) != STATUS_OK) {
+    /* Not a shard: perhaps TFRecords of tf.train.Example (BERT's records). */
+    if (strstr(status_message(), "not an mlmpi shard") && tfx_dump(argv[1], stdout) == STATUS_OK)
+      return fflush(stdout) == 0 ? 0 : 1;
+    fflush(stdout);
     fprintf(stderr, "mlmpi-data dump: %s\n", status_message());
     return 1;
   }

@@ -186,6 +186,20 @@ status_t tok_encode(const tokenizer *t, const char *text, size_t n, tok_ids *out
   return t->ops->encode(t->impl, text, n, out);
 }
 
+status_t tok_encode_pieces(const tokenizer *t, const char *text, size_t n, tok_ids *ids,
+                           tok_str *out) {
+  if (t->ops->encode_pieces) return t->ops->encode_pieces(t->impl, text, n, out);
+  ids->n = 0;
+  status_t st = t->ops->encode(t->impl, text, n, ids);
+  for (size_t i = 0; i < ids->n && st == STATUS_OK; i++) {
+    size_t len = 0;
+    const char *p = t->ops->piece(t->impl, ids->v[i], &len);
+    if (i) st = tok_str_append(out, " ", 1);
+    if (st == STATUS_OK) st = tok_str_append(out, p ? p : "", p ? len : 0);
+  }
+  return st;
+}
+
 status_t tok_decode(const tokenizer *t, const int32_t *ids, size_t n, tok_str *out) {
   int32_t v = tok_vocab_size(t);
   for (size_t i = 0; i < n; i++)

@@ -48,6 +48,11 @@ typedef struct {
   int32_t (*piece_id)(const void *impl, const char *piece); /* -1 if absent */
   int32_t (*vocab_size)(const void *impl);
   void (*free)(void *impl);
+  /* Optional (NULL: each id's piece string is printed). Appends the pieces of
+   * text[0..n) separated by spaces, where a piece's printed text is not its
+   * vocabulary string: SentencePiece prints an unknown piece as the text it
+   * covers. Thread-safe like encode. */
+  status_t (*encode_pieces)(const void *impl, const char *text, size_t n, tok_str *out);
 } tok_ops;
 
 typedef struct tokenizer tokenizer;
@@ -70,6 +75,11 @@ status_t tok_require_specials(const tokenizer *t);
 uint64_t tok_fingerprint(const tokenizer *t);
 /* Thread-safe. */
 status_t tok_encode(const tokenizer *t, const char *text, size_t n, tok_ids *out);
+/* Appends the pieces of text[0..n) separated by spaces, as
+ * `spm_encode --output_format=piece` prints them (no newline); ids is scratch.
+ * Thread-safe. */
+status_t tok_encode_pieces(const tokenizer *t, const char *text, size_t n, tok_ids *ids,
+                           tok_str *out);
 status_t tok_decode(const tokenizer *t, const int32_t *ids, size_t n, tok_str *out);
 
 /* Backend loaders (one per file: tok_spm.c, tok_gpt2.c, tok_wordpiece.c). */
