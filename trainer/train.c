@@ -21,7 +21,9 @@
 
 #include "ckpt.h"
 #include "comm.h"
+#include "service.h"
 #include "tb.h"
+#include "tfexample.h"
 #include "train_config.h"
 
 static volatile sig_atomic_t stop_requested;
@@ -42,13 +44,43 @@ static uint64_t fnv_str(const char *s) {
   return h;
 }
 
+/* Where batches come from: shards in-process (the default), BERT TFRecords
+ * with static masks, or the dataset service. All three give the batch of a
+ * (step, slice) as a pure function, so the trainer cannot tell them apart. */
+typedef struct {
+  dataset *ds;     /* shards: also the vocabulary and special ids */
+  tfx_source *tfx; /* TFRecords */
+  svc_client *svc; /* the service (ds, when set, checks its fingerprint) */
+  uint64_t fingerprint;
+  uint64_t instances;
+} batch_src;
+
+static status_t src_get(batch_src *b, uint64_t global_batch, uint64_t step, uint64_t first,
+                        int count, data_batch *out) {
+  if (b->svc) return svc_client_get(b->svc, step, first, count, out);
+  if (b->tfx) return tfx_get_batch(b->tfx, global_batch, step, first, count, out);
+  return dataset_get_batch(b->ds, global_batch, step, first, count, out);
+}
+
+static void src_free(batch_src *b) {
+  svc_client_free(b->svc);
+  tfx_free(b->tfx);
+  dataset_free(b->ds);
+}
+
+static bool is_dir(const char *p) {
+  struct stat sb;
+  return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
 /* The run's state, shared by the steps. */
 typedef struct {
   train_config cfg;
   char *cfg_text;
   comm_t *comm;
   int rank, world;
-  dataset *data, *holdout;
+  batch_src data;   /* training batches */
+  dataset *holdout; /* evaluation batches */
   bert_config mcfg;
   bert_model *model;
   optim *opt;
@@ -140,18 +172,21 @@ static status_t parse_args(int argc, char **argv, train_config *c, const char **
 
 static status_t setup_model(run_state *s) {
   train_config *c = &s->cfg;
-  const shard_meta *meta = dataset_meta(s->data);
+  const shard_meta *meta = s->data.ds ? dataset_meta(s->data.ds) : NULL;
   status_t st;
   if (c->model_config[0]) {
     if ((st = bert_config_load(c->model_config, &s->mcfg))) return st;
-    if ((uint32_t)s->mcfg.vocab_size < meta->vocab_size)
+    if (meta && (uint32_t)s->mcfg.vocab_size < meta->vocab_size)
       return status_set(STATUS_CONFIG, "%s: vocab_size %d is smaller than the data's tokenizer (%u)",
                         c->model_config, s->mcfg.vocab_size, meta->vocab_size);
+  } else if (!meta) {
+    return status_set(STATUS_CONFIG, "model.config (a config.json with vocab_size) is needed when "
+                                     "the data are not shards (a preset takes its vocabulary from them)");
   } else {
     if ((st = bert_preset(c->model_preset, &s->mcfg))) return st;
     s->mcfg.vocab_size = (int)meta->vocab_size;
   }
-  s->mcfg.nsp = c->data.instances == INST_NSP;
+  if (!s->data.tfx) s->mcfg.nsp = c->data.instances == INST_NSP;
   if (s->mcfg.max_position_embeddings < c->data.seq_len)
     return status_set(STATUS_CONFIG, "data.seq_len %d exceeds the model's max_position_embeddings %d",
                       c->data.seq_len, s->mcfg.max_position_embeddings);
@@ -225,7 +260,7 @@ typedef struct {
 
 static status_t check_same_job(run_state *s) {
   job_hash mine = {fnv_str(s->cfg_text), param_table_hash(bert_params(s->model)),
-                   dataset_fingerprint(s->data), s->world};
+                   s->data.fingerprint, s->world};
   job_hash *all = calloc((size_t)s->world, sizeof *all);
   if (!all) return status_set(STATUS_NOMEM, "out of memory");
   status_t st = s->comm->ops->allgather_bytes(s->comm, &mine, all, sizeof mine);
@@ -257,8 +292,8 @@ static status_t train_step(run_state *s, int64_t step, step_result *r) {
   double wsum[1] = {0};
   for (int64_t k = 0; k < s->accum; k++) {
     uint64_t first = (uint64_t)(s->rank * s->per_rank + k * s->micro);
-    status_t st = dataset_get_batch(s->data, (uint64_t)c->global_batch, (uint64_t)step, first,
-                                    (int)s->micro, &s->mb[k]);
+    status_t st = src_get(&s->data, (uint64_t)c->global_batch, (uint64_t)step, first,
+                          (int)s->micro, &s->mb[k]);
     if (st) return st;
     for (int64_t i = 0; i < s->micro * c->data.max_predictions; i++) wsum[0] += s->mb[k].masked_lm_weights[i];
   }
@@ -427,7 +462,7 @@ static status_t save(run_state *s, int64_t steps_done) {
   bool owned;
   status_t st = gather_optim(s, &o, &owned);
   if (st == STATUS_OK && s->rank == 0) {
-    ckpt_info info = {steps_done, s->world, dataset_fingerprint(s->data), s->cfg.seed};
+    ckpt_info info = {steps_done, s->world, s->data.fingerprint, s->cfg.seed};
     st = ckpt_save(s->cfg.ckpt_dir, &info, bert_params(s->model), bert_param_buf(s->model), &o,
                    s->cfg_text, s->cfg.ckpt_keep);
     if (st == STATUS_OK) LOG_INFO(TRAINER, "checkpoint: %s/step-%lld", s->cfg.ckpt_dir, (long long)steps_done);
@@ -468,7 +503,7 @@ static status_t init_weights(run_state *s, const char *init_from, int64_t *start
       o.m = mem_alloc(bytes, "checkpoint moments");
       o.v = mem_alloc(bytes, "checkpoint moments");
       st = !o.m || !o.v ? STATUS_NOMEM : ckpt_load(path, &info, t, bert_param_buf(s->model), &o);
-      if (st == STATUS_OK && info.data_fingerprint != dataset_fingerprint(s->data))
+      if (st == STATUS_OK && info.data_fingerprint != s->data.fingerprint)
         st = status_set(STATUS_CONFIG, "checkpoint %s was made on other data or data settings", path);
       if (st == STATUS_OK) {
         head[1] = 1;
@@ -515,12 +550,55 @@ out:
   return st;
 }
 
+static status_t open_source(run_state *s) {
+  train_config *c = &s->cfg;
+  batch_src *b = &s->data;
+  status_t st;
+  if (c->data_path[0] && is_dir(c->data_path)) {
+    if ((st = dataset_open(&b->ds, c->data_path, "train", &c->data))) return st;
+    b->fingerprint = dataset_fingerprint(b->ds);
+    b->instances = dataset_instances(b->ds);
+  } else if (c->data_path[0]) {
+    const char *paths[1] = {c->data_path};
+    if ((st = tfx_open(paths, 1, c->data.seq_len, c->data.max_predictions, c->data.seed, &b->tfx)))
+      return st;
+    b->fingerprint = tfx_fingerprint(b->tfx);
+    b->instances = tfx_records(b->tfx);
+  }
+  if (c->data_service[0]) {
+    if (b->tfx) return status_set(STATUS_CONFIG, "data.service serves shards, not TFRecords (data.path)");
+    svc_client_options o = svc_client_options_default();
+    o.addresses = c->data_service;
+    o.config = c->data;
+    o.global_batch = (uint64_t)c->global_batch;
+    o.fingerprint = b->ds ? b->fingerprint : 0;
+    o.timeout_ms = (int)(c->timeout_s * 1000);
+    if ((st = svc_client_open(&b->svc, &o))) return st;
+  }
+  return STATUS_OK;
+}
+
+/* Tells the service client which slices this rank will ask for at a step. */
+static void plan_step(run_state *s, int64_t step) {
+  if (!s->data.svc || step >= s->cfg.steps) return;
+  svc_key keys[64];
+  int n = 0;
+  for (int64_t k = 0; k < s->accum && n < 64; k++)
+    keys[n++] = (svc_key){(uint64_t)step, (uint64_t)(s->rank * s->per_rank + k * s->micro), (int)s->micro};
+  svc_client_plan(s->data.svc, keys, (size_t)n);
+}
+
 static status_t run(run_state *s, const char *init_from) {
   train_config *c = &s->cfg;
   status_t st;
   if ((st = setup_batches(s))) return st;
-  if ((st = dataset_open(&s->data, c->data_path, "train", &c->data))) return st;
-  if (c->eval_every && (st = dataset_open(&s->holdout, c->data_path, "holdout", &c->data))) return st;
+  if ((st = open_source(s))) return st;
+  if (c->eval_every) {
+    if (!s->data.ds)
+      return status_set(STATUS_CONFIG, "train.eval_every needs data.path to be a directory of shards "
+                                       "with a holdout split");
+    if ((st = dataset_open(&s->holdout, c->data_path, "holdout", &c->data))) return st;
+  }
   if ((st = setup_model(s))) return st;
   s->uniform = true; /* the verdict of the job check is everyone's */
   if ((st = check_same_job(s))) return st;
@@ -531,7 +609,7 @@ static status_t run(run_state *s, const char *init_from) {
     fprintf(stderr, "effective config:\n%s", s->cfg_text);
     LOG_INFO(TRAINER, "%zu parameters; %llu training instances; global batch %lld = %d rank(s) x %lld "
              "micro-batch(es) of %lld; %d gradient bucket(s)",
-             bert_params(s->model)->total, (unsigned long long)dataset_instances(s->data),
+             bert_params(s->model)->total, (unsigned long long)s->data.instances,
              (long long)c->global_batch, s->world, (long long)s->accum, (long long)s->micro,
              reducer_buckets(s->red));
     if (c->log_dir[0]) {
@@ -544,7 +622,9 @@ static status_t run(run_state *s, const char *init_from) {
     }
   }
   int64_t step = start;
+  for (int64_t k = 0; k < 4; k++) plan_step(s, start + k);
   for (; step < c->steps; step++) {
+    plan_step(s, step + 4);
     double t0 = now_s();
     step_result r;
     if ((st = train_step(s, step, &r))) return st;
@@ -634,7 +714,7 @@ int trainer_train_main(int argc, char **argv) {
   free(s.mb);
   free(s.counts);
   mem_free(s.gslice);
-  dataset_free(s.data);
+  src_free(&s.data);
   dataset_free(s.holdout);
   free(s.cfg_text);
   if (rc && !uniform && s.world > 1) MPI_Abort(MPI_COMM_WORLD, rc);

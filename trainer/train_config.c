@@ -127,9 +127,8 @@ status_t train_config_load(train_config *c, const char *path) {
 
 status_t train_config_check(const train_config *c) {
   if (!c->data_path[0] && !c->data_service[0])
-    return status_set(STATUS_CONFIG, "data.path (a directory of shards) is not set");
-  if (c->data_service[0])
-    return status_set(STATUS_CONFIG, "data.service is not wired into the trainer yet (use data.path)");
+    return status_set(STATUS_CONFIG, "data.path (a directory of shards, or TFRecord files) or "
+                                     "data.service is not set");
   return STATUS_OK;
 }
 
@@ -178,7 +177,9 @@ static const char help[] =
     "[model]  config = PATH (a Hugging Face config.json) | preset = bert-tiny|bert-mini|bert-small|"
     "bert-base (bert-mini)\n"
     "         with a preset, vocab_size comes from the shards' tokenizer\n"
-    "[data]   path = DIR of shards (train-*.mlms, holdout-*.mlms) | service = HOST:PORT,...\n"
+    "[data]   path = DIR of shards (train-*.mlms, holdout-*.mlms), or BERT TFRecord files (a glob\n"
+    "         or comma list; needs model.config) | service = HOST:PORT,... (the dataset service;\n"
+    "         with path also set, its shards' fingerprint is checked against the service's)\n"
     "         seq_len = 128, max_predictions = 20, mask_prob = 0.15, masking = bert|electra,\n"
     "         whole_word = false, instances = packed|nsp, short_seq_prob = 0.1, seed = 12345\n"
     "[train]  global_batch = 32, micro_batch = 0 (global_batch / ranks), steps = 100, seed = 42,\n"

@@ -14,6 +14,8 @@ SentencePiece model trained with spm_train and shards, then checks:
                  to an uninterrupted run;
   signals        SIGUSR1 (to mpirun) and SIGTERM (to the ranks) make the ranks
                  checkpoint and exit 0;
+  sources        training through the dataset service gives the in-process
+                 weights bit for bit; BERT TFRecords train too;
   mismatch       ranks started with different configs fail at start-up with
                  one line naming the differing rank and field;
   loss-falls     a short run's held-out MLM loss falls.
@@ -232,6 +234,49 @@ def test_signals(a, data):
               f"{[os.path.basename(c) for c in ck]}" + ("" if p.returncode == 0 else ": " + err[-600:]))
 
 
+def test_sources(a, data):
+    """The service gives the in-process batches (so the same weights, bit for
+    bit); BERT TFRecords exported by mlmpi train through the same trainer."""
+    import socket
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    srv = subprocess.Popen([a.data, "serve", "--data", data, "--port", str(port), "--workers", "2"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ref = mpirun(2, [a.train] + config(a, data, "src_local"), timeout=600)
+        via = mpirun(2, [a.train] + config(a, data, "src_service", **{
+            "data.service": f"127.0.0.1:{port}"}), timeout=600)
+    finally:
+        srv.terminate()
+        srv.wait(timeout=30)
+    check(ref.returncode == 0 and via.returncode == 0, "sources: in-process and service runs finished"
+          + ("" if via.returncode == 0 else ": " + via.stderr[-800:]))
+    if ref.returncode == 0 and via.returncode == 0:
+        w1, w2 = weights(a, "src_local", 6), weights(a, "src_service", 6)
+        check(all(np.array_equal(w1[k], w2[k]) for k in w1),
+              "sources: training through the service gives bit-identical weights")
+    tfr = os.path.join(a.workdir, "export.tfrecord")
+    subprocess.run([a.data, "tfrecord-export", "--data", data, "--out", tfr, "--seq-len", "64",
+                    "--max-predictions", "10", "--instances", "nsp", "--count", "64"],
+                   check=True, capture_output=True)
+    cfgp = os.path.join(a.workdir, "bert_tiny_config.json")
+    with open(cfgp, "w") as f:
+        json.dump({"architectures": ["BertForPreTraining"], "vocab_size": 1000, "hidden_size": 128,
+                   "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512,
+                   "max_position_embeddings": 128, "hidden_dropout_prob": 0.1,
+                   "attention_probs_dropout_prob": 0.1}, f)
+    r = mpirun(2, [a.train] + config(a, tfr, "src_tfrecord", **{"model.config": cfgp}), timeout=600)
+    losses = []
+    log = os.path.join(a.workdir, "src_tfrecord", "log", "metrics.jsonl")
+    if os.path.exists(log):
+        losses = [json.loads(l)["nsp_loss"] for l in open(log) if '"loss"' in l]
+    check(r.returncode == 0 and len(losses) == 6 and all(x > 0 for x in losses),
+          "sources: 2 ranks train from BERT TFRecords (with NSP) exported by mlmpi-data"
+          + ("" if r.returncode == 0 else ": " + r.stderr[-800:]))
+
+
 def test_mismatch(a, data):
     c1 = config(a, data, "mismatch")
     c2 = config(a, data, "mismatch", **{"optim.lr": "0.01"})
@@ -281,7 +326,7 @@ def main():
     a = ap.parse_args()
     data = make_data(a)
     tests = {"same-weights": test_same_weights, "zero": test_zero, "kill-resume": test_kill_resume,
-             "signals": test_signals, "mismatch": test_mismatch, "loss-falls": test_loss_falls}
+             "signals": test_signals, "sources": test_sources, "mismatch": test_mismatch, "loss-falls": test_loss_falls}
     only = [x for x in a.only.split(",") if x]
     for name, fn in tests.items():
         if not only or name in only:
