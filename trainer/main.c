@@ -14,11 +14,13 @@ static const char usage[] =
     "commands:\n"
     "  step   one forward+backward of a model on given weights and batch (the oracle hook)\n"
     "  demo   initialise a model and train it on a synthetic batch, printing the loss\n"
+    "  export a checkpoint as a Hugging Face model directory (model.safetensors, config.json)\n"
     "\n"
     "`mlmpi-train <command> --help` describes each command.\n";
 
 int trainer_demo_main(int argc, char **argv);
 int trainer_train_main(int argc, char **argv);
+int trainer_export_main(int argc, char **argv);
 
 int main(int argc, char **argv) {
 #if defined(__x86_64__) && defined(__AVX2__)
@@ -39,6 +41,7 @@ int main(int argc, char **argv) {
   }
   if (argc >= 2 && !strcmp(argv[1], "step")) return trainer_step_main(argc - 1, argv + 1);
   if (argc >= 2 && !strcmp(argv[1], "demo")) return trainer_demo_main(argc - 1, argv + 1);
+  if (argc >= 2 && !strcmp(argv[1], "export")) return trainer_export_main(argc - 1, argv + 1);
   if (argc >= 2 && argv[1][0] != '-') {
     fprintf(stderr, "mlmpi-train: unknown command '%s' (see mlmpi-train --help)\n", argv[1]);
     return 2;

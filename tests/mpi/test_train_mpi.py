@@ -277,6 +277,27 @@ def test_sources(a, data):
           + ("" if r.returncode == 0 else ": " + r.stderr[-800:]))
 
 
+def test_export(a, data):
+    """A checkpoint exported in the Hugging Face layout loads into the
+    independent reference model by name, nothing missing or left over."""
+    import bert_ref
+    name = "export"
+    r = mpirun(1, [a.train] + config(a, data, name, **{"train.steps": "2"}), timeout=600)
+    out = os.path.join(a.workdir, name, "hf")
+    e = subprocess.run([a.train, "export", "--checkpoint", os.path.join(a.workdir, name, "ckpt", "step-2"),
+                        "--out", out], capture_output=True, text=True)
+    ok = r.returncode == 0 and e.returncode == 0
+    if ok:
+        cfg = json.load(open(os.path.join(out, "config.json")))
+        w = st_io.load(os.path.join(out, "model.safetensors"))
+        want = dict(bert_ref.param_shapes(cfg))
+        ok = set(want) == set(w) and all(tuple(w[k].shape) == tuple(v) for k, v in want.items())
+        ck = weights(a, name, 2)
+        ok = ok and all(np.array_equal(ck[k], w[k]) for k in w)
+    check(ok, "export: the Hugging Face directory matches the reference model's names and shapes"
+          + ("" if e.returncode == 0 else ": " + e.stderr[-400:]))
+
+
 def test_mismatch(a, data):
     c1 = config(a, data, "mismatch")
     c2 = config(a, data, "mismatch", **{"optim.lr": "0.01"})
@@ -326,7 +347,7 @@ def main():
     a = ap.parse_args()
     data = make_data(a)
     tests = {"same-weights": test_same_weights, "zero": test_zero, "kill-resume": test_kill_resume,
-             "signals": test_signals, "sources": test_sources, "mismatch": test_mismatch, "loss-falls": test_loss_falls}
+             "signals": test_signals, "sources": test_sources, "export": test_export, "mismatch": test_mismatch, "loss-falls": test_loss_falls}
     only = [x for x in a.only.split(",") if x]
     for name, fn in tests.items():
         if not only or name in only:
