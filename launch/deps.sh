@@ -6,7 +6,7 @@ mlmpi_deps=(
   libopenmpi-dev openmpi-bin libprotobuf-c-dev protobuf-c-compiler
   python3 python3-numpy python3-torch python3-protobuf
   libpcre2-dev libutf8proc-dev libnng-dev
-  sentencepiece bible-kjv nodejs npm
+  sentencepiece bible-kjv
 )
 
 mlmpi_install_deps() {
@@ -14,6 +14,10 @@ mlmpi_install_deps() {
   for p in "${mlmpi_deps[@]}" "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
+  # Node.js and npm (for the reference encoders) may come from elsewhere than
+  # Debian (NodeSource ships npm inside nodejs): only ask Debian when absent.
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" -ne 0 ]; then
     echo "mlmpi: missing Debian packages: ${missing[*]}" >&2

@@ -622,6 +622,7 @@ static status_t run(run_state *s, const char *init_from) {
     }
   }
   int64_t step = start;
+  const double t_start = now_s();
   for (int64_t k = 0; k < 4; k++) plan_step(s, start + k);
   for (; step < c->steps; step++) {
     plan_step(s, step + 4);
@@ -629,8 +630,9 @@ static status_t run(run_state *s, const char *init_from) {
     step_result r;
     if ((st = train_step(s, step, &r))) return st;
     /* One reduction carries the metrics and the stop flag. */
+    bool out_of_time = c->time_limit_s > 0 && now_s() - t_start >= c->time_limit_s;
     double g[7] = {r.loss, r.mlm_loss, r.mlm_correct, r.mlm_wsum, r.nsp_correct, r.nsp_loss,
-                   (double)stop_requested};
+                   (double)(stop_requested || out_of_time)};
     comm_set_context(s->comm, "step %lld metrics", (long long)step);
     if (s->comm->ops->allreduce_f64(s->comm, g, 7)) comm_fail(s->comm, status_message());
     if (s->rank == 0) log_step(s, step, &r, g, now_s() - t0);
@@ -656,7 +658,9 @@ static status_t run(run_state *s, const char *init_from) {
     if (periodic || stop || step + 1 == c->steps)
       if ((st = save(s, step + 1))) return st;
     if (stop) {
-      if (s->rank == 0) LOG_INFO(TRAINER, "stopping after step %lld on a signal", (long long)step + 1);
+      if (s->rank == 0)
+        LOG_INFO(TRAINER, "stopping after step %lld on a %s", (long long)step + 1,
+                 stop_requested ? "signal" : "time limit (train.time_limit_s)");
       step++;
       break;
     }

@@ -82,6 +82,7 @@ status_t train_config_set(train_config *c, const char *key, const char *v) {
     c->zero = (int)tmp;
     return STATUS_OK;
   }
+  F64("train.time_limit_s", time_limit_s);
   F64("comm.bucket_mb", bucket_mb);
   F64("comm.first_bucket_mb", first_bucket_mb);
   F64("comm.timeout_s", timeout_s);
@@ -150,7 +151,8 @@ char *train_config_dump(const train_config *c) {
           (long long)c->global_batch, (long long)c->micro_batch, (long long)c->steps);
   fprintf(f, "train.seed = %lld\ntrain.eval_every = %lld\ntrain.eval_batches = %lld\n",
           (long long)c->seed, (long long)c->eval_every, (long long)c->eval_batches);
-  fprintf(f, "train.log_every = %lld\ntrain.threads = %d\n", (long long)c->log_every, c->threads);
+  fprintf(f, "train.log_every = %lld\ntrain.threads = %d\ntrain.time_limit_s = %g\n",
+          (long long)c->log_every, c->threads, c->time_limit_s);
   fprintf(f, "optim.name = %s\noptim.lr = %g\noptim.schedule = %s\noptim.warmup = %g\n",
           c->optim.kind == OPTIM_LAMB ? "lamb" : "adamw", c->sched.lr,
           c->sched.kind == SCHED_POLY ? "poly" : "constant", c->sched.warmup);
@@ -183,7 +185,8 @@ static const char help[] =
     "         seq_len = 128, max_predictions = 20, mask_prob = 0.15, masking = bert|electra,\n"
     "         whole_word = false, instances = packed|nsp, short_seq_prob = 0.1, seed = 12345\n"
     "[train]  global_batch = 32, micro_batch = 0 (global_batch / ranks), steps = 100, seed = 42,\n"
-    "         eval_every = 0 (off), eval_batches = 4, log_every = 1, threads = 0 (cores/ranks)\n"
+    "         eval_every = 0 (off), eval_batches = 4, log_every = 1, threads = 0 (cores/ranks),\n"
+    "         time_limit_s = 0 (none: else checkpoint and stop after this many seconds)\n"
     "[optim]  name = lamb|adamw, lr, schedule, warmup, decay_power, end_lr, total_steps (0: train.steps),\n"
     "         beta1, beta2, eps, weight_decay, bias_correction, adapt_all, trust_min, trust_max,\n"
     "         max_grad_norm, zero = 0\n"

@@ -22,6 +22,7 @@ typedef struct {
   /* [train] */
   int64_t global_batch, micro_batch, steps, seed, eval_every, eval_batches, log_every;
   int threads;
+  double time_limit_s; /* stop (checkpoint, exit 0) after this long; 0: none */
   /* [optim] */
   optim_config optim;
   lr_schedule sched;
