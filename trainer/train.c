@@ -21,6 +21,7 @@
 
 #include "ckpt.h"
 #include "comm.h"
+#include "electra.h"
 #include "service.h"
 #include "tb.h"
 #include "tfexample.h"
@@ -83,6 +84,8 @@ typedef struct {
   dataset *holdout; /* evaluation batches */
   bert_config mcfg;
   bert_model *model;
+  electra_config ecfg;   /* model.preset electra-* or an ELECTRA model.config */
+  electra_model *emodel; /* set instead of model for ELECTRA */
   optim *opt;
   reducer *red;
   int64_t micro, accum, per_rank;
@@ -98,6 +101,24 @@ typedef struct {
 } run_state;
 
 static void on_grad_ready(void *ctx, int tensor) { reducer_ready(ctx, tensor); }
+
+/* The parameter table and buffers of whichever model runs. */
+static const param_table *model_params(const run_state *s) {
+  return s->emodel ? electra_params(s->emodel) : bert_params(s->model);
+}
+static float *model_param_buf(run_state *s) {
+  return s->emodel ? electra_param_buf(s->emodel) : bert_param_buf(s->model);
+}
+static float *model_grad_buf(run_state *s) {
+  return s->emodel ? electra_grad_buf(s->emodel) : bert_grad_buf(s->model);
+}
+
+/* ELECTRA when model.config says "model_type": "electra", or with no
+ * model.config a preset named electra-*. */
+static bool wants_electra(const train_config *c) {
+  return c->model_config[0] ? electra_config_is_electra(c->model_config)
+                            : !strncmp(c->model_preset, "electra-", 8);
+}
 
 /* The optimizer's cross-rank sum under ZeRO-1. */
 static status_t sum_across_ranks(void *ctx, double *buf, size_t n) {
@@ -128,6 +149,9 @@ static const char train_usage[] =
     "Trains under mpirun/srun (or as one process). Config keys (INI sections) and defaults:\n";
 
 /* ---- Set-up ------------------------------------------------------------------- */
+/* data.masking before parsing: not given (the default then follows the model). */
+#define MASKING_UNSET ((mask_style)0x7f)
+
 static status_t parse_args(int argc, char **argv, train_config *c, const char **init_from,
                            bool *help) {
   static const struct option opts[] = {{"config", required_argument, 0, 'c'},
@@ -136,6 +160,7 @@ static status_t parse_args(int argc, char **argv, train_config *c, const char **
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   train_config_default(c);
+  c->data.masking = MASKING_UNSET;
   *init_from = NULL;
   *help = false;
   /* The file first, then every --set on top, whatever their order. */
@@ -167,12 +192,14 @@ static status_t parse_args(int argc, char **argv, train_config *c, const char **
   }
   if (optind < argc) return status_set(STATUS_ARG, "unexpected argument '%s'", argv[optind]);
   if (c->sched.total_steps == 0) c->sched.total_steps = c->steps;
+  /* data.masking defaults to the model's scheme: ELECTRA's (85% [MASK],
+   * 15% kept) for an ELECTRA model, BERT's (80/10/10) otherwise. */
+  if (c->data.masking == MASKING_UNSET) c->data.masking = wants_electra(c) ? MASK_ELECTRA : MASK_BERT;
   return train_config_check(c);
 }
 
-static status_t setup_model(run_state *s) {
+static status_t bert_model_config(run_state *s, const shard_meta *meta) {
   train_config *c = &s->cfg;
-  const shard_meta *meta = s->data.ds ? dataset_meta(s->data.ds) : NULL;
   status_t st;
   if (c->model_config[0]) {
     if ((st = bert_config_load(c->model_config, &s->mcfg))) return st;
@@ -190,6 +217,39 @@ static status_t setup_model(run_state *s) {
   if (s->mcfg.max_position_embeddings < c->data.seq_len)
     return status_set(STATUS_CONFIG, "data.seq_len %d exceeds the model's max_position_embeddings %d",
                       c->data.seq_len, s->mcfg.max_position_embeddings);
+  return STATUS_OK;
+}
+
+/* As bert_model_config for ELECTRA (NSP labels, where the data have them,
+ * are not used). */
+static status_t electra_model_config(run_state *s, const shard_meta *meta) {
+  train_config *c = &s->cfg;
+  status_t st;
+  if (c->model_config[0]) {
+    if ((st = electra_config_load(c->model_config, &s->ecfg))) return st;
+    if (meta && (uint32_t)s->ecfg.vocab_size < meta->vocab_size)
+      return status_set(STATUS_CONFIG, "%s: vocab_size %d is smaller than the data's tokenizer (%u)",
+                        c->model_config, s->ecfg.vocab_size, meta->vocab_size);
+  } else if (!meta) {
+    return status_set(STATUS_CONFIG, "model.config (a config.json with vocab_size) is needed when "
+                                     "the data are not shards (a preset takes its vocabulary from them)");
+  } else {
+    if ((st = electra_preset(c->model_preset, &s->ecfg))) return st;
+    s->ecfg.vocab_size = (int)meta->vocab_size;
+    if ((st = electra_config_check(&s->ecfg))) return st;
+  }
+  if (s->ecfg.max_position_embeddings < c->data.seq_len)
+    return status_set(STATUS_CONFIG, "data.seq_len %d exceeds the model's max_position_embeddings %d",
+                      c->data.seq_len, s->ecfg.max_position_embeddings);
+  return STATUS_OK;
+}
+
+static status_t setup_model(run_state *s) {
+  train_config *c = &s->cfg;
+  const shard_meta *meta = s->data.ds ? dataset_meta(s->data.ds) : NULL;
+  const bool electra = wants_electra(c);
+  status_t st = electra ? electra_model_config(s, meta) : bert_model_config(s, meta);
+  if (st) return st;
   int threads = c->threads;
   if (!threads) {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -200,10 +260,14 @@ static status_t setup_model(run_state *s) {
   if (s->rank == 0)
     LOG_INFO(TRAINER, "%d rank(s), %d on this node, %d thread(s) each", s->world,
              s->comm->local_size, threads);
-  if ((st = bert_init(&s->model, &s->mcfg, (int)s->micro, c->data.seq_len, c->data.max_predictions,
-                      threads)))
-    return st;
-  const param_table *t = bert_params(s->model);
+  if (electra)
+    st = electra_init(&s->emodel, &s->ecfg, (int)s->micro, c->data.seq_len, c->data.max_predictions,
+                      threads);
+  else
+    st = bert_init(&s->model, &s->mcfg, (int)s->micro, c->data.seq_len, c->data.max_predictions,
+                   threads);
+  if (st) return st;
+  const param_table *t = model_params(s);
   if (c->zero) {
     s->counts = calloc((size_t)s->world, sizeof *s->counts);
     if (!s->counts) return status_set(STATUS_NOMEM, "out of memory");
@@ -221,10 +285,13 @@ static status_t setup_model(run_state *s) {
     st = optim_init(&s->opt, &c->optim, t);
   }
   if (st) return st;
-  if ((st = reducer_init(&s->red, s->comm, bert_params(s->model), bert_grad_buf(s->model),
-                         c->first_bucket_mb, c->bucket_mb)))
+  if ((st = reducer_init(&s->red, s->comm, model_params(s), model_grad_buf(s), c->first_bucket_mb,
+                         c->bucket_mb)))
     return st;
-  bert_set_grad_ready(s->model, on_grad_ready, s->red);
+  if (electra)
+    electra_set_grad_ready(s->emodel, on_grad_ready, s->red);
+  else
+    bert_set_grad_ready(s->model, on_grad_ready, s->red);
   return STATUS_OK;
 }
 
@@ -259,7 +326,7 @@ typedef struct {
 } job_hash;
 
 static status_t check_same_job(run_state *s) {
-  job_hash mine = {fnv_str(s->cfg_text), param_table_hash(bert_params(s->model)),
+  job_hash mine = {fnv_str(s->cfg_text), param_table_hash(model_params(s)),
                    s->data.fingerprint, s->world};
   job_hash *all = calloc((size_t)s->world, sizeof *all);
   if (!all) return status_set(STATUS_NOMEM, "out of memory");
@@ -280,29 +347,75 @@ static status_t check_same_job(run_state *s) {
 /* ---- One step ----------------------------------------------------------------- */
 typedef struct {
   double loss, mlm_loss, nsp_loss, mlm_correct, mlm_wsum, nsp_correct;
+  /* ELECTRA's discriminator: loss, real tokens, correct, replaced,
+   * predicted replaced, both. */
+  double disc_loss, disc_tokens, disc_correct, replaced, predicted, true_positive;
   double data_s, compute_s, exposed_s;
   optim_stats os;
 } step_result;
+
+/* One ELECTRA micro-batch k of this rank: forward (samples keyed by the
+ * global sample index), backward into the reducer. den: the global batch's
+ * Σ masked_lm_weights and real-token count. */
+static status_t electra_micro_step(run_state *s, int64_t step, int64_t k, const double den[2],
+                                   step_result *r) {
+  const train_config *c = &s->cfg;
+  const data_batch *b = &s->mb[k];
+  electra_batch eb = {b->n, b->T, b->P, b->input_ids, b->input_mask, b->segment_ids,
+                      b->masked_lm_positions, b->masked_lm_ids, b->masked_lm_weights, NULL};
+  status_t st = electra_check_batch(s->emodel, &eb);
+  if (st) return st;
+  electra_run run = electra_run_default();
+  run.seed = (uint64_t)c->seed;
+  run.step = (uint32_t)step;
+  run.sample_base = (uint32_t)(s->rank * s->per_rank + k * s->micro);
+  run.mlm_denominator = den[0];
+  run.disc_denominator = den[1];
+  electra_losses ls;
+  electra_forward(s->emodel, &eb, &run, &ls);
+  reducer_begin(s->red, !c->zero && k == s->accum - 1, (uint64_t)step);
+  electra_backward(s->emodel);
+  r->loss += ls.loss;
+  r->mlm_loss += ls.mlm_loss;
+  r->mlm_correct += ls.mlm_correct;
+  r->mlm_wsum += ls.mlm_weight_sum;
+  r->disc_loss += ls.disc_loss;
+  r->disc_tokens += ls.disc_tokens;
+  r->disc_correct += ls.disc_correct;
+  r->replaced += ls.replaced;
+  r->predicted += ls.predicted;
+  r->true_positive += ls.true_positive;
+  return STATUS_OK;
+}
 
 static status_t train_step(run_state *s, int64_t step, step_result *r) {
   train_config *c = &s->cfg;
   bert_model *m = s->model;
   memset(r, 0, sizeof *r);
   double t0 = now_s();
-  double wsum[1] = {0};
+  double wsum[2] = {0, 0}; /* Σ masked_lm_weights; real tokens (ELECTRA) */
   for (int64_t k = 0; k < s->accum; k++) {
     uint64_t first = (uint64_t)(s->rank * s->per_rank + k * s->micro);
     status_t st = src_get(&s->data, (uint64_t)c->global_batch, (uint64_t)step, first,
                           (int)s->micro, &s->mb[k]);
     if (st) return st;
     for (int64_t i = 0; i < s->micro * c->data.max_predictions; i++) wsum[0] += s->mb[k].masked_lm_weights[i];
+    if (s->emodel)
+      for (int64_t i = 0; i < s->micro * c->data.seq_len; i++) wsum[1] += s->mb[k].input_mask[i];
   }
   r->data_s = now_s() - t0;
   comm_set_context(s->comm, "step %lld loss normaliser", (long long)step);
-  status_t st = s->comm->ops->allreduce_f64(s->comm, wsum, 1);
+  status_t st = s->comm->ops->allreduce_f64(s->comm, wsum, 2);
   if (st) comm_fail(s->comm, status_message());
-  bert_zero_grad(m);
+  if (s->emodel)
+    electra_zero_grad(s->emodel);
+  else
+    bert_zero_grad(m);
   for (int64_t k = 0; k < s->accum; k++) {
+    if (s->emodel) {
+      if ((st = electra_micro_step(s, step, k, wsum, r))) return st;
+      continue;
+    }
     const data_batch *b = &s->mb[k];
     bert_batch bb = {b->n, b->T, b->P, b->input_ids, b->input_mask, b->segment_ids,
                      b->masked_lm_positions, b->masked_lm_ids, b->masked_lm_weights,
@@ -333,37 +446,70 @@ static status_t train_step(run_state *s, int64_t step, step_result *r) {
      * parameters. */
     double tc = now_s();
     comm_set_context(s->comm, "step %lld gradient reduce-scatter", (long long)step);
-    if (s->comm->ops->reduce_scatter(s->comm, bert_grad_buf(m), s->gslice, s->counts))
+    if (s->comm->ops->reduce_scatter(s->comm, model_grad_buf(s), s->gslice, s->counts))
       comm_fail(s->comm, status_message());
     r->exposed_s += now_s() - tc;
-    optim_step(s->opt, bert_param_buf(m), s->gslice, lr, &r->os);
+    optim_step(s->opt, model_param_buf(s), s->gslice, lr, &r->os);
     tc = now_s();
     comm_set_context(s->comm, "step %lld parameter all-gather", (long long)step);
-    if (s->comm->ops->allgather(s->comm, bert_param_buf(m), s->counts)) comm_fail(s->comm, status_message());
+    if (s->comm->ops->allgather(s->comm, model_param_buf(s), s->counts)) comm_fail(s->comm, status_message());
     r->exposed_s += now_s() - tc;
   } else {
-    optim_step(s->opt, bert_param_buf(m), bert_grad_buf(m), lr, &r->os);
+    optim_step(s->opt, model_param_buf(s), model_grad_buf(s), lr, &r->os);
   }
   r->compute_s = now_s() - t0 - r->data_s - r->exposed_s;
   return STATUS_OK;
 }
 
-/* Held-out loss and accuracy on a fixed set of batches (eval steps 0..k-1). */
+/* ELECTRA's evaluation of micro-batch k of eval step e: no dropout; the
+ * samples keyed by (train.seed, e, global sample index). Adds to acc. */
+static void electra_eval_micro(run_state *s, int64_t e, int64_t k, const double den[2],
+                               double acc[6]) {
+  const data_batch *b = &s->mb[k];
+  electra_batch eb = {b->n, b->T, b->P, b->input_ids, b->input_mask, b->segment_ids,
+                      b->masked_lm_positions, b->masked_lm_ids, b->masked_lm_weights, NULL};
+  electra_run run = electra_run_default();
+  run.train = false;
+  run.seed = (uint64_t)s->cfg.seed;
+  run.step = (uint32_t)e;
+  run.sample_base = (uint32_t)(s->rank * s->per_rank + k * s->micro);
+  run.mlm_denominator = den[0];
+  run.disc_denominator = den[1];
+  electra_losses ls;
+  electra_forward(s->emodel, &eb, &run, &ls);
+  acc[0] += ls.loss;
+  acc[1] += ls.mlm_correct;
+  acc[2] += ls.mlm_weight_sum;
+  acc[3] += ls.disc_correct;
+  acc[4] += ls.disc_tokens;
+  acc[5] += ls.replaced;
+}
+
+/* Held-out loss and accuracy on a fixed set of batches (eval steps 0..k-1):
+ * out = loss, MLM accuracy, NSP accuracy (BERT) or discriminator accuracy
+ * (ELECTRA), and (ELECTRA) the fraction of tokens replaced. */
 static status_t evaluate(run_state *s, double out[4]) {
   train_config *c = &s->cfg;
-  double acc[4] = {0, 0, 0, 0}; /* loss, mlm correct, mlm weights, nsp correct */
+  /* loss, mlm correct, mlm weights, nsp (disc) correct, disc tokens, replaced */
+  double acc[6] = {0, 0, 0, 0, 0, 0};
   for (int64_t e = 0; e < c->eval_batches; e++) {
-    double wsum[1] = {0};
+    double wsum[2] = {0, 0};
     for (int64_t k = 0; k < s->accum; k++) {
       uint64_t first = (uint64_t)(s->rank * s->per_rank + k * s->micro);
       status_t st = dataset_get_batch(s->holdout, (uint64_t)c->global_batch, (uint64_t)e, first,
                                       (int)s->micro, &s->mb[k]);
       if (st) return st;
       for (int64_t i = 0; i < s->micro * c->data.max_predictions; i++) wsum[0] += s->mb[k].masked_lm_weights[i];
+      if (s->emodel)
+        for (int64_t i = 0; i < s->micro * c->data.seq_len; i++) wsum[1] += s->mb[k].input_mask[i];
     }
     comm_set_context(s->comm, "evaluation");
-    if (s->comm->ops->allreduce_f64(s->comm, wsum, 1)) comm_fail(s->comm, status_message());
+    if (s->comm->ops->allreduce_f64(s->comm, wsum, 2)) comm_fail(s->comm, status_message());
     for (int64_t k = 0; k < s->accum; k++) {
+      if (s->emodel) {
+        electra_eval_micro(s, e, k, wsum, acc);
+        continue;
+      }
       const data_batch *b = &s->mb[k];
       bert_batch bb = {b->n, b->T, b->P, b->input_ids, b->input_mask, b->segment_ids,
                        b->masked_lm_positions, b->masked_lm_ids, b->masked_lm_weights,
@@ -380,10 +526,12 @@ static status_t evaluate(run_state *s, double out[4]) {
       acc[3] += ls.nsp_correct;
     }
   }
-  if (s->comm->ops->allreduce_f64(s->comm, acc, 4)) comm_fail(s->comm, status_message());
+  if (s->comm->ops->allreduce_f64(s->comm, acc, 6)) comm_fail(s->comm, status_message());
   out[0] = acc[0] / (double)c->eval_batches;
   out[1] = acc[2] > 0 ? acc[1] / acc[2] : 0;
-  out[2] = acc[3] / (double)(c->eval_batches * c->global_batch);
+  out[2] = s->emodel ? (acc[4] > 0 ? acc[3] / acc[4] : 0)
+                     : acc[3] / (double)(c->eval_batches * c->global_batch);
+  out[3] = acc[4] > 0 ? acc[5] / acc[4] : 0;
   return STATUS_OK;
 }
 
@@ -393,19 +541,40 @@ static double peak_rss_mb(void) {
   return (double)ru.ru_maxrss / 1024.0;
 }
 
-static void log_step(run_state *s, int64_t step, const step_result *r, const double g[6],
+/* ELECTRA's discriminator metrics from the reduced g[]: accuracy, precision
+ * and recall on replaced tokens, the fraction replaced. */
+static void disc_metrics(const double g[13], double m[4]) {
+  m[0] = g[8] > 0 ? g[9] / g[8] : 0;
+  m[1] = g[11] > 0 ? g[12] / g[11] : 0;
+  m[2] = g[10] > 0 ? g[12] / g[10] : 0;
+  m[3] = g[8] > 0 ? g[10] / g[8] : 0;
+}
+
+/* g: loss, mlm_loss, mlm correct, mlm weights, nsp correct, nsp_loss, stop,
+ * disc_loss, disc tokens, disc correct, replaced, predicted, both. */
+static void log_step(run_state *s, int64_t step, const step_result *r, const double g[13],
                      double step_s) {
   train_config *c = &s->cfg;
   double tokens = (double)c->global_batch * c->data.seq_len;
-  double acc = g[3] > 0 ? g[2] / g[3] : 0;
-  if (s->metrics)
+  double acc = g[3] > 0 ? g[2] / g[3] : 0, dm[4];
+  disc_metrics(g, dm);
+  if (s->metrics && s->emodel)
+    fprintf(s->metrics,
+            "{\"step\":%lld,\"loss\":%.6f,\"mlm_loss\":%.6f,\"disc_loss\":%.6f,\"mlm_acc\":%.5f,"
+            "\"disc_acc\":%.5f,\"disc_precision\":%.5f,\"disc_recall\":%.5f,"
+            "\"replaced_frac\":%.5f,",
+            (long long)step + 1, g[0], g[1], g[7], acc, dm[0], dm[1], dm[2], dm[3]);
+  else if (s->metrics)
     fprintf(s->metrics,
             "{\"step\":%lld,\"loss\":%.6f,\"mlm_loss\":%.6f,\"nsp_loss\":%.6f,\"mlm_acc\":%.5f,"
-            "\"nsp_acc\":%.5f,\"lr\":%.6g,\"grad_norm\":%.6g,\"clip\":%.4g,\"skipped\":%s,"
+            "\"nsp_acc\":%.5f,",
+            (long long)step + 1, g[0], g[1], g[5], acc, g[4] / (double)c->global_batch);
+  if (s->metrics)
+    fprintf(s->metrics,
+            "\"lr\":%.6g,\"grad_norm\":%.6g,\"clip\":%.4g,\"skipped\":%s,"
             "\"trust_min\":%.5g,\"trust_median\":%.5g,\"trust_max\":%.5g,\"tokens_per_s\":%.1f,"
             "\"step_s\":%.4f,\"data_s\":%.4f,\"compute_s\":%.4f,\"exposed_comm_s\":%.4f,"
             "\"peak_rss_mb\":%.1f}\n",
-            (long long)step + 1, g[0], g[1], g[5], acc, g[4] / (double)c->global_batch,
             (double)r->os.lr, r->os.grad_norm, r->os.clip, r->os.skipped ? "true" : "false",
             (double)r->os.trust_min, (double)r->os.trust_median, (double)r->os.trust_max,
             tokens / step_s, step_s, r->data_s, r->compute_s, r->exposed_s, peak_rss_mb());
@@ -415,7 +584,11 @@ static void log_step(run_state *s, int64_t step, const step_result *r, const dou
                                        "train/grad_norm", "train/tokens_per_s", "train/trust_ratio_median"};
     const float v[] = {(float)g[0], (float)acc, r->os.lr, (float)r->os.grad_norm,
                        (float)(tokens / step_s), r->os.trust_median};
-    if (tb_scalars(s->tb, step + 1, tags, v, 6) || tb_flush(s->tb)) {
+    static const char *const etags[] = {"train/mlm_loss", "train/disc_loss", "train/disc_accuracy",
+                                        "train/disc_precision", "train/disc_recall"};
+    const float ev[] = {(float)g[1], (float)g[7], (float)dm[0], (float)dm[1], (float)dm[2]};
+    if (tb_scalars(s->tb, step + 1, tags, v, 6) ||
+        (s->emodel && tb_scalars(s->tb, step + 1, etags, ev, 5)) || tb_flush(s->tb)) {
       LOG_WARN(TRAINER, "%s; no more TensorBoard events", status_message());
       tb_close(s->tb);
       s->tb = NULL;
@@ -427,16 +600,16 @@ static void log_step(run_state *s, int64_t step, const step_result *r, const dou
     fprintf(stderr, "\rstep %lld/%lld  loss %.4f  mlm acc %.3f  lr %.2e  %.0f tok/s  ETA %.0f s   ",
             (long long)step + 1, (long long)c->steps, g[0], acc, (double)r->os.lr, tokens / step_s, eta);
   else
-    LOG_INFO(TRAINER, "step %lld/%lld loss %.4f mlm_acc %.3f lr %.3g grad_norm %.3g %.0f tok/s",
-             (long long)step + 1, (long long)c->steps, g[0], acc, (double)r->os.lr,
-             r->os.grad_norm, tokens / step_s);
+    LOG_INFO(TRAINER, "step %lld/%lld loss %.4f mlm_acc %.3f%s%.3f lr %.3g grad_norm %.3g %.0f tok/s",
+             (long long)step + 1, (long long)c->steps, g[0], acc, s->emodel ? " disc_acc " : "",
+             s->emodel ? dm[0] : 0.0, (double)r->os.lr, r->os.grad_norm, tokens / step_s);
 }
 
 /* The optimizer state in the whole layout: the optimizer's own buffers, or
  * (ZeRO-1) every rank's slice gathered into new ones (freed by the caller
  * when *owned). */
 static status_t gather_optim(run_state *s, ckpt_optim *o, bool *owned) {
-  const param_table *t = bert_params(s->model);
+  const param_table *t = model_params(s);
   o->taken = optim_steps_taken(s->opt);
   o->skipped = optim_steps_skipped(s->opt);
   *owned = s->cfg.zero != 0;
@@ -463,7 +636,7 @@ static status_t save(run_state *s, int64_t steps_done) {
   status_t st = gather_optim(s, &o, &owned);
   if (st == STATUS_OK && s->rank == 0) {
     ckpt_info info = {steps_done, s->world, s->data.fingerprint, s->cfg.seed};
-    st = ckpt_save(s->cfg.ckpt_dir, &info, bert_params(s->model), bert_param_buf(s->model), &o,
+    st = ckpt_save(s->cfg.ckpt_dir, &info, model_params(s), model_param_buf(s), &o,
                    s->cfg_text, s->cfg.ckpt_keep);
     if (st == STATUS_OK) LOG_INFO(TRAINER, "checkpoint: %s/step-%lld", s->cfg.ckpt_dir, (long long)steps_done);
   }
@@ -483,7 +656,7 @@ static status_t save(run_state *s, int64_t steps_done) {
  * 0 reads; everything is broadcast, so ranks need not share a file system. */
 static status_t init_weights(run_state *s, const char *init_from, int64_t *start) {
   train_config *c = &s->cfg;
-  const param_table *t = bert_params(s->model);
+  const param_table *t = model_params(s);
   const size_t bytes = t->total * sizeof(float);
   ckpt_optim o = {0};
   /* What rank 0 found: ok, resumed, step, steps taken, steps skipped. */
@@ -502,7 +675,7 @@ static status_t init_weights(run_state *s, const char *init_from, int64_t *start
     if (st == STATUS_OK && path[0]) {
       o.m = mem_alloc(bytes, "checkpoint moments");
       o.v = mem_alloc(bytes, "checkpoint moments");
-      st = !o.m || !o.v ? STATUS_NOMEM : ckpt_load(path, &info, t, bert_param_buf(s->model), &o);
+      st = !o.m || !o.v ? STATUS_NOMEM : ckpt_load(path, &info, t, model_param_buf(s), &o);
       if (st == STATUS_OK && info.data_fingerprint != s->data.fingerprint)
         st = status_set(STATUS_CONFIG, "checkpoint %s was made on other data or data settings", path);
       if (st == STATUS_OK) {
@@ -514,10 +687,13 @@ static status_t init_weights(run_state *s, const char *init_from, int64_t *start
                  (long long)info.step, info.world_size);
       }
     } else if (st == STATUS_OK && init_from) {
-      st = ckpt_load(init_from, &info, t, bert_param_buf(s->model), NULL);
+      st = ckpt_load(init_from, &info, t, model_param_buf(s), NULL);
       if (st == STATUS_OK) LOG_INFO(TRAINER, "weights from %s; fresh optimizer and schedule", init_from);
     } else if (st == STATUS_OK) {
-      bert_init_weights(s->model, (uint64_t)c->seed);
+      if (s->emodel)
+        electra_init_weights(s->emodel, (uint64_t)c->seed);
+      else
+        bert_init_weights(s->model, (uint64_t)c->seed);
     }
     head[0] = st == STATUS_OK;
   }
@@ -528,7 +704,7 @@ static status_t init_weights(run_state *s, const char *init_from, int64_t *start
     if (s->rank) st = status_set(STATUS_IO, "rank 0 could not load the weights");
     goto out;
   }
-  if ((st = s->comm->ops->broadcast(s->comm, bert_param_buf(s->model), bytes, 0))) goto out;
+  if ((st = s->comm->ops->broadcast(s->comm, model_param_buf(s), bytes, 0))) goto out;
   if (head[1]) {
     if (s->rank) {
       o.m = mem_alloc(bytes, "checkpoint moments");
@@ -573,7 +749,12 @@ static status_t open_source(run_state *s) {
     o.global_batch = (uint64_t)c->global_batch;
     o.fingerprint = b->ds ? b->fingerprint : 0;
     o.timeout_ms = (int)(c->timeout_s * 1000);
-    if ((st = svc_client_open(&b->svc, &o))) return st;
+    char *token = NULL;
+    if (c->data_token_file[0] && (st = svc_read_token(c->data_token_file, &token))) return st;
+    o.token = token;
+    st = svc_client_open(&b->svc, &o);
+    free(token);
+    if (st) return st;
   }
   return STATUS_OK;
 }
@@ -609,7 +790,7 @@ static status_t run(run_state *s, const char *init_from) {
     fprintf(stderr, "effective config:\n%s", s->cfg_text);
     LOG_INFO(TRAINER, "%zu parameters; %llu training instances; global batch %lld = %d rank(s) x %lld "
              "micro-batch(es) of %lld; %d gradient bucket(s)",
-             bert_params(s->model)->total, (unsigned long long)s->data.instances,
+             model_params(s)->total, (unsigned long long)s->data.instances,
              (long long)c->global_batch, s->world, (long long)s->accum, (long long)s->micro,
              reducer_buckets(s->red));
     if (c->log_dir[0]) {
@@ -631,17 +812,23 @@ static status_t run(run_state *s, const char *init_from) {
     if ((st = train_step(s, step, &r))) return st;
     /* One reduction carries the metrics and the stop flag. */
     bool out_of_time = c->time_limit_s > 0 && now_s() - t_start >= c->time_limit_s;
-    double g[7] = {r.loss, r.mlm_loss, r.mlm_correct, r.mlm_wsum, r.nsp_correct, r.nsp_loss,
-                   (double)(stop_requested || out_of_time)};
+    double g[13] = {r.loss,        r.mlm_loss,     r.mlm_correct,
+                    r.mlm_wsum,    r.nsp_correct,  r.nsp_loss,
+                    (double)(stop_requested || out_of_time),
+                    r.disc_loss,   r.disc_tokens,  r.disc_correct,
+                    r.replaced,    r.predicted,    r.true_positive};
     comm_set_context(s->comm, "step %lld metrics", (long long)step);
-    if (s->comm->ops->allreduce_f64(s->comm, g, 7)) comm_fail(s->comm, status_message());
+    if (s->comm->ops->allreduce_f64(s->comm, g, 13)) comm_fail(s->comm, status_message());
     if (s->rank == 0) log_step(s, step, &r, g, now_s() - t0);
     bool stop = g[6] > 0;
     if (c->eval_every && (step + 1) % c->eval_every == 0) {
       double e[4];
       if ((st = evaluate(s, e))) return st;
       if (s->rank == 0) {
-        if (s->metrics)
+        if (s->metrics && s->emodel)
+          fprintf(s->metrics, "{\"eval_step\":%lld,\"eval_loss\":%.6f,\"eval_mlm_acc\":%.5f,\"eval_disc_acc\":%.5f,"
+                  "\"eval_replaced_frac\":%.5f}\n", (long long)step + 1, e[0], e[1], e[2], e[3]);
+        else if (s->metrics)
           fprintf(s->metrics, "{\"eval_step\":%lld,\"eval_loss\":%.6f,\"eval_mlm_acc\":%.5f,\"eval_nsp_acc\":%.5f}\n",
                   (long long)step + 1, e[0], e[1], e[2]);
         if (s->tb) {
@@ -671,6 +858,10 @@ static status_t run(run_state *s, const char *init_from) {
 }
 
 int trainer_train_main(int argc, char **argv) {
+  /* Open MPI's non-blocking all-reduce (libnbc) uses a binomial tree
+   * through rank 0 unless told otherwise; the gradient buckets want the
+   * bandwidth-optimal ring. An explicit setting by the user wins. */
+  setenv("OMPI_MCA_coll_libnbc_iallreduce_algorithm", "1", 0);
   int provided; /* FUNNELED suffices: only the main thread calls MPI */
   MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
   (void)provided;
@@ -714,6 +905,7 @@ int trainer_train_main(int argc, char **argv) {
   reducer_free(s.red);
   optim_free(s.opt);
   bert_free(s.model);
+  electra_free(s.emodel);
   for (int64_t k = 0; s.mb && k < s.accum; k++) data_batch_free(&s.mb[k]);
   free(s.mb);
   free(s.counts);

@@ -64,6 +64,7 @@ status_t train_config_set(train_config *c, const char *key, const char *v) {
   STR("model.preset", model_preset);
   STR("data.path", data_path);
   STR("data.service", data_service);
+  STR("data.token_file", data_token_file);
   I64("train.global_batch", global_batch, 1);
   I64("train.micro_batch", micro_batch, 0);
   I64("train.steps", steps, 0);
@@ -140,8 +141,9 @@ char *train_config_dump(const train_config *c) {
   if (!f) return NULL;
   static const char *masking[] = {"bert", "electra"}, *inst[] = {"packed", "nsp"};
   fprintf(f, "model.config = %s\nmodel.preset = %s\n", c->model_config, c->model_preset);
-  fprintf(f, "data.path = %s\ndata.service = %s\ndata.seq_len = %d\ndata.max_predictions = %d\n",
-          c->data_path, c->data_service, c->data.seq_len, c->data.max_predictions);
+  fprintf(f, "data.path = %s\ndata.service = %s\ndata.token_file = %s\ndata.seq_len = %d\n",
+          c->data_path, c->data_service, c->data_token_file, c->data.seq_len);
+  fprintf(f, "data.max_predictions = %d\n", c->data.max_predictions);
   fprintf(f, "data.mask_prob = %g\ndata.masking = %s\ndata.whole_word = %s\ndata.instances = %s\n",
           (double)c->data.mask_prob, masking[c->data.masking], c->data.whole_word ? "true" : "false",
           inst[c->data.instances]);
@@ -181,7 +183,8 @@ static const char help[] =
     "         with a preset, vocab_size comes from the shards' tokenizer\n"
     "[data]   path = DIR of shards (train-*.mlms, holdout-*.mlms), or BERT TFRecord files (a glob\n"
     "         or comma list; needs model.config) | service = HOST:PORT,... (the dataset service;\n"
-    "         with path also set, its shards' fingerprint is checked against the service's)\n"
+    "         with path also set, its shards' fingerprint is checked against the service's),\n"
+    "         token_file = FILE (the service's --token-file secret)\n"
     "         seq_len = 128, max_predictions = 20, mask_prob = 0.15, masking = bert|electra,\n"
     "         whole_word = false, instances = packed|nsp, short_seq_prob = 0.1, seed = 12345\n"
     "[train]  global_batch = 32, micro_batch = 0 (global_batch / ranks), steps = 100, seed = 42,\n"

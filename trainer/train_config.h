@@ -18,6 +18,7 @@ typedef struct {
   /* [data] */
   char data_path[CFG_PATH];    /* a directory of shards */
   char data_service[CFG_PATH]; /* host:port[,host:port]: fetch from the service */
+  char data_token_file[CFG_PATH]; /* the service's shared secret, when it has one */
   data_config data;
   /* [train] */
   int64_t global_batch, micro_batch, steps, seed, eval_every, eval_batches, log_every;
