@@ -133,7 +133,8 @@ int data_batches_main(int argc, char **argv) {
              : dataset_get_batch(d, (uint64_t)B, step, (uint64_t)(R * n), n, &b);
     if (st) break;
     printf("{\"step\":%llu,\"rank\":%lld,\"world\":%lld,\"fingerprint\":\"%016llx\"",
-           (unsigned long long)step, R, W, (unsigned long long)(svc ? svc_client_fingerprint(svc) : dataset_fingerprint(d)));
+           (unsigned long long)step, R, W,
+           (unsigned long long)(svc ? svc_client_fingerprint(svc) : dataset_fingerprint(d)));
     print_rows_i("input_ids", b.input_ids, n, b.T);
     print_rows_i("input_mask", b.input_mask, n, b.T);
     print_rows_i("segment_ids", b.segment_ids, n, b.T);

@@ -22,11 +22,13 @@ static const char serve_usage[] =
     "                   it is not encryption: use it on a trusted network\n";
 
 int data_serve_main(int argc, char **argv) {
-  static const struct option opts[] = {
-      {"data", required_argument, 0, 'd'},    {"bind", required_argument, 0, 'b'},
-      {"port", required_argument, 0, 'p'},    {"workers", required_argument, 0, 'w'},
-      {"token-file", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
-      {0, 0, 0, 0}};
+  static const struct option opts[] = {{"data", required_argument, 0, 'd'},
+                                       {"bind", required_argument, 0, 'b'},
+                                       {"port", required_argument, 0, 'p'},
+                                       {"workers", required_argument, 0, 'w'},
+                                       {"token-file", required_argument, 0, 't'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
   svc_server_config cfg = svc_server_config_default();
   const char *token_file = NULL;
   opterr = 0;

@@ -107,7 +107,8 @@ bool svc_is_loopback(const char *host) {
 static bool token_equal(const uint8_t *given, size_t n_given, const char *secret) {
   size_t n = strlen(secret);
   volatile unsigned diff = n_given != n;
-  for (size_t i = 0; i < n; i++) diff |= (unsigned)((uint8_t)secret[i] ^ (i < n_given ? given[i] : 0));
+  for (size_t i = 0; i < n; i++)
+    diff |= (unsigned)((uint8_t)secret[i] ^ (i < n_given ? given[i] : 0));
   return diff == 0;
 }
 
@@ -155,8 +156,7 @@ static status_t config_from_msg(const svc_config_msg *m, data_config *c, char sp
   c->mask_prob = m->mask_prob;
   c->masking = m->masking == MLMPI__SERVICE__MASKING__MASKING_ELECTRA ? MASK_ELECTRA : MASK_BERT;
   c->whole_word = m->whole_word;
-  c->instances =
-      m->instances == MLMPI__SERVICE__INSTANCES__INSTANCES_NSP ? INST_NSP : INST_PACKED;
+  c->instances = m->instances == MLMPI__SERVICE__INSTANCES__INSTANCES_NSP ? INST_NSP : INST_PACKED;
   c->short_seq_prob = m->short_seq_prob;
   c->seed = m->seed;
   snprintf(split, 16, "%s", m->split);
@@ -171,7 +171,9 @@ static bool config_equal(const data_config *a, const data_config *b) {
 }
 
 /* Bytes of one batch's tensors: 3 [n,T] and 3 [n,P] arrays and [n] labels. */
-static uint64_t batch_bytes(uint64_t n, uint64_t T, uint64_t P) { return n * (3 * T + 3 * P + 1) * 4; }
+static uint64_t batch_bytes(uint64_t n, uint64_t T, uint64_t P) {
+  return n * (3 * T + 3 * P + 1) * 4;
+}
 
 /* ---- Server ----------------------------------------------------------------- */
 typedef struct {
@@ -270,9 +272,10 @@ static status_t cache_acquire(svc_server *s, const data_config *c, const char *s
   pthread_mutex_unlock(&s->mu);
   pthread_mutex_unlock(&s->open_mu);
   if (s->started)
-    LOG_INFO(DATASET, "opened %s split %s: seq_len %d, seed %llu, %llu instances, fingerprint %016llx",
-           s->dir, split, c->seq_len, (unsigned long long)c->seed,
-           (unsigned long long)dataset_instances(d), (unsigned long long)dataset_fingerprint(d));
+    LOG_INFO(DATASET,
+             "opened %s split %s: seq_len %d, seed %llu, %llu instances, fingerprint %016llx",
+             s->dir, split, c->seq_len, (unsigned long long)c->seed,
+             (unsigned long long)dataset_instances(d), (unsigned long long)dataset_fingerprint(d));
   *out = slot;
   return STATUS_OK;
 }
@@ -400,8 +403,10 @@ static nng_msg *serve_one(svc_server *s, const void *body, size_t len, data_batc
   }
   nng_msg *m = NULL;
   size_t n = mlmpi__service__batch_reply__get_packed_size(&r);
-  if (nng_msg_alloc(&m, n) == 0) mlmpi__service__batch_reply__pack(&r, nng_msg_body(m));
-  else m = NULL;
+  if (nng_msg_alloc(&m, n) == 0)
+    mlmpi__service__batch_reply__pack(&r, nng_msg_body(m));
+  else
+    m = NULL;
   if (code == ERR_NONE && m) atomic_fetch_add(&s->batches, 1);
   cache_release(s, held);
   if (q) mlmpi__service__batch_request__free_unpacked(q, NULL);
@@ -489,7 +494,8 @@ status_t svc_server_start(svc_server **out, const svc_server_config *cfg) {
   s->threads = calloc((size_t)workers, sizeof *s->threads);
   s->ctxs = calloc((size_t)workers, sizeof *s->ctxs);
   status_t st = STATUS_OK;
-  if (!s->dir || (cfg->token && *cfg->token && !s->token) || !s->url || !s->cache || !s->threads || !s->ctxs) {
+  if (!s->dir || (cfg->token && *cfg->token && !s->token) || !s->url || !s->cache || !s->threads ||
+      !s->ctxs) {
     st = status_set(STATUS_NOMEM, "out of memory starting the service");
     goto fail;
   }
@@ -598,8 +604,8 @@ typedef struct slot {
   struct svc_client *c;
   svc_key key;
   slot_state state;
-  bool orphan;   /* nobody wants it any more: drop when the attempt ends */
-  bool held;     /* a get waits for it: never evicted */
+  bool orphan;    /* nobody wants it any more: drop when the attempt ends */
+  bool held;      /* a get waits for it: never evicted */
   uint64_t order; /* lower: wanted sooner */
   uint64_t not_before;
   int replica;
@@ -610,7 +616,7 @@ typedef struct slot {
   int rv;
   nng_msg *reply;
   data_batch batch;
-  char err[768];
+  char err[1100];
 } slot;
 
 struct svc_client {
@@ -632,9 +638,14 @@ struct svc_client {
 };
 
 svc_client_options svc_client_options_default(void) {
-  return (svc_client_options){.config = data_config_default(), .split = "train", .depth = 8,
-                              .ahead = 2, .timeout_ms = 60000, .connect_timeout_ms = 1000,
-                              .request_timeout_ms = 10000, .backoff_ms = 100};
+  return (svc_client_options){.config = data_config_default(),
+                              .split = "train",
+                              .depth = 8,
+                              .ahead = 2,
+                              .timeout_ms = 60000,
+                              .connect_timeout_ms = 1000,
+                              .request_timeout_ms = 10000,
+                              .backoff_ms = 100};
 }
 
 static status_t parse_addresses(svc_client *c, const char *list) {
@@ -665,8 +676,8 @@ static status_t parse_addresses(svc_client *c, const char *list) {
         return status_set(STATUS_CONFIG, "service address '%s' is not HOST:PORT", item);
       *colon = 0;
       if (strchr(item, ':') && item[0] != '[')
-        return status_set(STATUS_CONFIG, "write IPv6 service addresses as [ADDR]:PORT, not '%s:%ld'",
-                          item, port);
+        return status_set(STATUS_CONFIG,
+                          "write IPv6 service addresses as [ADDR]:PORT, not '%s:%ld'", item, port);
       tcp_url(r->url, sizeof r->url, item, (int)port);
     }
     p += n;
@@ -675,7 +686,7 @@ static status_t parse_addresses(svc_client *c, const char *list) {
   return STATUS_OK;
 }
 
-static status_t replica_connect(svc_client *c, replica *r) {
+static status_t replica_connect(replica *r) {
   int rv;
   if ((rv = nng_req0_open(&r->sock)) != 0 ||
       (rv = nng_socket_set_size(r->sock, NNG_OPT_RECVMAXSZ, SVC_MAX_REPLY_BYTES)) != 0 ||
@@ -689,7 +700,6 @@ static status_t replica_connect(svc_client *c, replica *r) {
    * background until it comes up. */
   if ((rv = nng_dial(r->sock, r->url, NULL, NNG_FLAG_NONBLOCK)) != 0)
     return status_set(STATUS_CONFIG, "cannot dial %s: %s", r->url, nng_strerror(rv));
-  (void)c;
   return STATUS_OK;
 }
 
@@ -722,8 +732,8 @@ static void slot_cb(void *arg) {
 static slot *slot_find(svc_client *c, const svc_key *k) {
   for (int i = 0; i < c->n_slots; i++) {
     slot *s = &c->slots[i];
-    if (s->state != SLOT_FREE && !s->orphan && s->key.step == k->step &&
-        s->key.first == k->first && s->key.count == k->count)
+    if (s->state != SLOT_FREE && !s->orphan && s->key.step == k->step && s->key.first == k->first &&
+        s->key.count == k->count)
       return s;
   }
   return NULL;
@@ -778,15 +788,15 @@ static void attempt_retry(svc_client *c, slot *s, const char *why) {
   r->fails++;
   uint64_t rest = (uint64_t)c->o.backoff_ms << (r->fails < 7 ? r->fails - 1 : 6);
   r->rest_until = now_ms() + (rest < SVC_BACKOFF_MAX_MS ? rest : SVC_BACKOFF_MAX_MS);
-  snprintf(r->last_err, sizeof r->last_err, "%s", why);
+  snprintf(r->last_err, sizeof r->last_err, "%.200s", why);
   LOG_DEBUG(DATASET, "%s: %s (step %llu, retrying)", r->url, why, (unsigned long long)s->key.step);
   s->state = SLOT_WANT;
   s->not_before = 0;
 }
 
 static void attempt_fail(svc_client *c, slot *s, const char *why) {
-  snprintf(s->err, sizeof s->err, "dataset service %s: %s", c->reps[s->replica].url, why);
-  snprintf(c->reps[s->replica].last_err, sizeof c->reps[s->replica].last_err, "%s", why);
+  snprintf(s->err, sizeof s->err, "dataset service %s: %.700s", c->reps[s->replica].url, why);
+  snprintf(c->reps[s->replica].last_err, sizeof c->reps[s->replica].last_err, "%.200s", why);
   s->state = SLOT_FAILED;
 }
 
@@ -814,9 +824,9 @@ static void attempt_finish_locked(svc_client *c, slot *s) {
   }
   if (s->rv) {
     char why[128];
-    snprintf(why, sizeof why, "%s", s->rv == NNG_ETIMEDOUT
-                                        ? (s->sending ? "no connection in time" : "no reply in time")
-                                        : nng_strerror(s->rv));
+    snprintf(why, sizeof why, "%s",
+             s->rv == NNG_ETIMEDOUT ? (s->sending ? "no connection in time" : "no reply in time")
+                                    : nng_strerror(s->rv));
     attempt_retry(c, s, why);
     return;
   }
@@ -828,10 +838,12 @@ static void attempt_finish_locked(svc_client *c, slot *s) {
     attempt_retry(c, s, "malformed reply");
     return;
   }
-  if (p->error != ERR_NONE) {
+  if ((int)p->error != ERR_NONE) {
     snprintf(why, sizeof why, "%s", p->message ? p->message : "refused");
-    if (p->error == ERR_BUSY) attempt_retry(c, s, why);
-    else attempt_fail(c, s, why);
+    if ((int)p->error == ERR_BUSY)
+      attempt_retry(c, s, why);
+    else
+      attempt_fail(c, s, why);
   } else if (p->version != SVC_PROTOCOL_VERSION) {
     snprintf(why, sizeof why, "replied with protocol version %u, not %u", p->version,
              SVC_PROTOCOL_VERSION);
@@ -945,7 +957,8 @@ static void *fetch_main(void *arg) {
     }
     for (int i = 0; i < c->n_slots; i++) {
       const slot *s = &c->slots[i];
-      if (s->state == SLOT_WANT && s->not_before > now && s->not_before < wake) wake = s->not_before;
+      if (s->state == SLOT_WANT && s->not_before > now && s->not_before < wake)
+        wake = s->not_before;
     }
     uint64_t fp = c->fingerprint;
     if (ns) {
@@ -972,7 +985,8 @@ static void *fetch_main(void *arg) {
 
 status_t svc_client_open(svc_client **out, const svc_client_options *o) {
   *out = NULL;
-  if (o->global_batch < 1) return status_set(STATUS_CONFIG, "the service client needs a global batch");
+  if (o->global_batch < 1)
+    return status_set(STATUS_CONFIG, "the service client needs a global batch");
   const char *split = o->split ? o->split : "train";
   if (!split_name_ok(split)) return status_set(STATUS_CONFIG, "bad split name '%s'", split);
   svc_client *c = calloc(1, sizeof *c);
@@ -1017,7 +1031,7 @@ status_t svc_client_open(svc_client **out, const svc_client_options *o) {
   }
   if ((st = parse_addresses(c, o->addresses))) goto fail;
   for (int i = 0; i < c->n_reps; i++)
-    if ((st = replica_connect(c, &c->reps[i]))) goto fail;
+    if ((st = replica_connect(&c->reps[i]))) goto fail;
   if (pthread_create(&c->thread, NULL, fetch_main, c) != 0) {
     st = status_set(STATUS_NOMEM, "cannot start the prefetch thread");
     goto fail;
@@ -1062,8 +1076,10 @@ static void drop_stale_locked(svc_client *c, const svc_key *k) {
   for (int i = 0; i < c->n_slots; i++) {
     slot *s = &c->slots[i];
     if (s->state == SLOT_FREE || s->held || s->orphan || s->key.step >= k->step) continue;
-    if (s->state == SLOT_BUSY || s->state == SLOT_DONE) s->orphan = true;
-    else s->state = SLOT_FREE;
+    if (s->state == SLOT_BUSY || s->state == SLOT_DONE)
+      s->orphan = true;
+    else
+      s->state = SLOT_FREE;
   }
   /* A key in the plan is reached: the ones before it were skipped. */
   for (size_t i = c->plan_head; i < c->plan_n; i++) {
@@ -1105,14 +1121,15 @@ static status_t timeout_error(svc_client *c, const svc_key *k) {
   char list[2048];
   size_t off = 0;
   for (int i = 0; i < c->n_reps && off < sizeof list; i++)
-    off += (size_t)snprintf(list + off, sizeof list - off, "%s%s (%s)", i ? ", " : "",
-                            c->reps[i].url, c->reps[i].last_err[0] ? c->reps[i].last_err : "no answer");
+    off +=
+        (size_t)snprintf(list + off, sizeof list - off, "%s%s (%s)", i ? ", " : "", c->reps[i].url,
+                         c->reps[i].last_err[0] ? c->reps[i].last_err : "no answer");
   return status_set(STATUS_TIMEOUT,
                     "no dataset service replica delivered step %llu (instances %llu..%llu) within "
                     "%.1f s; replicas: %s",
                     (unsigned long long)k->step, (unsigned long long)k->first,
-                    (unsigned long long)(k->first + (uint64_t)k->count - 1), c->o.timeout_ms / 1000.0,
-                    list);
+                    (unsigned long long)(k->first + (uint64_t)k->count - 1),
+                    c->o.timeout_ms / 1000.0, list);
 }
 
 status_t svc_client_get(svc_client *c, uint64_t step, uint64_t first, int count, data_batch *out) {
@@ -1183,6 +1200,16 @@ void svc_client_free(svc_client *c) {
     pthread_cond_broadcast(&c->cv);
     pthread_mutex_unlock(&c->mu);
     pthread_join(c->thread, NULL);
+    /* Let attempts in flight end (they are bounded by their timeouts):
+     * closing a socket under them can stall nng 1.5's reaper. */
+    pthread_mutex_lock(&c->mu);
+    for (;;) {
+      bool busy = false;
+      for (int i = 0; i < c->n_slots; i++) busy |= c->slots[i].state == SLOT_BUSY;
+      if (!busy) break;
+      pthread_cond_wait(&c->cv, &c->mu);
+    }
+    pthread_mutex_unlock(&c->mu);
   }
   /* Closing the contexts ends every attempt in flight (a callback that
    * starts a receive on a closed context fails at once); freeing an aio

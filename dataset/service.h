@@ -62,14 +62,14 @@ typedef struct {
   data_config config;    /* the batches wanted */
   const char *split;     /* "train" (default) or "holdout" */
   uint64_t global_batch;
-  uint64_t fingerprint;  /* expected job fingerprint; 0: take the first reply's, then
-                            hold every later reply to it */
-  int depth;             /* prefetch queue slots, ready or in flight (default 8) */
-  int ahead;             /* without a plan: steps prefetched after each get (default 2) */
-  int timeout_ms;        /* svc_client_get's deadline (default 60000) */
+  uint64_t fingerprint;   /* expected job fingerprint; 0: take the first reply's, then
+                             hold every later reply to it */
+  int depth;              /* prefetch queue slots, ready or in flight (default 8) */
+  int ahead;              /* without a plan: steps prefetched after each get (default 2) */
+  int timeout_ms;         /* svc_client_get's deadline (default 60000) */
   int connect_timeout_ms; /* a request finding no connection this long fails over (1000) */
   int request_timeout_ms; /* a sent request unanswered this long fails over (10000) */
-  int backoff_ms;        /* a failed replica rests this long, doubling to 5 s (100) */
+  int backoff_ms;         /* a failed replica rests this long, doubling to 5 s (100) */
 } svc_client_options;
 
 svc_client_options svc_client_options_default(void);
@@ -102,8 +102,9 @@ status_t svc_client_plan(svc_client *c, const svc_key *keys, size_t n);
 status_t svc_client_get(svc_client *c, uint64_t step, uint64_t first, int count, data_batch *out);
 /* The job fingerprint in use (0 until the first reply when none was given). */
 uint64_t svc_client_fingerprint(svc_client *c);
-/* Stops the prefetch thread, abandons requests in flight, frees c. NULL is
- * a no-op. */
+/* Stops the prefetch thread, lets requests in flight end (at most
+ * connect_timeout_ms + request_timeout_ms; their replies are dropped) and
+ * frees c. NULL is a no-op. */
 void svc_client_free(svc_client *c);
 
 #ifdef __cplusplus

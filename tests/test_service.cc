@@ -3,10 +3,9 @@
 // killed and restarted mid-stream loses and repeats nothing, and malformed,
 // oversized, wrong-version, wrong-job and unauthenticated requests are
 // refused while the server keeps serving.
-#include <gtest/gtest.h>
-
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
@@ -126,12 +125,13 @@ struct Batch {
 ::testing::AssertionResult same_rows(const data_batch &a, const data_batch &b, int n) {
   size_t nt = (size_t)n * a.T * 4, np = (size_t)n * a.P * 4;
   if (a.T != b.T || a.P != b.P) return ::testing::AssertionFailure() << "shapes differ";
-  const char *bad = memcmp(a.input_ids, b.input_ids, nt)                       ? "input_ids"
-                    : memcmp(a.input_mask, b.input_mask, nt)                   ? "input_mask"
-                    : memcmp(a.segment_ids, b.segment_ids, nt)                 ? "segment_ids"
-                    : memcmp(a.masked_lm_positions, b.masked_lm_positions, np) ? "masked_lm_positions"
-                    : memcmp(a.masked_lm_ids, b.masked_lm_ids, np)             ? "masked_lm_ids"
-                    : memcmp(a.masked_lm_weights, b.masked_lm_weights, np)     ? "masked_lm_weights"
+  const char *bad = memcmp(a.input_ids, b.input_ids, nt)       ? "input_ids"
+                    : memcmp(a.input_mask, b.input_mask, nt)   ? "input_mask"
+                    : memcmp(a.segment_ids, b.segment_ids, nt) ? "segment_ids"
+                    : memcmp(a.masked_lm_positions, b.masked_lm_positions, np)
+                        ? "masked_lm_positions"
+                    : memcmp(a.masked_lm_ids, b.masked_lm_ids, np)         ? "masked_lm_ids"
+                    : memcmp(a.masked_lm_weights, b.masked_lm_weights, np) ? "masked_lm_weights"
                     : memcmp(a.next_sentence_labels, b.next_sentence_labels, (size_t)n * 4)
                         ? "next_sentence_labels"
                         : nullptr;
@@ -262,6 +262,29 @@ TEST(Service, TwoReplicasShareTheLoad) {
   EXPECT_GT(b.batches(), 0u);
 }
 
+TEST(Service, ConcurrentClientsAreServedTogether) {
+  data_config cfg = small_config();
+  Local local(corpus(), cfg);
+  Server server(corpus());
+  std::string addr = server.addr();
+  std::vector<std::thread> threads;
+  std::vector<int> bad(4, 0);
+  for (int t = 0; t < 4; t++)
+    threads.emplace_back([&, t] {
+      Client cl(addr, options(cfg));
+      Batch want(16, cfg), got(16, cfg);
+      for (uint64_t s = 0; s < 25; s++) {
+        if (svc_client_get(cl.c, s, (uint64_t)t * 16, 16, &got.b) != STATUS_OK ||
+            dataset_get_batch(local.d, kGlobal, s, (uint64_t)t * 16, 16, &want.b) != STATUS_OK ||
+            !same_rows(want.b, got.b, 16))
+          bad[t]++;
+      }
+    });
+  for (auto &th : threads) th.join();
+  for (int t = 0; t < 4; t++) EXPECT_EQ(bad[t], 0) << "client " << t;
+  EXPECT_GE(server.batches(), 100u);
+}
+
 TEST(Service, ADeadReplicaIsSkipped) {
   data_config cfg = small_config();
   Local local(corpus(), cfg);
@@ -309,7 +332,7 @@ TEST(Service, BadClientArgumentsAreRefused) {
   Server server(corpus());
   Client cl(server.addr(), options(cfg));
   Batch small(4, cfg);
-  EXPECT_EQ(svc_client_get(cl.c, 0, 0, 8, &small.b), STATUS_ARG);  // no room for 8 rows
+  EXPECT_EQ(svc_client_get(cl.c, 0, 0, 8, &small.b), STATUS_ARG);   // no room for 8 rows
   EXPECT_EQ(svc_client_get(cl.c, 0, 62, 4, &small.b), STATUS_ARG);  // past the global batch
 }
 
@@ -716,8 +739,8 @@ TEST(ServiceFault, KilledAndRestartedReplicaLosesAndRepeatsNothing) {
   // While it is down, a get waits (the prefetched batches drain first).
   std::thread restart([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(700));
-    ASSERT_TRUE(child.start({"serve", "--data", corpus(), "--port", std::to_string(port),
-                             "--workers", "2"}))
+    ASSERT_TRUE(child.start(
+        {"serve", "--data", corpus(), "--port", std::to_string(port), "--workers", "2"}))
         << child.err;
   });
   for (; i < plan.size(); i++) {
@@ -748,13 +771,14 @@ std::string run(const std::string &cmd, int *rc) {
 
 TEST(ServiceCli, BatchesThroughTheServiceEqualInProcess) {
   Server server(corpus());
-  std::string common = " --seq-len 64 --max-predictions 10 --global-batch 64 --world 4 --rank 2"
-                       " --step 5 --count 3 --seed 17";
+  std::string common =
+      " --seq-len 64 --max-predictions 10 --global-batch 64 --world 4 --rank 2"
+      " --step 5 --count 3 --seed 17";
   int rc1, rc2;
-  std::string local = run(std::string(MLMPI_DATA_BIN) + " batches --data " + corpus() + common, &rc1);
-  std::string remote = run(std::string(MLMPI_DATA_BIN) + " batches --service " + server.addr() +
-                               common + " 2>&1",
-                           &rc2);
+  std::string local =
+      run(std::string(MLMPI_DATA_BIN) + " batches --data " + corpus() + common, &rc1);
+  std::string remote = run(
+      std::string(MLMPI_DATA_BIN) + " batches --service " + server.addr() + common + " 2>&1", &rc2);
   EXPECT_EQ(rc1, 0);
   EXPECT_EQ(rc2, 0) << remote;
   EXPECT_GT(local.size(), 1000u);
@@ -763,9 +787,9 @@ TEST(ServiceCli, BatchesThroughTheServiceEqualInProcess) {
 
 TEST(ServiceCli, ServeRefusesBadSetups) {
   int rc;
-  std::string out = run(std::string(MLMPI_DATA_BIN) + " serve --data " + corpus() +
-                            " --bind 0.0.0.0 --port 0 2>&1",
-                        &rc);
+  std::string out = run(
+      std::string(MLMPI_DATA_BIN) + " serve --data " + corpus() + " --bind 0.0.0.0 --port 0 2>&1",
+      &rc);
   EXPECT_EQ(rc, 2);
   EXPECT_NE(out.find("refusing to bind 0.0.0.0 without --token-file"), std::string::npos) << out;
   out = run(std::string(MLMPI_DATA_BIN) + " serve --data /nonexistent --port 0 2>&1", &rc);
