@@ -5,7 +5,9 @@
  * rank then takes the same LAMB (or AdamW) step. Loss normalisers are the
  * global batch's, so N ranks and one rank with accumulation compute the
  * same gradient. */
+#define _GNU_SOURCE
 #include <errno.h>
+#include <sched.h>
 #include <getopt.h>
 #include <math.h>
 #include <mpi.h>
@@ -244,22 +246,39 @@ static status_t electra_model_config(run_state *s, const shard_meta *meta) {
   return STATUS_OK;
 }
 
+/* Threads for a rank: the cores it owns. Slurm says so in
+ * SLURM_CPUS_PER_TASK; a rank bound to some cores (mpirun's default) owns
+ * those; an unbound rank shares the node's cores with the other local ranks. */
+static int default_threads(int local_size, const char **why) {
+  const char *spt = getenv("SLURM_CPUS_PER_TASK");
+  if (spt && atoi(spt) > 0) {
+    *why = "SLURM_CPUS_PER_TASK";
+    return atoi(spt);
+  }
+  long online = sysconf(_SC_NPROCESSORS_ONLN);
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) < online) {
+    *why = "the cores this rank is bound to";
+    return CPU_COUNT(&set);
+  }
+  *why = "the node's cores divided among its ranks";
+  long t = online / (local_size > 0 ? local_size : 1);
+  return t > 0 ? (int)t : 1;
+}
+
 static status_t setup_model(run_state *s) {
   train_config *c = &s->cfg;
   const shard_meta *meta = s->data.ds ? dataset_meta(s->data.ds) : NULL;
   const bool electra = wants_electra(c);
   status_t st = electra ? electra_model_config(s, meta) : bert_model_config(s, meta);
   if (st) return st;
+  const char *why = "train.threads";
   int threads = c->threads;
-  if (!threads) {
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    threads = (int)(cores / s->comm->local_size);
-    if (threads < 1) threads = 1;
-  }
+  if (!threads) threads = default_threads(s->comm->local_size, &why);
   omp_set_num_threads(threads);
   if (s->rank == 0)
-    LOG_INFO(TRAINER, "%d rank(s), %d on this node, %d thread(s) each", s->world,
-             s->comm->local_size, threads);
+    LOG_INFO(TRAINER, "%d rank(s), %d on this node, %d thread(s) each (from %s)", s->world,
+             s->comm->local_size, threads, why);
   if (electra)
     st = electra_init(&s->emodel, &s->ecfg, (int)s->micro, c->data.seq_len, c->data.max_predictions,
                       threads);
