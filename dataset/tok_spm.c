@@ -1,7 +1,13 @@
 /* tok_spm.c: the SentencePiece backend. Reads a `.model` file (a serialized
  * ModelProto) and encodes and decodes as sentencepiece 0.1.97's spm_encode and
  * spm_decode do: the precompiled-charsmap normalizer, unigram (Viterbi), BPE,
- * character and word segmentation, byte fallback, and the decoder. */
+ * character and word segmentation, byte fallback, and the decoder.
+ *
+ * A loaded model is immutable; encode and decode keep their buffers per
+ * thread, so any number of threads may use one model at once. Where the
+ * reference gives up on a line (spm_encode aborts when a word or a BPE
+ * symbol is spelled like a control piece), this backend emits the control
+ * piece's id. */
 #include <errno.h>
 #include <float.h>
 #include <pthread.h>
@@ -24,7 +30,7 @@ enum {
 
 enum { MODEL_UNIGRAM = 1, MODEL_BPE = 2, MODEL_WORD = 3, MODEL_CHAR = 4 };
 
-static const char kSpace[] = "\xe2\x96\x81"; /* U+2581, what a space becomes */
+static const char kSpace[] = "\xe2\x96\x81";       /* U+2581, what a space becomes */
 static const char kReplacement[] = "\xef\xbf\xbd"; /* U+FFFD */
 
 /* ---- A double-array trie over the pieces ----------------------------------
@@ -94,22 +100,27 @@ static bool trie_reserve(trie_builder *b, uint64_t need) {
   return true;
 }
 
-/* The smallest base at which every label in lab[0..k) lands on a free cell;
- * -1 (as INT64_MIN) when the array cannot grow. */
+/* A base at which every label in lab[0..k) (ascending) lands on a free
+ * cell, searched from the first free cell; INT64_MIN when the array cannot
+ * grow. Where the cells passed over are nearly all used, later searches start
+ * past them (the classic double-array heuristic), which keeps building a
+ * large vocabulary from going quadratic. */
 static int64_t trie_find_base(trie_builder *b, const uint8_t *lab, int k) {
-  uint32_t pos = b->first_free > 1 ? b->first_free : 1;
+  uint32_t pos = b->first_free > 1 ? b->first_free : 1, used = 0;
   bool first = true;
   for (;; pos++) {
     if (!trie_reserve(b, (uint64_t)pos + 257)) return INT64_MIN;
-    while (b->nd[pos].check != -1) {
-      pos++;
-      if (!trie_reserve(b, (uint64_t)pos + 257)) return INT64_MIN;
+    if (b->nd[pos].check != -1) {
+      used++;
+      continue;
     }
     if (first) b->first_free = pos, first = false;
     int64_t base = (int64_t)pos - lab[0];
     int i = 1;
     while (i < k && b->nd[base + lab[i]].check == -1) i++;
-    if (i == k) return base;
+    if (i < k) continue;
+    if (used >= 0.95 * (pos - b->first_free + 1)) b->first_free = pos;
+    return base;
   }
 }
 
@@ -198,8 +209,7 @@ static inline void bit_set(uint8_t *m, uint8_t c) { m[c >> 3] |= (uint8_t)(1u <<
 
 /* The length of the longest rule matching a prefix of s[0..n) (0 if none) and
  * its replacement's offset in *val. */
-static size_t charsmap_match(const spm_normalizer *nm, const uint8_t *s, size_t n,
-                             uint32_t *val) {
+static size_t charsmap_match(const spm_normalizer *nm, const uint8_t *s, size_t n, uint32_t *val) {
   const uint32_t *a = nm->units;
   uint32_t id = da_offset(a[0]);
   size_t best = 0;
@@ -261,6 +271,8 @@ typedef struct {
   uint32_t trie_n;
   int model_type;
   bool byte_fallback, has_user;
+  bool bpe_words;         /* BPE may run word by word, with a cache (see bpe_words_ok) */
+  uint64_t uid;           /* tells the word caches of different models apart */
   uint8_t user_first[32]; /* bitmap: first bytes of user-defined pieces */
   int32_t unk_id;
   float min_score, max_score;
@@ -270,8 +282,6 @@ typedef struct {
   spm_normalizer norm, denorm;
   bool has_denorm;
 } spm_model;
-
-static inline int32_t piece_type(const spm_model *m, int32_t id) { return m->pieces[id].type; }
 
 /* PieceToId: a reserved piece first, then a segmenter's piece, else unk. */
 static int32_t piece_to_id(const spm_model *m, const char *s, size_t len) {
@@ -333,19 +343,42 @@ static inline uint64_t pair_key(float score, int32_t left) {
   score += 0.0f; /* -0 sorts with +0, as they compare equal */
   memcpy(&u, &score, sizeof u);
   u = (u & 0x80000000u) ? ~u : u | 0x80000000u;
-  return (uint64_t)u << 32 | (uint32_t)~(uint32_t)left;
+  return (uint64_t)u << 32 | (uint32_t) ~(uint32_t)left;
 }
 
-static inline int32_t pair_left(const bpe_pair *p) { return (int32_t)~(uint32_t)p->key; }
+static inline int32_t pair_left(const bpe_pair *p) { return (int32_t) ~(uint32_t)p->key; }
 
 typedef struct {
   int32_t id;
   uint32_t left_len;
 } bpe_rev;
 
+/* The BPE word cache: a word's pieces, as (length, id) runs, by the word's
+ * bytes. Owned by one thread and tagged with the model it was filled for. */
+typedef struct {
+  uint64_t hash;
+  uint32_t key_off, key_len, val_off, val_n; /* key_len 0: an empty slot */
+} cache_slot;
+
+typedef struct {
+  uint32_t len;
+  int32_t id;
+} cache_val;
+
+typedef struct {
+  uint64_t owner; /* the model's uid, 0 when empty */
+  cache_slot *slot;
+  uint32_t cap, used;
+  char *keys;
+  size_t keys_n, keys_cap;
+  cache_val *vals;
+  size_t vals_n, vals_cap;
+} word_cache;
+
 typedef struct {
   char *norm;
   size_t norm_n, norm_cap;
+  word_cache cache;
   best_node *best;
   size_t best_cap;
   seg *seg;
@@ -371,10 +404,15 @@ static void scratch_free(void *p) {
   free(s->sym);
   free(s->heap);
   free(s->rev);
+  free(s->cache.slot);
+  free(s->cache.keys);
+  free(s->cache.vals);
   free(s);
 }
 
-static void scratch_key_init(void) { scratch_key_ok = pthread_key_create(&scratch_key, scratch_free) == 0; }
+static void scratch_key_init(void) {
+  scratch_key_ok = pthread_key_create(&scratch_key, scratch_free) == 0;
+}
 
 static spm_scratch *scratch_get(void) {
   pthread_once(&scratch_once, scratch_key_init);
@@ -686,7 +724,8 @@ static bool bpe_segment(const spm_model *m, const char *t, size_t size, spm_scra
       if (k > size - off) k = size - off;
     }
     int32_t node = trie_find(m->trie, m->trie_n, t + off, k);
-    sym[n] = (bpe_sym){n - 1, off + k < size ? n + 1 : -1, (uint32_t)off, (uint32_t)k, node, freeze};
+    sym[n] =
+        (bpe_sym){n - 1, off + k < size ? n + 1 : -1, (uint32_t)off, (uint32_t)k, node, freeze};
     off += k;
   }
   if (!n) return true;
@@ -714,6 +753,92 @@ static bool bpe_segment(const spm_model *m, const char *t, size_t size, spm_scra
   return true;
 }
 
+enum { CACHE_SLOTS = 1 << 16, CACHE_KEY_BYTES = 4 << 20, CACHE_MAX_WORD = 96 };
+
+static void cache_reset(word_cache *c, uint64_t owner) {
+  if (c->slot) memset(c->slot, 0, (size_t)c->cap * sizeof *c->slot);
+  c->used = 0;
+  c->keys_n = c->vals_n = 0;
+  c->owner = owner;
+}
+
+static uint64_t hash_bytes(const char *p, size_t n) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)p[i]) * 0x100000001b3ull;
+  return h ^ (h >> 29);
+}
+
+/* The slot of word w: its entry, or the empty slot where it would go. */
+static cache_slot *cache_find(word_cache *c, const char *w, uint32_t n, uint64_t h) {
+  for (uint32_t i = (uint32_t)h & (c->cap - 1);; i = (i + 1) & (c->cap - 1)) {
+    cache_slot *s = &c->slot[i];
+    if (!s->key_len || (s->hash == h && s->key_len == n && !memcmp(c->keys + s->key_off, w, n)))
+      return s;
+  }
+}
+
+/* Segments t[off..off+n) alone, pieces placed at their offsets in t. */
+static bool bpe_span(const spm_model *m, const char *t, size_t off, size_t n, spm_scratch *sc) {
+  size_t first = sc->seg_n;
+  if (!bpe_segment(m, t + off, n, sc)) return false;
+  for (size_t i = first; i < sc->seg_n; i++) sc->seg[i].off += (uint32_t)off;
+  return true;
+}
+
+/* Segments the word t[off..off+n) through the cache. */
+static bool bpe_word(const spm_model *m, const char *t, size_t off, size_t n, spm_scratch *sc) {
+  word_cache *c = &sc->cache;
+  const char *w = t + off;
+  if (n > CACHE_MAX_WORD) return bpe_span(m, t, off, n, sc);
+  if (!c->slot) {
+    c->slot = calloc(CACHE_SLOTS, sizeof *c->slot);
+    if (!c->slot) return bpe_span(m, t, off, n, sc);
+    c->cap = CACHE_SLOTS;
+  }
+  if (c->owner != m->uid || c->used >= c->cap / 2 || c->keys_n > CACHE_KEY_BYTES)
+    cache_reset(c, m->uid);
+  uint64_t h = hash_bytes(w, n);
+  cache_slot *s = cache_find(c, w, (uint32_t)n, h);
+  if (s->key_len) {
+    uint32_t at = (uint32_t)off;
+    for (uint32_t i = 0; i < s->val_n; i++) {
+      const cache_val *v = &c->vals[s->val_off + i];
+      if (!seg_push(sc, at, v->len, v->id)) return false;
+      at += v->len;
+    }
+    return true;
+  }
+  size_t first = sc->seg_n;
+  if (!bpe_span(m, t, off, n, sc)) return false;
+  size_t k = sc->seg_n - first;
+  /* A failed allocation here only leaves the word out of the cache. */
+  if (GROW(c->keys, c->keys_cap, c->keys_n + n) && GROW(c->vals, c->vals_cap, c->vals_n + k)) {
+    memcpy(c->keys + c->keys_n, w, n);
+    for (size_t i = 0; i < k; i++)
+      c->vals[c->vals_n + i] = (cache_val){sc->seg[first + i].len, sc->seg[first + i].id};
+    *s = (cache_slot){h, (uint32_t)c->keys_n, (uint32_t)n, (uint32_t)c->vals_n, (uint32_t)k};
+    c->keys_n += n;
+    c->vals_n += k;
+    c->used++;
+  }
+  return true;
+}
+
+/* BPE word by word: a merge never joins across a space symbol (see
+ * bpe_words_ok), so each word merges as it would in the whole line, and
+ * words repeat. */
+static bool bpe_segment_words(const spm_model *m, const char *t, size_t size, spm_scratch *sc) {
+  size_t word = 0;
+  for (size_t off = 1; off + 3 <= size; off++) {
+    if (t[off] == kSpace[0] && t[off + 1] == kSpace[1] && t[off + 2] == kSpace[2]) {
+      if (!bpe_word(m, t, word, off - word, sc)) return false;
+      word = off;
+      off += 2;
+    }
+  }
+  return bpe_word(m, t, word, size - word, sc);
+}
+
 /* The character model: each character (or user-defined piece) on its own. */
 static bool char_segment(const spm_model *m, const char *t, size_t size, spm_scratch *sc) {
   for (size_t off = 0; off < size;) {
@@ -728,27 +853,23 @@ static bool char_segment(const spm_model *m, const char *t, size_t size, spm_scr
   return true;
 }
 
-/* The word model: the text split before each space symbol (after each run of
- * them when whitespace is a suffix), each word looked up whole. */
+/* The word model: the text split before each space symbol, each word looked
+ * up whole. The reference splits so even when whitespace is a suffix. */
 static bool word_segment(const spm_model *m, const char *t, size_t size, spm_scratch *sc) {
   size_t word = 0;
-  bool in_ws = false;
   for (size_t off = 0; off < size;) {
     size_t k = one_char_len((uint8_t)t[off]);
     if (k > size - off) k = size - off;
-    bool ws = k == 3 && !memcmp(t + off, kSpace, 3);
-    bool split = m->norm.ws_suffix ? (!ws && in_ws) : (ws && off > 0);
-    if (split) {
-      if (!seg_push(sc, (uint32_t)word, (uint32_t)(off - word), piece_to_id(m, t + word, off - word)))
+    if (off > 0 && k == 3 && !memcmp(t + off, kSpace, 3)) {
+      if (!seg_push(sc, (uint32_t)word, (uint32_t)(off - word),
+                    piece_to_id(m, t + word, off - word)))
         return false;
       word = off;
     }
-    in_ws = ws;
     off += k;
   }
-  if (size > word)
-    return seg_push(sc, (uint32_t)word, (uint32_t)(size - word), piece_to_id(m, t + word, size - word));
-  return true;
+  return seg_push(sc, (uint32_t)word, (uint32_t)(size - word),
+                  piece_to_id(m, t + word, size - word));
 }
 
 /* Normalizes and segments text into the scratch's pieces. */
@@ -759,11 +880,16 @@ static status_t spm_segment(const spm_model *m, const char *text, size_t n, spm_
   sc->norm_n = b.n;
   sc->norm_cap = b.cap;
   if (!ok) return nomem();
+  if (sc->norm_n > UINT32_MAX / 2)
+    return status_set(STATUS_ARG, "a line of %zu bytes is too long to encode", n);
   sc->seg_n = 0;
   if (!sc->norm_n) return STATUS_OK;
   switch (m->model_type) {
     case MODEL_UNIGRAM: ok = unigram_segment(m, sc->norm, sc->norm_n, sc); break;
-    case MODEL_BPE: ok = bpe_segment(m, sc->norm, sc->norm_n, sc); break;
+    case MODEL_BPE:
+      ok = m->bpe_words ? bpe_segment_words(m, sc->norm, sc->norm_n, sc)
+                        : bpe_segment(m, sc->norm, sc->norm_n, sc);
+      break;
     case MODEL_CHAR: ok = char_segment(m, sc->norm, sc->norm_n, sc); break;
     default: ok = word_segment(m, sc->norm, sc->norm_n, sc); break;
   }
@@ -890,6 +1016,8 @@ static status_t spm_decode(const void *impl, const int32_t *ids, size_t n, tok_s
       st = tok_str_append(out, m->unk_surface, m->unk_surface_len);
       continue;
     }
+    /* As 0.1.97 does: while the text is still empty, each piece loses a
+     * leading space symbol (later versions drop only the first). */
     const char *s = m->strings + p->off;
     size_t len = p->len;
     if (out->n == start && strip_bos_ws && len >= 3 && !memcmp(s, kSpace, 3)) s += 3, len -= 3;
@@ -1010,7 +1138,8 @@ static status_t normalizer_init(spm_normalizer *nm, const Mlmpi__Spm__Normalizer
     return status_set(STATUS_NOMEM, "tokenizer %s: out of memory loading the charsmap", path);
   for (uint32_t i = 0; i < nm->n_units; i++) {
     const uint8_t *u = blob + 4 + 4 * (size_t)i;
-    nm->units[i] = (uint32_t)u[0] | (uint32_t)u[1] << 8 | (uint32_t)u[2] << 16 | (uint32_t)u[3] << 24;
+    nm->units[i] =
+        (uint32_t)u[0] | (uint32_t)u[1] << 8 | (uint32_t)u[2] << 16 | (uint32_t)u[3] << 24;
   }
   memcpy(nm->repl, blob + 4 + trie_size, nm->repl_len);
   uint32_t root = da_offset(nm->units[0]);
@@ -1019,6 +1148,14 @@ static status_t normalizer_init(spm_normalizer *nm, const Mlmpi__Spm__Normalizer
     if (id < nm->n_units && da_label(nm->units[id]) == (uint32_t)c) bit_set(nm->first, (uint8_t)c);
   }
   return STATUS_OK;
+}
+
+/* Marks the ASCII bytes that normalize to themselves whatever follows: no
+ * rule and (given user_first) no user-defined piece starts with them. */
+static void normalizer_set_plain(spm_normalizer *nm, const uint8_t *user_first) {
+  for (int c = 0; c < 0x80; c++)
+    if (!bit_get(nm->first, (uint8_t)c) && !(user_first && bit_get(user_first, (uint8_t)c)))
+      bit_set(nm->plain, (uint8_t)c);
 }
 
 /* Copies the pieces out of the message and checks them as the reference does. */
@@ -1080,8 +1217,8 @@ static status_t pieces_init(spm_model *m, const Mlmpi__Spm__ModelProto *mp, cons
   if (m->unk_id < 0)
     return status_set(STATUS_FORMAT, "tokenizer %s: the model defines no unknown piece", path);
   if (m->byte_fallback && !any_byte)
-    return status_set(STATUS_FORMAT, "tokenizer %s: byte_fallback is set but there are no byte pieces",
-                      path);
+    return status_set(STATUS_FORMAT,
+                      "tokenizer %s: byte_fallback is set but there are no byte pieces", path);
   if (m->min_score == FLT_MAX) m->min_score = 0.0f;
   return STATUS_OK;
 }
@@ -1155,6 +1292,25 @@ static status_t trie_init(spm_model *m, const char *path) {
   return STATUS_OK;
 }
 
+/* Whether BPE can run word by word with the same result: when no piece the
+ * segmenter may form holds a space symbol after its first byte, no merge
+ * joins across one, and the words merge independently, in the same order as
+ * in the whole line. Not with whitespace as a suffix, user-defined pieces
+ * (frozen spans that may hold a space symbol) or unused pieces (whose
+ * resegmentation remembers the line's last merge of that piece). */
+static bool bpe_words_ok(const spm_model *m) {
+  if (m->model_type != MODEL_BPE || m->norm.ws_suffix || m->has_user) return false;
+  for (int32_t i = 0; i < m->n_pieces; i++) {
+    const spm_piece *p = &m->pieces[i];
+    if (p->type == PIECE_UNUSED) return false;
+    if (p->type != PIECE_NORMAL) continue;
+    const char *s = m->strings + p->off;
+    for (uint32_t j = 1; j + 3 <= p->len; j++)
+      if (!memcmp(s + j, kSpace, 3)) return false;
+  }
+  return true;
+}
+
 static status_t model_init(spm_model *m, const Mlmpi__Spm__ModelProto *mp, const char *path) {
   const Mlmpi__Spm__TrainerSpec *ts = mp->trainer_spec;
   if (mp->n_pieces == 0)
@@ -1176,16 +1332,16 @@ static status_t model_init(spm_model *m, const Mlmpi__Spm__ModelProto *mp, const
   if (st == STATUS_OK) st = normalizer_init(&m->norm, mp->normalizer_spec, path, "normalizer");
   m->norm.ws_suffix = ts && ts->treat_whitespace_as_suffix;
   m->norm.user_matcher = m->has_user;
-  for (int c = 0; c < 0x80; c++)
-    if (!bit_get(m->norm.first, (uint8_t)c) && !bit_get(m->user_first, (uint8_t)c))
-      bit_set(m->norm.plain, (uint8_t)c);
+  normalizer_set_plain(&m->norm, m->user_first);
   if (st == STATUS_OK && mp->denormalizer_spec &&
       mp->denormalizer_spec->precompiled_charsmap.len > 0) {
     st = normalizer_init(&m->denorm, mp->denormalizer_spec, path, "denormalizer");
     m->has_denorm = true;
-    for (int c = 0; c < 0x80; c++)
-      if (!bit_get(m->denorm.first, (uint8_t)c)) bit_set(m->denorm.plain, (uint8_t)c);
+    normalizer_set_plain(&m->denorm, NULL);
   }
+  static _Atomic uint64_t next_uid = 1;
+  m->uid = next_uid++;
+  m->bpe_words = st == STATUS_OK && bpe_words_ok(m);
   return st;
 }
 

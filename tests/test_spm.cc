@@ -76,17 +76,16 @@ std::string U(const char *rest) { return std::string(kU) + rest; }
 
 /* Unigram: ids 0..9. */
 std::vector<Piece> UnigramPieces() {
-  return {{"<unk>", 0, UNKNOWN}, {"<s>", 0, CONTROL}, {"</s>", 0, CONTROL}, {kU, -1, NORMAL},
-          {"a", -2, NORMAL},     {"b", -2, NORMAL},   {"ab", -1.5, NORMAL}, {U("ab"), -2, NORMAL},
+  return {{"<unk>", 0, UNKNOWN}, {"<s>", 0, CONTROL},  {"</s>", 0, CONTROL}, {kU, -1, NORMAL},
+          {"a", -2, NORMAL},     {"b", -2, NORMAL},    {"ab", -1.5, NORMAL}, {U("ab"), -2, NORMAL},
           {"<sep>", 0, USER},    {"<pad>", 0, CONTROL}};
 }
 
 /* BPE: ids 0..8. */
 std::vector<Piece> BpePieces() {
-  return {{"<unk>", 0, UNKNOWN}, {kU, 0, NORMAL},      {"a", 0, NORMAL},
-          {"b", 0, NORMAL},      {"c", 0, NORMAL},     {"ab", -1, NORMAL},
-          {"bc", -0.5, NORMAL},  {"abc", -2, NORMAL},  {U("a"), -3, NORMAL},
-          {"ba", -1, NORMAL}};
+  return {{"<unk>", 0, UNKNOWN}, {kU, 0, NORMAL},    {"a", 0, NORMAL},     {"b", 0, NORMAL},
+          {"c", 0, NORMAL},      {"ab", -1, NORMAL}, {"bc", -0.5, NORMAL}, {"abc", -2, NORMAL},
+          {U("a"), -3, NORMAL},  {"ba", -1, NORMAL}};
 }
 
 class Spm : public testing::Test {
@@ -228,7 +227,9 @@ TEST_F(Spm, ByteFallback) {
   EXPECT_EQ(Pieces(t, "\xe2\x98\x83"), U(" <0xE2> <0x98> <0x83>"));
   EXPECT_EQ(Decode(t, {8, b0 + 0xE2, b0 + 0x98, b0 + 0x83}), "a\xe2\x98\x83");
   /* Bytes that are not UTF-8 decode to U+FFFD each. */
-  EXPECT_EQ(Decode(t, {b0 + 0xFF, b0 + 0xE2, b0 + 0x98, 2}), "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd" "a");
+  EXPECT_EQ(Decode(t, {b0 + 0xFF, b0 + 0xE2, b0 + 0x98, 2}),
+            "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"
+            "a");
   /* Text of bytes never matches a byte piece. */
   EXPECT_EQ(Encode(t, "<0x41>").size(), 7u);
 }
