@@ -91,11 +91,20 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n) {
   return h;
 }
 
-/* Kind and every piece in id order: two tokenizers that map text the same
- * way through the same vocabulary agree. (Normalisation rules and merges are
- * part of the backend's own fingerprint only through the pieces; a backend
- * that wants more can add to it later.) */
-static uint64_t compute_fingerprint(const tokenizer *t) {
+/* Adds a file's bytes to h (a missing file adds nothing). */
+static uint64_t fnv_file(uint64_t h, const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return h;
+  unsigned char buf[1 << 15];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, f)) > 0;) h = fnv(h, buf, n);
+  fclose(f);
+  return fnv(h, "\xfe", 1);
+}
+
+/* The kind, every piece in id order, and the bytes of the files the
+ * tokenizer was read from: the vocabulary alone would not tell apart two
+ * models with the same pieces but other normalisation, merges or casing. */
+static uint64_t compute_fingerprint(const tokenizer *t, const char *const *files, int nfiles) {
   uint64_t h = 0xcbf29ce484222325ull;
   h = fnv(h, &t->kind, sizeof t->kind);
   int32_t n = t->ops->vocab_size(t->impl);
@@ -105,6 +114,7 @@ static uint64_t compute_fingerprint(const tokenizer *t) {
     h = fnv(h, p ? p : "", p ? len : 0);
     h = fnv(h, "\xff", 1);
   }
+  for (int i = 0; i < nfiles; i++) h = fnv_file(h, files[i]);
   return h;
 }
 
@@ -114,12 +124,14 @@ status_t tok_load(const char *path, tokenizer **out) {
   tokenizer *t = calloc(1, sizeof *t);
   if (!t) return status_set(STATUS_NOMEM, "out of memory loading tokenizer %s", path);
   status_t st;
-  char buf[4096];
+  char buf[4096], f1[4096] = "", f2[4096] = "";
   if (is_dir(path)) {
     snprintf(buf, sizeof buf, "%s/vocab.json", path);
     if (exists(buf)) {
       t->kind = TOK_GPT2;
       st = tok_gpt2_load(path, &t->impl, &t->ops);
+      snprintf(f1, sizeof f1, "%s/vocab.json", path);
+      snprintf(f2, sizeof f2, "%s/merges.txt", path);
     } else {
       snprintf(buf, sizeof buf, "%s/vocab.txt", path);
       if (!exists(buf)) {
@@ -131,20 +143,28 @@ status_t tok_load(const char *path, tokenizer **out) {
       }
       t->kind = TOK_WORDPIECE;
       st = tok_wordpiece_load(buf, &t->impl, &t->ops);
+      snprintf(f1, sizeof f1, "%s", buf);
+      snprintf(f2, sizeof f2, "%s/tokenizer_config.json", path);
     }
   } else if (ends_with(path, ".txt")) {
     t->kind = TOK_WORDPIECE;
     st = tok_wordpiece_load(path, &t->impl, &t->ops);
+    snprintf(f1, sizeof f1, "%s", path);
+    const char *slash = strrchr(path, '/');
+    snprintf(f2, sizeof f2, "%.*s%stokenizer_config.json", slash ? (int)(slash - path + 1) : 0,
+             path, "");
   } else {
     t->kind = TOK_SPM;
     st = tok_spm_load(path, &t->impl, &t->ops);
+    snprintf(f1, sizeof f1, "%s", path);
   }
   if (st != STATUS_OK) {
     free(t);
     return st;
   }
   resolve_specials(t);
-  t->fingerprint = compute_fingerprint(t);
+  const char *files[2] = {f1, f2};
+  t->fingerprint = compute_fingerprint(t, files, 2);
   *out = t;
   return STATUS_OK;
 }

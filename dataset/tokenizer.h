@@ -70,8 +70,10 @@ tok_specials tok_get_specials(const tokenizer *t);
 /* STATUS_ARG naming the first of [CLS] [SEP] [MASK] [PAD] (in the
  * vocabulary's spelling) that the vocabulary lacks. */
 status_t tok_require_specials(const tokenizer *t);
-/* A 64-bit fingerprint of the vocabulary and settings: equal tokenizers
- * give equal fingerprints. */
+/* A 64-bit fingerprint of the vocabulary and of the bytes of the files it
+ * was read from (model, merges, vocabulary, tokenizer_config.json): the same
+ * files give the same fingerprint; other normalisation, merges or casing
+ * give another. */
 uint64_t tok_fingerprint(const tokenizer *t);
 /* Thread-safe. */
 status_t tok_encode(const tokenizer *t, const char *text, size_t n, tok_ids *out);

@@ -470,3 +470,14 @@ TEST(WordpieceThreads, ConcurrentEncodesAgree) {
 }
 
 }  // namespace
+
+/* The fingerprint follows the settings, not only the pieces: the same vocab
+ * read cased and uncased encodes differently, so it must differ. */
+TEST(WordpieceFingerprint, FollowsCasingSettings) {
+  std::string a = MakeVocab("fp_lower", ToyPieces(), R"({"do_lower_case": true})");
+  std::string b = MakeVocab("fp_cased", ToyPieces(), R"({"do_lower_case": false})");
+  std::string c = MakeVocab("fp_lower2", ToyPieces(), R"({"do_lower_case": true})");
+  Tok ta(a), tb(b), tc(c);
+  EXPECT_NE(tok_fingerprint(ta.t), tok_fingerprint(tb.t));
+  EXPECT_EQ(tok_fingerprint(ta.t), tok_fingerprint(tc.t));
+}
