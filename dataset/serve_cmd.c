@@ -82,8 +82,12 @@ int data_serve_main(int argc, char **argv) {
    * on (ours and nng's) inherits the blocked mask. */
   sigset_t stop;
   sigemptyset(&stop);
-  sigaddset(&stop, SIGINT);
-  sigaddset(&stop, SIGTERM);
+  /* A signal ignored by whoever started us (a batch script protecting the
+   * service from a preemption notice) stays ignored: sigwait would still
+   * take a blocked, ignored signal. */
+  struct sigaction old;
+  if (sigaction(SIGINT, NULL, &old) != 0 || old.sa_handler != SIG_IGN) sigaddset(&stop, SIGINT);
+  if (sigaction(SIGTERM, NULL, &old) != 0 || old.sa_handler != SIG_IGN) sigaddset(&stop, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop, NULL);
   signal(SIGPIPE, SIG_IGN);
   svc_server *s;
