@@ -31,11 +31,11 @@ struct bert_model {
   float *logits, *dlogits;                 /* (M, V) */
   float *p0, *pooled, *nsp_logits, *dnsp;  /* (B, H), (B, H), (B, 2), (B, 2) */
   /* Backward buffers. */
-  float *dh;                /* (N, H) */
-  float *dG, *dt_a, *dt_b;  /* (M, H) */
-  float *dp0, *dpooled;     /* (B, H) */
-  float *ones;              /* max(N, M) */
-  float *scratch;           /* per-thread */
+  float *dh;               /* (N, H) */
+  float *dG, *dt_a, *dt_b; /* (M, H) */
+  float *dp0, *dpooled;    /* (B, H) */
+  float *ones;             /* max(N, M) */
+  float *scratch;          /* per-thread */
   /* The last forward's batch (copied) and run. */
   int32_t *ids, *mask, *seg, *gidx, *mlm_ids, *nsp_lab, *cls_rows; /* gidx: (M) rows of hs */
   float *mlm_w;
@@ -50,8 +50,8 @@ static status_t build_table(bert_model *m) {
   const int64_t H = c->hidden_size, V = c->vocab_size;
   param_table *t = &m->table;
   status_t st;
-  if ((st = emb_add_params(&m->emb, t, "bert.embeddings", c->vocab_size,
-                           c->max_position_embeddings, c->type_vocab_size)) ||
+  if ((st = emb_add_params(&m->emb, t, "bert.embeddings", c->vocab_size, c->max_position_embeddings,
+                           c->type_vocab_size)) ||
       (st = encoder_add_params(&m->enc, t, "bert.encoder.layer")))
     return st;
   int bad = 0;
@@ -145,10 +145,10 @@ status_t bert_init(bert_model **out, const bert_config *cfg, int max_batch, int 
                        .eps = cfg->layer_norm_eps,
                        .dropout = cfg->hidden_dropout_prob,
                        .layer = 0};
-  if ((st = encoder_init(&m->enc, cfg->hidden_size, cfg->intermediate_size,
-                         cfg->num_attention_heads, cfg->num_hidden_layers, cfg->hidden_act,
-                         cfg->hidden_dropout_prob, cfg->attention_probs_dropout_prob,
-                         cfg->layer_norm_eps, 1)))
+  if ((st =
+           encoder_init(&m->enc, cfg->hidden_size, cfg->intermediate_size, cfg->num_attention_heads,
+                        cfg->num_hidden_layers, cfg->hidden_act, cfg->hidden_dropout_prob,
+                        cfg->attention_probs_dropout_prob, cfg->layer_norm_eps, 1)))
     goto fail;
   if ((st = build_table(m)) != STATUS_OK) goto fail;
   m->params = mem_calloc(m->table.total * sizeof(float), "parameters");

@@ -244,8 +244,8 @@ static void layer_fwd(encoder *e, const enc_ctx *c, int l) {
                   c->nthreads);
   k_linear_fwd(e->proj, a->ctx, P_(c, w->ao_w), N, H, H);
   dropout_desc d1 = enc_dropout(c, g, SITE_ATTN_OUT, e->hidden_dropout);
-  k_add_ln_fwd(a->sum1, a->x1, a->mean1, a->rstd1, e->proj, P_(c, w->ao_b), &d1, x,
-               P_(c, w->ln1_g), P_(c, w->ln1_b), N, H, e->eps);
+  k_add_ln_fwd(a->sum1, a->x1, a->mean1, a->rstd1, e->proj, P_(c, w->ao_b), &d1, x, P_(c, w->ln1_g),
+               P_(c, w->ln1_b), N, H, e->eps);
   k_linear_fwd(a->pre, a->x1, P_(c, w->i_w), N, H, I);
   k_bias_act_fwd(a->pre, a->act, P_(c, w->i_b), N, I, e->act);
   k_linear_fwd(e->proj, a->act, P_(c, w->o_w), N, I, H);
@@ -276,13 +276,13 @@ static void layer_bwd(encoder *e, const enc_ctx *c, int l, float *dh) {
   dropout_desc d1 = enc_dropout(c, g, SITE_ATTN_OUT, e->hidden_dropout);
   k_add_ln_bwd(e->dtmp, dh, G_(c, w->ao_b), G_(c, w->ln1_g), G_(c, w->ln1_b), e->dx1, a->sum1,
                a->mean1, a->rstd1, P_(c, w->ln1_g), &d1, N, H, c->scratch, c->nthreads);
-  k_linear_bwd(e->dctx, false, G_(c, w->ao_w), NULL, e->dtmp, a->ctx, P_(c, w->ao_w), c->ones, N,
-               H, H);
+  k_linear_bwd(e->dctx, false, G_(c, w->ao_w), NULL, e->dtmp, a->ctx, P_(c, w->ao_w), c->ones, N, H,
+               H);
   dropout_desc dp = enc_dropout(c, g, SITE_ATTN_PROBS, e->attn_dropout);
   k_attention_bwd(e->dqkv, e->dctx, a->probs, a->qkv, c->B, T, NH, H / NH, &dp, c->scratch,
                   c->nthreads);
-  k_linear_bwd(dh, true, G_(c, w->q_w), G_(c, w->q_b), e->dqkv, e->hs[l], P_(c, w->q_w), c->ones,
-               N, H, 3 * H);
+  k_linear_bwd(dh, true, G_(c, w->q_w), G_(c, w->q_b), e->dqkv, e->hs[l], P_(c, w->q_w), c->ones, N,
+               H, 3 * H);
   enc_announce(c, w->q_w, w->ln2_b);
 }
 

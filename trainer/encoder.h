@@ -34,8 +34,8 @@ typedef struct {
   bool train;                /* dropout on */
   uint64_t seed;             /* dropout key */
   uint32_t step, sample_base;
-  float *scratch;     /* nthreads * max(2*T*T, 3*C) floats for every width C used */
-  const float *ones;  /* >= every row count used, all 1 */
+  float *scratch;    /* nthreads * max(2*T*T, 3*C) floats for every width C used */
+  const float *ones; /* >= every row count used, all 1 */
   int nthreads;
   bert_grad_ready_fn ready; /* may be NULL */
   void *ready_ctx;
@@ -109,13 +109,13 @@ typedef struct {
   int H, I, NH, L;
   act_kind act;
   float hidden_dropout, attn_dropout, eps;
-  uint32_t layer0; /* layer l's dropout streams are group layer0 + l */
+  uint32_t layer0;    /* layer l's dropout streams are group layer0 + l */
   enc_layer_idx *li;  /* L */
   enc_layer_acts *la; /* L */
   float **hs;         /* L+1 of (N, H): hs[0] the input, hs[L] the output */
   /* Scratch of forward and backward. */
-  float *proj;                             /* (N, H) a projection before bias/LN */
-  float *dx1, *dtmp, *dctx, *dqkv, *dbig;  /* (N,H) x3, (N,3H), (N,I) */
+  float *proj;                            /* (N, H) a projection before bias/LN */
+  float *dx1, *dtmp, *dctx, *dqkv, *dbig; /* (N,H) x3, (N,3H), (N,I) */
 } encoder;
 
 /* Sets the sizes and allocates the index and pointer arrays (encoder_free). */

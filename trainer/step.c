@@ -1,12 +1,14 @@
 /* step.c: `mlmpi-train step`, the oracle hook: one forward and backward of
- * the model on given weights and a given batch, all outputs and every
- * parameter's gradient written to a safetensors file. */
+ * the model (BERT, or ELECTRA when the config says "model_type": "electra")
+ * on given weights and a given batch, all outputs and every parameter's
+ * gradient written to a safetensors file. */
 #include <getopt.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "electra.h"
 #include "optim.h"
 #include "trainer.h"
 
@@ -33,7 +35,15 @@ static const char step_usage[] =
     "F32; next_sentence_labels [B,1] I32 with NSP). Writes loss, mlm_loss, nsp_loss, mlm_logits\n"
     "[B,P,V], nsp_logits [B,2] and grad.<name> for every parameter to OUT (the NSP outputs only\n"
     "when the model has an NSP head).\n"
-    "  --seed N     dropout seed (dropout follows the config's probabilities; default 0)\n"
+    "With an ELECTRA config (\"model_type\": \"electra\": the discriminator's ElectraConfig with "
+    "a\n"
+    "\"generator\" object and gen_weight, disc_weight) the batch has no next_sentence_labels and "
+    "may\n"
+    "carry sampled_ids [B,P] I32, the generator's samples (otherwise drawn from --seed); OUT gets\n"
+    "loss, mlm_loss, disc_loss, generator_logits [B,P,V], discriminator_logits [B,T], sampled_ids\n"
+    "[B,P] and grad.<name>.\n"
+    "  --seed N     dropout (and ELECTRA sampling) seed; dropout follows the config's\n"
+    "               probabilities (default 0)\n"
     "  --threads N  OpenMP/OpenBLAS threads (default: all cores)\n"
     "  --steps K    then take K optimizer steps on the same batch at constant lr and also write\n"
     "               the final weights under their parameter names, `losses` [K] (the loss before\n"
@@ -134,11 +144,15 @@ static int parse_args(int argc, char **argv, step_args *a) {
 }
 
 static const char *const batch_fields[] = {
-    "input_ids",     "input_mask",        "segment_ids",         "masked_lm_positions",
-    "masked_lm_ids", "masked_lm_weights", "next_sentence_labels"};
+    "input_ids",     "input_mask",        "segment_ids",          "masked_lm_positions",
+    "masked_lm_ids", "masked_lm_weights", "next_sentence_labels", "sampled_ids"};
+enum { N_BATCH_FIELDS = 8, FIELD_NSP = 6, FIELD_SAMPLED = 7 };
 
-/* Points b at the tensors of f after checking names, dtypes and shapes. */
-static status_t load_batch(const st_file *f, const char *path, bool nsp, bert_batch *b) {
+/* Points b at the tensors of f after checking names, dtypes and shapes.
+ * next_sentence_labels is required with nsp; sampled_ids is allowed (and
+ * then returned in *sampled) only where sampled is given. */
+static status_t load_batch(const st_file *f, const char *path, bool nsp, bert_batch *b,
+                           const int32_t **sampled) {
   const st_tensor *ids = st_find(f, "input_ids"), *pos = st_find(f, "masked_lm_positions");
   if (!ids) return status_set(STATUS_ARG, "%s: tensor 'input_ids' is missing", path);
   if (!pos) return status_set(STATUS_ARG, "%s: tensor 'masked_lm_positions' is missing", path);
@@ -151,7 +165,7 @@ static status_t load_batch(const st_file *f, const char *path, bool nsp, bert_ba
                       path, (long long)ids->shape[0]);
   int64_t bt[2] = {ids->shape[0], ids->shape[1]}, bp[2] = {ids->shape[0], pos->shape[1]},
           b1[2] = {ids->shape[0], 1};
-  const st_tensor *t[7];
+  const st_tensor *t[N_BATCH_FIELDS] = {0};
   status_t st;
   if ((st = st_expect(f, path, "input_ids", DTYPE_I32, 2, bt, &t[0])) ||
       (st = st_expect(f, path, "input_mask", DTYPE_I32, 2, bt, &t[1])) ||
@@ -160,12 +174,15 @@ static status_t load_batch(const st_file *f, const char *path, bool nsp, bert_ba
       (st = st_expect(f, path, "masked_lm_ids", DTYPE_I32, 2, bp, &t[4])) ||
       (st = st_expect(f, path, "masked_lm_weights", DTYPE_F32, 2, bp, &t[5])))
     return st;
-  t[6] = NULL;
-  if (nsp && (st = st_expect(f, path, "next_sentence_labels", DTYPE_I32, 2, b1, &t[6]))) return st;
+  if (nsp && (st = st_expect(f, path, "next_sentence_labels", DTYPE_I32, 2, b1, &t[FIELD_NSP])))
+    return st;
+  if (sampled && st_find(f, "sampled_ids") &&
+      (st = st_expect(f, path, "sampled_ids", DTYPE_I32, 2, bp, &t[FIELD_SAMPLED])))
+    return st;
   for (int i = 0; i < f->n; i++) {
     int k = 0;
-    while (k < 7 && strcmp(f->tensors[i].name, batch_fields[k])) k++;
-    if (k == 7 || (k == 6 && !nsp))
+    while (k < N_BATCH_FIELDS && strcmp(f->tensors[i].name, batch_fields[k])) k++;
+    if (k == N_BATCH_FIELDS || (k == FIELD_NSP && !nsp) || (k == FIELD_SAMPLED && !sampled))
       return status_set(STATUS_ARG, "%s: tensor '%s' is not a batch field of this model", path,
                         f->tensors[i].name);
   }
@@ -178,7 +195,8 @@ static status_t load_batch(const st_file *f, const char *path, bool nsp, bert_ba
                     .masked_lm_positions = t[3]->data,
                     .masked_lm_ids = t[4]->data,
                     .masked_lm_weights = t[5]->data,
-                    .next_sentence_labels = t[6] ? t[6]->data : NULL};
+                    .next_sentence_labels = t[FIELD_NSP] ? t[FIELD_NSP]->data : NULL};
+  if (sampled) *sampled = t[FIELD_SAMPLED] ? t[FIELD_SAMPLED]->data : NULL;
   return STATUS_OK;
 }
 
@@ -188,6 +206,20 @@ typedef struct {
   const float *weights;             /* table layout, or NULL without --steps */
   const float *losses, *grad_norms; /* [K] */
 } step_extra;
+
+/* Every parameter's gradient and what --steps adds; the buffers must
+ * outlive w. */
+static status_t add_grads_and_steps(st_writer *w, const param_table *t, const float *grads,
+                                    const step_extra *x) {
+  status_t st = param_add_to_writer(t, grads, "grad.", w);
+  if (st || !x->weights) return st;
+  int64_t k[1] = {x->K};
+  if ((st = param_add_to_writer(t, x->weights, "", w)) ||
+      (st = st_writer_add(w, "losses", DTYPE_F32, 1, k, x->losses)) ||
+      (st = st_writer_add(w, "grad_norms", DTYPE_F32, 1, k, x->grad_norms)))
+    return st;
+  return STATUS_OK;
+}
 
 static status_t write_outputs(bert_model *m, const bert_batch *b, const bert_losses *ls,
                               const float *grads, const step_extra *x, const char *path) {
@@ -205,14 +237,7 @@ static status_t write_outputs(bert_model *m, const bert_batch *b, const bert_los
   if (c->nsp && ((st = st_writer_add(w, "nsp_loss", DTYPE_F32, 0, NULL, &nsp)) ||
                  (st = st_writer_add(w, "nsp_logits", DTYPE_F32, 2, nshape, bert_nsp_logits(m)))))
     goto out;
-  if ((st = param_add_to_writer(t, grads, "grad.", w))) goto out;
-  if (x->weights) {
-    int64_t k[1] = {x->K};
-    if ((st = param_add_to_writer(t, x->weights, "", w)) ||
-        (st = st_writer_add(w, "losses", DTYPE_F32, 1, k, x->losses)) ||
-        (st = st_writer_add(w, "grad_norms", DTYPE_F32, 1, k, x->grad_norms)))
-      goto out;
-  }
+  if ((st = add_grads_and_steps(w, t, grads, x))) goto out;
   st = st_writer_write(w, path);
 out:
   st_writer_free(w);
@@ -234,35 +259,151 @@ static void free_steps(step_run *x) {
   optim_free(x->opt);
 }
 
-static status_t run_steps(bert_model *m, const bert_batch *b, const step_args *a, double loss0,
-                          step_run *x) {
-  const param_table *t = bert_params(m);
+/* One forward and backward of the model at step k (gradients zeroed
+ * first); returns the loss. */
+typedef double (*step_fn)(void *model, const void *batch, const step_args *a, uint32_t k);
+
+static status_t run_steps(const param_table *t, float *params, float *grads, step_fn f, void *model,
+                          const void *batch, const step_args *a, double loss0, step_run *x) {
   x->grads0 = mem_alloc(t->total * sizeof(float), "step-0 gradients");
   x->losses = mem_alloc((size_t)a->steps * sizeof(float), "losses");
   x->norms = mem_alloc((size_t)a->steps * sizeof(float), "gradient norms");
   if (!x->grads0 || !x->losses || !x->norms) return STATUS_NOMEM;
   status_t st = optim_init(&x->opt, &a->optim, t);
   if (st != STATUS_OK) return st;
-  memcpy(x->grads0, bert_grad_buf(m), t->total * sizeof(float));
+  memcpy(x->grads0, grads, t->total * sizeof(float));
   x->losses[0] = (float)loss0;
-  bert_run run = bert_run_default();
-  run.seed = a->seed;
   for (int k = 0; k < a->steps; k++) {
-    if (k > 0) {
-      bert_losses ls;
-      run.step = (uint32_t)k;
-      bert_zero_grad(m);
-      bert_forward(m, b, &run, &ls);
-      bert_backward(m);
-      x->losses[k] = (float)ls.loss;
-    }
+    if (k > 0) x->losses[k] = (float)f(model, batch, a, (uint32_t)k);
     optim_stats os;
-    optim_step(x->opt, bert_param_buf(m), bert_grad_buf(m), (float)lr_at(&a->sched, k), &os);
+    optim_step(x->opt, params, grads, (float)lr_at(&a->sched, k), &os);
     x->norms[k] = (float)os.grad_norm;
   }
-  x->out = (step_extra){
-      .K = a->steps, .weights = bert_param_buf(m), .losses = x->losses, .grad_norms = x->norms};
+  x->out =
+      (step_extra){.K = a->steps, .weights = params, .losses = x->losses, .grad_norms = x->norms};
   return STATUS_OK;
+}
+
+static double bert_step_fn(void *model, const void *batch, const step_args *a, uint32_t k) {
+  bert_model *m = model;
+  bert_run run = bert_run_default();
+  run.seed = a->seed;
+  run.step = k;
+  bert_losses ls;
+  bert_zero_grad(m);
+  bert_forward(m, batch, &run, &ls);
+  bert_backward(m);
+  return ls.loss;
+}
+
+/* ---- ELECTRA ------------------------------------------------------------------ */
+/* The first step's outputs, copied: --steps runs more forwards. */
+typedef struct {
+  electra_losses ls;
+  float *gen_logits, *disc_logits;
+  int32_t *sampled;
+} electra_out;
+
+static double electra_step_fn(void *model, const void *batch, const step_args *a, uint32_t k) {
+  electra_model *m = model;
+  electra_run run = electra_run_default();
+  run.seed = a->seed;
+  run.step = k;
+  electra_losses ls;
+  electra_zero_grad(m);
+  electra_forward(m, batch, &run, &ls);
+  electra_backward(m);
+  return ls.loss;
+}
+
+static status_t keep_electra_outputs(const electra_model *m, const electra_batch *b,
+                                     electra_out *o) {
+  size_t M = (size_t)b->B * b->P, N = (size_t)b->B * b->T,
+         V = (size_t)electra_get_config(m)->vocab_size;
+  o->gen_logits = mem_alloc(M * V * sizeof(float), "generator logits");
+  o->disc_logits = mem_alloc(N * sizeof(float), "discriminator logits");
+  o->sampled = mem_alloc(M * sizeof(int32_t), "sampled ids");
+  if (!o->gen_logits || !o->disc_logits || !o->sampled) return STATUS_NOMEM;
+  memcpy(o->gen_logits, electra_generator_logits(m), M * V * sizeof(float));
+  memcpy(o->disc_logits, electra_discriminator_logits(m), N * sizeof(float));
+  memcpy(o->sampled, electra_sampled_ids(m), M * sizeof(int32_t));
+  return STATUS_OK;
+}
+
+static status_t write_electra_outputs(const electra_model *m, const electra_batch *b,
+                                      const electra_out *o, const float *grads, const step_extra *x,
+                                      const char *path) {
+  float loss = (float)o->ls.loss, mlm = (float)o->ls.mlm_loss, disc = (float)o->ls.disc_loss;
+  int64_t gshape[3] = {b->B, b->P, electra_get_config(m)->vocab_size}, dshape[2] = {b->B, b->T},
+          sshape[2] = {b->B, b->P};
+  st_writer *w = st_writer_init();
+  if (!w) return STATUS_NOMEM;
+  status_t st;
+  if (!(st = st_writer_add(w, "loss", DTYPE_F32, 0, NULL, &loss)) &&
+      !(st = st_writer_add(w, "mlm_loss", DTYPE_F32, 0, NULL, &mlm)) &&
+      !(st = st_writer_add(w, "disc_loss", DTYPE_F32, 0, NULL, &disc)) &&
+      !(st = st_writer_add(w, "generator_logits", DTYPE_F32, 3, gshape, o->gen_logits)) &&
+      !(st = st_writer_add(w, "discriminator_logits", DTYPE_F32, 2, dshape, o->disc_logits)) &&
+      !(st = st_writer_add(w, "sampled_ids", DTYPE_I32, 2, sshape, o->sampled)) &&
+      !(st = add_grads_and_steps(w, electra_params(m), grads, x)))
+    st = st_writer_write(w, path);
+  st_writer_free(w);
+  return st;
+}
+
+static int electra_step_main(const step_args *a) {
+  electra_config cfg;
+  st_file *wf = NULL, *bf = NULL;
+  electra_model *m = NULL;
+  bert_batch bb;
+  electra_batch b;
+  electra_out o = {0};
+  step_run x = {0};
+  status_t st;
+  if ((st = electra_config_load(a->model, &cfg)) || (st = st_read(a->batch, &bf)) ||
+      (st = load_batch(bf, a->batch, false, &bb, &b.sampled_ids)))
+    goto done;
+  b = (electra_batch){bb.B,
+                      bb.T,
+                      bb.P,
+                      bb.input_ids,
+                      bb.input_mask,
+                      bb.segment_ids,
+                      bb.masked_lm_positions,
+                      bb.masked_lm_ids,
+                      bb.masked_lm_weights,
+                      b.sampled_ids};
+  if ((st = st_read(a->weights, &wf)) || (st = electra_init(&m, &cfg, b.B, b.T, b.P, a->threads)) ||
+      (st =
+           param_load_safetensors(electra_params(m), electra_param_buf(m), wf, a->weights, true)) ||
+      (st = electra_check_batch(m, &b)))
+    goto done;
+  st_free(wf);
+  wf = NULL;
+  electra_run run = electra_run_default();
+  run.seed = a->seed;
+  electra_zero_grad(m);
+  electra_forward(m, &b, &run, &o.ls);
+  electra_backward(m);
+  if ((st = keep_electra_outputs(m, &b, &o))) goto done;
+  const float *grads = electra_grad_buf(m);
+  if (a->steps > 0) {
+    if ((st = run_steps(electra_params(m), electra_param_buf(m), electra_grad_buf(m),
+                        electra_step_fn, m, &b, a, o.ls.loss, &x)))
+      goto done;
+    grads = x.grads0;
+  }
+  st = write_electra_outputs(m, &b, &o, grads, &x.out, a->out);
+done:
+  if (st != STATUS_OK) fprintf(stderr, "mlmpi-train step: %s\n", status_message());
+  free_steps(&x);
+  mem_free(o.gen_logits);
+  mem_free(o.disc_logits);
+  mem_free(o.sampled);
+  electra_free(m);
+  st_free(wf);
+  st_free(bf);
+  return st == STATUS_OK ? 0 : 1;
 }
 
 int trainer_step_main(int argc, char **argv) {
@@ -270,13 +411,14 @@ int trainer_step_main(int argc, char **argv) {
   int rc = parse_args(argc, argv, &a);
   if (rc) return rc == 1 ? 0 : rc;
   if (a.threads) omp_set_num_threads(a.threads);
+  if (electra_config_is_electra(a.model)) return electra_step_main(&a);
   bert_config cfg;
   st_file *wf = NULL, *bf = NULL;
   bert_model *m = NULL;
   bert_batch b;
   status_t st;
   if ((st = bert_config_load(a.model, &cfg)) || (st = st_read(a.batch, &bf)) ||
-      (st = load_batch(bf, a.batch, cfg.nsp, &b)) || (st = st_read(a.weights, &wf)) ||
+      (st = load_batch(bf, a.batch, cfg.nsp, &b, NULL)) || (st = st_read(a.weights, &wf)) ||
       (st = bert_init(&m, &cfg, b.B, b.T, b.P, a.threads)) ||
       (st = param_load_safetensors(bert_params(m), bert_param_buf(m), wf, a.weights, true)) ||
       (st = bert_check_batch(m, &b)))
@@ -291,7 +433,8 @@ int trainer_step_main(int argc, char **argv) {
   bert_backward(m);
   step_run x = {0};
   if (a.steps > 0) {
-    st = run_steps(m, &b, &a, ls.loss, &x);
+    st = run_steps(bert_params(m), bert_param_buf(m), bert_grad_buf(m), bert_step_fn, m, &b, &a,
+                   ls.loss, &x);
     if (st == STATUS_OK) st = write_outputs(m, &b, &ls, x.grads0, &x.out, a.out);
     free_steps(&x);
   } else {

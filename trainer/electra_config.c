@@ -1,0 +1,282 @@
+/* electra_config.c: the ELECTRA config.json (a Hugging Face ElectraConfig
+ * for the discriminator with a nested "generator" object and the two loss
+ * weights) and the electra-small / electra-base presets. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "electra.h"
+
+/* Sizes from the ELECTRA paper (Clark et al. 2020, Table 6) and the
+ * published Hugging Face configs: google/electra-small-discriminator (E 128,
+ * H 256, 12 layers, 4 heads, I 1024) with the paper's quarter-size generator
+ * (H 64, 1 head, I 256; the released small generator checkpoint is wider),
+ * and google/electra-base-discriminator (E = H = 768, 12 x 12, I 3072) with
+ * google/electra-base-generator (H 256, 4 heads, I 1024: a third). */
+electra_config electra_config_default(void) {
+  return (electra_config){
+      .vocab_size = 30522,
+      .embedding_size = 128,
+      .max_position_embeddings = 512,
+      .type_vocab_size = 2,
+      .hidden_act = ACT_GELU,
+      .hidden_dropout_prob = 0.1f,
+      .attention_probs_dropout_prob = 0.1f,
+      .layer_norm_eps = 1e-12f,
+      .initializer_range = 0.02f,
+      .disc = {256, 12, 4, 1024},
+      .gen = {64, 12, 1, 256},
+      .gen_weight = 1.0f,
+      .disc_weight = 50.0f,
+  };
+}
+
+status_t electra_preset(const char *name, electra_config *out) {
+  electra_config c = electra_config_default();
+  if (!strcmp(name, "electra-small")) {
+    *out = c;
+    return STATUS_OK;
+  }
+  if (!strcmp(name, "electra-base")) {
+    c.embedding_size = 768;
+    c.disc = (electra_net_config){768, 12, 12, 3072};
+    c.gen = (electra_net_config){256, 12, 4, 1024};
+    *out = c;
+    return STATUS_OK;
+  }
+  return status_set(STATUS_CONFIG,
+                    "model.preset: unknown ELECTRA preset '%s' (electra-small, "
+                    "electra-base)",
+                    name);
+}
+
+static status_t check_net(const electra_net_config *n, const char *who) {
+  const struct {
+    const char *name;
+    int v;
+  } sizes[] = {{"hidden_size", n->hidden_size},
+               {"num_hidden_layers", n->num_hidden_layers},
+               {"num_attention_heads", n->num_attention_heads},
+               {"intermediate_size", n->intermediate_size}};
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+    if (sizes[i].v < 1 || sizes[i].v > (1 << 24))
+      return status_set(STATUS_CONFIG, "model config: %s%s = %d is out of range", who,
+                        sizes[i].name, sizes[i].v);
+  if (n->hidden_size % n->num_attention_heads)
+    return status_set(
+        STATUS_CONFIG,
+        "model config: %shidden_size %d is not a multiple of %snum_attention_heads %d", who,
+        n->hidden_size, who, n->num_attention_heads);
+  return STATUS_OK;
+}
+
+status_t electra_config_check(const electra_config *c) {
+  const struct {
+    const char *name;
+    int v;
+  } sizes[] = {{"vocab_size", c->vocab_size},
+               {"embedding_size", c->embedding_size},
+               {"max_position_embeddings", c->max_position_embeddings},
+               {"type_vocab_size", c->type_vocab_size}};
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+    if (sizes[i].v < 1 || sizes[i].v > (1 << 24))
+      return status_set(STATUS_CONFIG, "model config: %s = %d is out of range", sizes[i].name,
+                        sizes[i].v);
+  status_t st;
+  if ((st = check_net(&c->disc, "")) || (st = check_net(&c->gen, "generator."))) return st;
+  /* The sampling stream numbers element position·V + token in 32 bits. */
+  if ((uint64_t)c->max_position_embeddings * (uint64_t)c->vocab_size > UINT32_MAX)
+    return status_set(STATUS_CONFIG,
+                      "model config: max_position_embeddings x vocab_size must be below 2^32");
+  if (!(c->hidden_dropout_prob >= 0 && c->hidden_dropout_prob < 1))
+    return status_set(STATUS_CONFIG, "model config: hidden_dropout_prob must be in [0,1)");
+  if (!(c->attention_probs_dropout_prob >= 0 && c->attention_probs_dropout_prob < 1))
+    return status_set(STATUS_CONFIG, "model config: attention_probs_dropout_prob must be in [0,1)");
+  if (!(c->layer_norm_eps > 0))
+    return status_set(STATUS_CONFIG, "model config: layer_norm_eps must be > 0");
+  if (!(c->initializer_range >= 0))
+    return status_set(STATUS_CONFIG, "model config: initializer_range must be >= 0");
+  if (!(c->gen_weight >= 0 && isfinite(c->gen_weight)))
+    return status_set(STATUS_CONFIG, "model config: gen_weight must be a finite number >= 0");
+  if (!(c->disc_weight >= 0 && isfinite(c->disc_weight)))
+    return status_set(STATUS_CONFIG, "model config: disc_weight must be a finite number >= 0");
+  return STATUS_OK;
+}
+
+/* ---- Reading config.json ------------------------------------------------------ */
+static status_t read_json(const char *path, cJSON **out) {
+  *out = NULL;
+  FILE *f = fopen(path, "rb");
+  if (!f) return status_set(STATUS_IO, "cannot open model config %s: %s", path, strerror(errno));
+  char *text = NULL;
+  size_t n = 0, cap = 0;
+  for (;;) {
+    if (n + 4096 > cap) {
+      cap = cap ? 2 * cap : 65536;
+      char *t = cap > (64u << 20) ? NULL : realloc(text, cap);
+      if (!t) {
+        free(text);
+        fclose(f);
+        return status_set(STATUS_FORMAT, "model config %s is too large", path);
+      }
+      text = t;
+    }
+    size_t r = fread(text + n, 1, cap - n, f);
+    n += r;
+    if (r == 0) break;
+  }
+  fclose(f);
+  cJSON *root = cJSON_ParseWithLength(text, n);
+  free(text);
+  if (!cJSON_IsObject(root)) {
+    cJSON_Delete(root);
+    return status_set(STATUS_FORMAT, "model config %s is not a JSON object", path);
+  }
+  *out = root;
+  return STATUS_OK;
+}
+
+bool electra_config_is_electra(const char *path) {
+  cJSON *root;
+  if (read_json(path, &root) != STATUS_OK) return false;
+  const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+  bool yes = cJSON_IsString(t) && !strcmp(t->valuestring, "electra");
+  cJSON_Delete(root);
+  return yes;
+}
+
+static status_t get_int(const cJSON *o, const char *path, const char *who, const char *key,
+                        int *out) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+  if (!v || cJSON_IsNull(v)) return STATUS_OK;
+  if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble)
+    return status_set(STATUS_CONFIG, "%s: '%s%s' must be an integer", path, who, key);
+  *out = (int)v->valuedouble;
+  return STATUS_OK;
+}
+
+static status_t get_float(const cJSON *o, const char *path, const char *key, float *out) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+  if (!v || cJSON_IsNull(v)) return STATUS_OK;
+  if (!cJSON_IsNumber(v)) return status_set(STATUS_CONFIG, "%s: '%s' must be a number", path, key);
+  *out = (float)v->valuedouble;
+  return STATUS_OK;
+}
+
+static status_t get_act(const cJSON *o, const char *path, const char *who, act_kind *out) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "hidden_act");
+  if (!v) return STATUS_OK;
+  if (!cJSON_IsString(v))
+    return status_set(STATUS_CONFIG, "%s: '%shidden_act' must be a string", path, who);
+  const char *s = v->valuestring;
+  if (!strcmp(s, "gelu"))
+    *out = ACT_GELU;
+  else if (!strcmp(s, "gelu_new") || !strcmp(s, "gelu_pytorch_tanh"))
+    *out = ACT_GELU_TANH;
+  else if (!strcmp(s, "relu"))
+    *out = ACT_RELU;
+  else
+    return status_set(
+        STATUS_CONFIG,
+        "%s: %shidden_act '%s' is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)", path,
+        who, s);
+  return STATUS_OK;
+}
+
+static status_t get_net(const cJSON *o, const char *path, const char *who, electra_net_config *n) {
+  status_t st;
+  if ((st = get_int(o, path, who, "hidden_size", &n->hidden_size)) ||
+      (st = get_int(o, path, who, "num_hidden_layers", &n->num_hidden_layers)) ||
+      (st = get_int(o, path, who, "num_attention_heads", &n->num_attention_heads)) ||
+      (st = get_int(o, path, who, "intermediate_size", &n->intermediate_size)))
+    return st;
+  return STATUS_OK;
+}
+
+/* The generator object may be a whole ElectraConfig; what the two networks
+ * share must then agree with the top level. */
+static status_t get_generator(const cJSON *root, const char *path, electra_config *c) {
+  const cJSON *g = cJSON_GetObjectItemCaseSensitive(root, "generator");
+  c->gen = (electra_net_config){
+      .hidden_size = c->disc.hidden_size / 4,
+      .num_hidden_layers = c->disc.num_hidden_layers,
+      .num_attention_heads = c->disc.num_attention_heads >= 4 ? c->disc.num_attention_heads / 4 : 1,
+      .intermediate_size = c->disc.intermediate_size / 4,
+  };
+  if (!g || cJSON_IsNull(g)) return STATUS_OK;
+  if (!cJSON_IsObject(g))
+    return status_set(STATUS_CONFIG, "%s: 'generator' must be an object", path);
+  status_t st = get_net(g, path, "generator.", &c->gen);
+  if (st) return st;
+  const struct {
+    const char *key;
+    int v;
+  } shared[] = {{"vocab_size", c->vocab_size},
+                {"embedding_size", c->embedding_size},
+                {"max_position_embeddings", c->max_position_embeddings},
+                {"type_vocab_size", c->type_vocab_size}};
+  for (size_t i = 0; i < sizeof shared / sizeof shared[0]; i++) {
+    int v = shared[i].v;
+    if ((st = get_int(g, path, "generator.", shared[i].key, &v))) return st;
+    if (v != shared[i].v)
+      return status_set(STATUS_CONFIG,
+                        "%s: 'generator.%s' = %d differs from the discriminator's %d (the "
+                        "embeddings are shared)",
+                        path, shared[i].key, v, shared[i].v);
+  }
+  act_kind a = c->hidden_act;
+  if ((st = get_act(g, path, "generator.", &a))) return st;
+  if (a != c->hidden_act)
+    return status_set(STATUS_CONFIG,
+                      "%s: 'generator.hidden_act' differs from the discriminator's (one "
+                      "activation is shared)",
+                      path);
+  return STATUS_OK;
+}
+
+static status_t parse(const cJSON *root, const char *path, electra_config *c) {
+  status_t st;
+  if ((st = get_int(root, path, "", "vocab_size", &c->vocab_size)) ||
+      (st = get_int(root, path, "", "embedding_size", &c->embedding_size)) ||
+      (st = get_int(root, path, "", "max_position_embeddings", &c->max_position_embeddings)) ||
+      (st = get_int(root, path, "", "type_vocab_size", &c->type_vocab_size)) ||
+      (st = get_net(root, path, "", &c->disc)) ||
+      (st = get_float(root, path, "hidden_dropout_prob", &c->hidden_dropout_prob)) ||
+      (st = get_float(root, path, "attention_probs_dropout_prob",
+                      &c->attention_probs_dropout_prob)) ||
+      (st = get_float(root, path, "layer_norm_eps", &c->layer_norm_eps)) ||
+      (st = get_float(root, path, "initializer_range", &c->initializer_range)) ||
+      (st = get_float(root, path, "gen_weight", &c->gen_weight)) ||
+      (st = get_float(root, path, "disc_weight", &c->disc_weight)) ||
+      (st = get_act(root, path, "", &c->hidden_act)) || (st = get_generator(root, path, c)))
+    return st;
+  const cJSON *pe = cJSON_GetObjectItemCaseSensitive(root, "position_embedding_type");
+  if (cJSON_IsString(pe) && strcmp(pe->valuestring, "absolute"))
+    return status_set(STATUS_CONFIG, "%s: position_embedding_type '%s' is not supported (absolute)",
+                      path, pe->valuestring);
+  return STATUS_OK;
+}
+
+status_t electra_config_load(const char *path, electra_config *cfg) {
+  cJSON *root;
+  status_t st = read_json(path, &root);
+  if (st) return st;
+  const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+  if (t && !(cJSON_IsString(t) && !strcmp(t->valuestring, "electra"))) {
+    cJSON_Delete(root);
+    return status_set(STATUS_CONFIG, "%s: 'model_type' is not \"electra\"", path);
+  }
+  electra_config c = electra_config_default();
+  st = parse(root, path, &c);
+  cJSON_Delete(root);
+  if (st) return st;
+  if ((st = electra_config_check(&c)) != STATUS_OK) {
+    status_prefix("%s", path);
+    return st;
+  }
+  *cfg = c;
+  return STATUS_OK;
+}
