@@ -47,6 +47,11 @@ struct comm {
 
 /* MPI backend over MPI_COMM_WORLD (MPI must be initialised). */
 status_t comm_mpi_init(comm_t **out, double timeout_s);
+/* NCCL backend for device buffers, one GPU per local rank (local rank mod
+ * the device count); MPI must be initialised (it carries NCCL's id). Built
+ * only with CUDA and NCCL (MLMPI_HAVE_NCCL); STATUS_COMM naming the missing
+ * GPU where there is none. */
+status_t comm_nccl_init(comm_t **out, double timeout_s);
 void comm_free(comm_t *c); /* NULL is a no-op */
 
 /* Records what the next waits are for ("step 12 bucket 3"); thread-unsafe. */
