@@ -71,12 +71,11 @@ static status_t build_table(electra_model *m) {
   status_t st = emb_add_params(e, t, "discriminator.electra.embeddings", c->vocab_size,
                                c->max_position_embeddings, c->type_vocab_size);
   if (st) return st;
-  m->net[GEN].emb.we = e->we;
-  m->net[GEN].emb.pe = e->pe;
-  m->net[GEN].emb.te = e->te;
-  m->net[GEN].emb.ln_g = e->ln_g;
-  m->net[GEN].emb.ln_b = e->ln_b;
+  const uint32_t gen_group = m->net[GEN].emb.layer;
+  m->net[GEN].emb = *e; /* the same tensors, the generator's dropout streams */
+  m->net[GEN].emb.layer = gen_group;
   int bad = 0;
+#define ADD(dst, d0, d1, name) bad |= ((dst) = enc_add_param(t, d0, d1, "%s", name)) < 0
   for (int k = GEN; k <= DISC; k++) {
     electra_net *n = &m->net[k];
     const char *who = k == GEN ? "generator" : "discriminator";
@@ -91,24 +90,19 @@ static status_t build_table(electra_model *m) {
     snprintf(prefix, sizeof prefix, "%s.electra.encoder.layer", who);
     if ((st = encoder_add_params(&n->enc, t, prefix))) return st;
     if (k == GEN) {
-      bad |= (m->gh_w = enc_add_param(t, E, H, "generator.generator_predictions.dense.weight")) < 0;
-      bad |= (m->gh_b = enc_add_param(t, E, 0, "generator.generator_predictions.dense.bias")) < 0;
-      bad |= (m->gln_g =
-                  enc_add_param(t, E, 0, "generator.generator_predictions.LayerNorm.weight")) < 0;
-      bad |=
-          (m->gln_b = enc_add_param(t, E, 0, "generator.generator_predictions.LayerNorm.bias")) < 0;
-      bad |= (m->glm_b = enc_add_param(t, V, 0, "generator.generator_lm_head.bias")) < 0;
+      ADD(m->gh_w, E, H, "generator.generator_predictions.dense.weight");
+      ADD(m->gh_b, E, 0, "generator.generator_predictions.dense.bias");
+      ADD(m->gln_g, E, 0, "generator.generator_predictions.LayerNorm.weight");
+      ADD(m->gln_b, E, 0, "generator.generator_predictions.LayerNorm.bias");
+      ADD(m->glm_b, V, 0, "generator.generator_lm_head.bias");
     } else {
-      bad |= (m->dh_w = enc_add_param(t, H, H,
-                                      "discriminator.discriminator_predictions.dense.weight")) < 0;
-      bad |= (m->dh_b =
-                  enc_add_param(t, H, 0, "discriminator.discriminator_predictions.dense.bias")) < 0;
-      bad |= (m->dp_w = enc_add_param(
-                  t, 1, H, "discriminator.discriminator_predictions.dense_prediction.weight")) < 0;
-      bad |= (m->dp_b = enc_add_param(
-                  t, 1, 0, "discriminator.discriminator_predictions.dense_prediction.bias")) < 0;
+      ADD(m->dh_w, H, H, "discriminator.discriminator_predictions.dense.weight");
+      ADD(m->dh_b, H, 0, "discriminator.discriminator_predictions.dense.bias");
+      ADD(m->dp_w, 1, H, "discriminator.discriminator_predictions.dense_prediction.weight");
+      ADD(m->dp_b, 1, 0, "discriminator.discriminator_predictions.dense_prediction.bias");
     }
   }
+#undef ADD
   return bad ? STATUS_NOMEM : STATUS_OK;
 }
 

@@ -1,23 +1,41 @@
 #!/usr/bin/python3
 """ELECTRA through the same data-parallel `mlmpi-train` as BERT.
 
-On the real corpus of test_train_mpi.py (Genesis and Exodus, a SentencePiece
-model, shards), with a small ELECTRA config (model.config, "model_type":
-"electra"; data.masking then defaults to electra):
+On real text (Debian's bible-kjv: the corpus of test_train_mpi.py, and for
+`learns` the whole book, so that the run sees each sequence at most once and
+cannot pass by memorising), with a SentencePiece model and shards, and a
+small ELECTRA config (model.config, "model_type": "electra"; data.masking
+then defaults to electra):
   same-weights  2 ranks x 2 micro-batches == 1 rank with the whole batch in
                 one micro-batch, after a few LAMB steps with dropout on:
                 samples and dropout masks are keyed by the global sample
                 index, the loss normalisers are the global batch's, and the
                 backward's announcements drive the bucketed all-reduce;
-  learns        a short run: the discriminator's held-out accuracy is above
-                the all-"original" baseline (1 - fraction replaced) and the
-                generator's MLM loss falls.
+  learns        a short run (300 steps of 32 x 64 tokens, AdamW, under one pass
+                over the data): the generator's MLM loss falls, and over the
+                last 100 steps the discriminator's log-loss (on each batch
+                before its update) is below the entropy of the all-"original"
+                prior at the batch's replaced fraction by more than 3 standard
+                errors: it tells replaced tokens from original ones better
+                than any constant guess. Its accuracy against the
+                all-"original" baseline (1 - fraction replaced) is reported,
+                not asserted: a discriminator this small and this early stays
+                below 50% confidence on almost every token, so its accuracy
+                equals the baseline (measured: after 2,500 steps on the whole
+                book its held-out accuracy was within 0.0002 of the baseline
+                while its log-loss was 0.007 nats below the prior's; on the
+                small corpus it beats the baseline within 300 steps, but by
+                memorising: held-out it is then worse). The generator is an
+                eighth of the discriminator's width (a smaller generator
+                makes the task easier early; ELECTRA paper, Fig. 3).
 usage: test_train_electra.py --train BIN --data BIN --workdir DIR [--only NAME,...]
 """
 import argparse
 import json
+import math
 import os
 import statistics
+import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,15 +51,41 @@ def check(ok, what):
         failures.append(what)
 
 
-def model_config(a, dropout):
-    path = os.path.join(a.workdir, "electra%s.json" % ("_drop" if dropout else ""))
+def make_full_data(a):
+    """Shards of the whole KJV (about 23,000 sequences of 64 tokens)."""
+    work = os.path.join(a.workdir, "kjv_full")
+    data = os.path.join(work, "shards")
+    if os.path.exists(os.path.join(data, "train-00000.mlms")):
+        return data
+    os.makedirs(work, exist_ok=True)
+    text = subprocess.run(["bible", "-f", "Gen1:1-Rev22:21"], capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+    verses = [line.split(" ", 1)[1] for line in text if " " in line]
+    raw, docs = os.path.join(work, "verses.txt"), os.path.join(work, "docs.txt")
+    with open(raw, "w") as f:
+        f.write("\n".join(verses) + "\n")
+    with open(docs, "w") as f:  # a document per 12 verses
+        for i in range(0, len(verses), 12):
+            f.write("\n".join(verses[i:i + 12]) + "\n\n")
+    prefix = os.path.join(work, "kjv")
+    subprocess.run(["spm_train", f"--input={raw}", f"--model_prefix={prefix}", "--vocab_size=1000",
+                    "--user_defined_symbols=[CLS],[SEP],[MASK],[PAD]", "--minloglevel=2"],
+                   check=True, capture_output=True)
+    subprocess.run([a.data, "shard", "--tokenizer", prefix + ".model", "--out", data,
+                    "--holdout-docs", "100", docs], check=True, capture_output=True)
+    return data
+
+
+def model_config(a, dropout, generator=(32, 2, 1, 64)):
+    path = os.path.join(a.workdir, "electra_%s_g%d.json" % ("drop" if dropout else "nodrop",
+                                                            generator[0]))
     cfg = {"architectures": ["ElectraForPreTraining"], "model_type": "electra",
            "vocab_size": 1000, "embedding_size": 64, "hidden_size": 128, "num_hidden_layers": 2,
            "num_attention_heads": 2, "intermediate_size": 256, "max_position_embeddings": 128,
            "hidden_dropout_prob": 0.1 if dropout else 0.0,
            "attention_probs_dropout_prob": 0.1 if dropout else 0.0,
-           "generator": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 1,
-                         "intermediate_size": 64}}
+           "generator": {"hidden_size": generator[0], "num_hidden_layers": generator[1],
+                         "num_attention_heads": generator[2], "intermediate_size": generator[3]}}
     with open(path, "w") as f:
         json.dump(cfg, f)
     return path
@@ -90,31 +134,41 @@ def test_same_weights(a, data):
               f"{worst:.3f} of the bound)")
 
 
-def test_learns(a, data):
-    model = model_config(a, dropout=False)
+def test_learns(a, _):
+    data = make_full_data(a)
+    model = model_config(a, dropout=False, generator=(16, 1, 1, 32))
     name = "electra_learns"
     steps = int(a.steps)
     r = mpirun(1, args_for(a, data, name, model, **{
         "train.steps": str(steps), "train.global_batch": "32", "train.threads": "2",
-        "optim.name": "adamw", "optim.lr": "0.001", "optim.warmup": str(steps // 20),
+        "optim.name": "adamw", "optim.lr": "0.001", "optim.warmup": "25",
         "train.eval_every": str(steps), "train.eval_batches": "8", "train.log_every": "50",
         "ckpt.dir": ""}), timeout=1800)
     train, evals = metrics(a, name)
     check(r.returncode == 0 and len(train) == steps and len(evals) == 1,
           f"electra learns: {steps} steps ran" + ("" if r.returncode == 0 else ": " + r.stderr[-800:]))
-    if len(train) < 40 or not evals:
+    if len(train) < 200 or not evals:
         return
     first = statistics.mean(x["mlm_loss"] for x in train[:20])
     last = statistics.mean(x["mlm_loss"] for x in train[-20:])
     check(last < first - 0.5, f"electra learns: generator MLM loss falls {first:.3f} -> {last:.3f}")
+    tail = train[-100:]
+    gap = [prior_entropy(x["replaced_frac"]) - x["disc_loss"] for x in tail]
+    mean, se = statistics.mean(gap), statistics.stdev(gap) / len(gap) ** 0.5
+    acc_gain = statistics.mean(x["disc_acc"] - (1.0 - x["replaced_frac"]) for x in tail)
     e = evals[-1]
-    baseline = 1.0 - e["eval_replaced_frac"]
-    tail = train[-20:]
-    check(e["eval_disc_acc"] > baseline + 0.005,
-          f"electra learns: held-out discriminator accuracy {e['eval_disc_acc']:.4f} above the "
-          f"all-original baseline {baseline:.4f} (last 20 training steps: precision "
+    check(mean > 3 * se,
+          f"electra learns: discriminator log-loss below the all-original prior's entropy by "
+          f"{mean:.4f} nats (standard error {se:.4f}) over the last 100 steps; accuracy minus "
+          f"the all-original baseline {acc_gain:+.5f} (precision "
           f"{statistics.mean(x['disc_precision'] for x in tail):.3f}, recall "
-          f"{statistics.mean(x['disc_recall'] for x in tail):.3f})")
+          f"{statistics.mean(x['disc_recall'] for x in tail):.4f}); held-out accuracy "
+          f"{e['eval_disc_acc']:.4f} vs baseline {1 - e['eval_replaced_frac']:.4f}")
+
+
+def prior_entropy(p):
+    """Log-loss of the best constant guess when a fraction p is replaced."""
+    return -(p * math.log(p) + (1 - p) * math.log(1 - p)) if 0 < p < 1 else 0.0
 
 
 def main():
@@ -123,7 +177,7 @@ def main():
     ap.add_argument("--data", required=True)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--only", default="")
-    ap.add_argument("--steps", default="1500", help="length of the `learns` run")
+    ap.add_argument("--steps", default="300", help="length of the `learns` run")
     a = ap.parse_args()
     data = make_data(a)
     tests = {"same-weights": test_same_weights, "learns": test_learns}
