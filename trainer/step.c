@@ -221,7 +221,10 @@ static status_t add_grads_and_steps(st_writer *w, const param_table *t, const fl
   return STATUS_OK;
 }
 
+/* The logits are step 0's: with --steps the model has run more forwards
+ * since, so the caller passes copies. */
 static status_t write_outputs(bert_model *m, const bert_batch *b, const bert_losses *ls,
+                              const float *mlm_logits, const float *nsp_logits,
                               const float *grads, const step_extra *x, const char *path) {
   const bert_config *c = bert_get_config(m);
   const param_table *t = bert_params(m);
@@ -232,10 +235,10 @@ static status_t write_outputs(bert_model *m, const bert_batch *b, const bert_los
   status_t st;
   if ((st = st_writer_add(w, "loss", DTYPE_F32, 0, NULL, &loss)) ||
       (st = st_writer_add(w, "mlm_loss", DTYPE_F32, 0, NULL, &mlm)) ||
-      (st = st_writer_add(w, "mlm_logits", DTYPE_F32, 3, lshape, bert_mlm_logits(m))))
+      (st = st_writer_add(w, "mlm_logits", DTYPE_F32, 3, lshape, mlm_logits)))
     goto out;
   if (c->nsp && ((st = st_writer_add(w, "nsp_loss", DTYPE_F32, 0, NULL, &nsp)) ||
-                 (st = st_writer_add(w, "nsp_logits", DTYPE_F32, 2, nshape, bert_nsp_logits(m)))))
+                 (st = st_writer_add(w, "nsp_logits", DTYPE_F32, 2, nshape, nsp_logits))))
     goto out;
   if ((st = add_grads_and_steps(w, t, grads, x))) goto out;
   st = st_writer_write(w, path);
@@ -433,12 +436,22 @@ int trainer_step_main(int argc, char **argv) {
   bert_backward(m);
   step_run x = {0};
   if (a.steps > 0) {
-    st = run_steps(bert_params(m), bert_param_buf(m), bert_grad_buf(m), bert_step_fn, m, &b, &a,
-                   ls.loss, &x);
-    if (st == STATUS_OK) st = write_outputs(m, &b, &ls, x.grads0, &x.out, a.out);
+    size_t nm = (size_t)b.B * b.P * (size_t)cfg.vocab_size, nn = (size_t)b.B * 2;
+    float *ml = mem_alloc(nm * sizeof(float), "step-0 logits"), *nl = mem_alloc(nn * sizeof(float), "step-0 logits");
+    st = ml && nl ? STATUS_OK : STATUS_NOMEM;
+    if (st == STATUS_OK) {
+      memcpy(ml, bert_mlm_logits(m), nm * sizeof(float));
+      if (cfg.nsp) memcpy(nl, bert_nsp_logits(m), nn * sizeof(float));
+      st = run_steps(bert_params(m), bert_param_buf(m), bert_grad_buf(m), bert_step_fn, m, &b, &a,
+                     ls.loss, &x);
+    }
+    if (st == STATUS_OK) st = write_outputs(m, &b, &ls, ml, nl, x.grads0, &x.out, a.out);
+    mem_free(ml);
+    mem_free(nl);
     free_steps(&x);
   } else {
-    st = write_outputs(m, &b, &ls, bert_grad_buf(m), &x.out, a.out);
+    st = write_outputs(m, &b, &ls, bert_mlm_logits(m), bert_nsp_logits(m), bert_grad_buf(m), &x.out,
+                       a.out);
   }
 done:
   if (st != STATUS_OK) fprintf(stderr, "mlmpi-train step: %s\n", status_message());

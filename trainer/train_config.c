@@ -178,8 +178,9 @@ char *train_config_dump(const train_config *c) {
 }
 
 static const char help[] =
-    "[model]  config = PATH (a Hugging Face config.json) | preset = bert-tiny|bert-mini|bert-small|"
-    "bert-base (bert-mini)\n"
+    "[model]  config = PATH (a Hugging Face config.json: BERT, or ELECTRA with model_type electra)\n"
+    "         | preset = bert-tiny|bert-mini|bert-small|bert-medium|bert-base|bert-large|\n"
+    "         electra-small|electra-base (bert-mini)\n"
     "         with a preset, vocab_size comes from the shards' tokenizer\n"
     "[data]   path = DIR of shards (train-*.mlms, holdout-*.mlms), or BERT TFRecord files (a glob\n"
     "         or comma list; needs model.config) | service = HOST:PORT,... (the dataset service;\n"
