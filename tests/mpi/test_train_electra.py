@@ -41,6 +41,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from test_train_mpi import compare, make_data, mpirun, weights  # noqa: E402
+from test_train_mpi import np, st_io  # noqa: E402
 
 failures = []
 
@@ -134,6 +135,39 @@ def test_same_weights(a, data):
               f"{worst:.3f} of the bound)")
 
 
+def test_export(a, data):
+    """The exported directories load into the reference model by name, with
+    nothing missing or left over: the discriminator's tensors and the
+    generator's, each with the shared embeddings."""
+    sys.path.insert(0, os.path.join(HERE, "..", "reference"))
+    import electra_ref
+    model = model_config(a, dropout=False, generator=(64, 2, 1, 128))
+    name = "electra_export"
+    r = mpirun(1, args_for(a, data, name, model, **{"train.steps": "2"}), timeout=600)
+    out = os.path.join(a.workdir, name, "hf")
+    e = subprocess.run([a.train, "export", "--checkpoint", os.path.join(a.workdir, name, "ckpt", "step-2"),
+                        "--out", out], capture_output=True, text=True)
+    ok = r.returncode == 0 and e.returncode == 0
+    if ok:
+        full = dict(electra_ref.param_shapes(json.load(open(model))))
+        ck = weights(a, name, 2)
+        emb = "discriminator.electra.embeddings."
+        for who in ("discriminator", "generator"):
+            cfg = json.load(open(os.path.join(out, who, "config.json")))
+            w = st_io.load(os.path.join(out, who, "model.safetensors"))
+            want = {k[len(who) + 1:]: (k, v) for k, v in full.items() if k.startswith(who + ".")}
+            want.update({k[len("discriminator."):]: (k, v) for k, v in full.items() if k.startswith(emb)})
+            same_names = set(want) == set(w)
+            same = same_names and all(tuple(w[n].shape) == tuple(want[n][1]) and
+                                      np.array_equal(w[n], ck[want[n][0]]) for n in w)
+            arch = "ElectraForPreTraining" if who == "discriminator" else "ElectraForMaskedLM"
+            ok = ok and same and cfg["architectures"] == [arch] and cfg["model_type"] == "electra"
+            if not same_names:
+                print("  missing:", sorted(set(want) - set(w))[:5], "extra:", sorted(set(w) - set(want))[:5])
+    check(ok, "electra export: discriminator/ and generator/ hold exactly the reference names, "
+          "the checkpoint's values and their architectures" + ("" if e.returncode == 0 else ": " + e.stderr[-400:]))
+
+
 def test_learns(a, _):
     data = make_full_data(a)
     model = model_config(a, dropout=False, generator=(16, 1, 1, 32))
@@ -180,7 +214,7 @@ def main():
     ap.add_argument("--steps", default="300", help="length of the `learns` run")
     a = ap.parse_args()
     data = make_data(a)
-    tests = {"same-weights": test_same_weights, "learns": test_learns}
+    tests = {"same-weights": test_same_weights, "export": test_export, "learns": test_learns}
     only = [x for x in a.only.split(",") if x]
     for name, fn in tests.items():
         if not only or name in only:
