@@ -4,7 +4,8 @@
 # (Debian's bible-kjv), trains a SentencePiece model with spm_train, writes
 # shards with a held-out split, starts the dataset service, pretrains a model
 # on 2 ranks under mpirun for a bounded time with a progress line, evaluates
-# on the held-out split, exports the model in the Hugging Face layout and
+# on the held-out split (ELECTRA-small by default: generator + discriminator),
+# exports the model in the Hugging Face layout and
 # draws the loss and accuracy curves to a PNG. Every step whose output is
 # already there is skipped, so a second run goes straight to training (and
 # continues from the newest checkpoint).
@@ -12,12 +13,12 @@
 #   launch/demo.sh [--minutes N] [--ranks N] [--model PRESET] [--out DIR]
 #     --minutes N   training time (default 10)
 #     --ranks N     MPI ranks (default 2)
-#     --model P     model preset (default bert-mini)
+#     --model P     model preset (default electra-small; bert-mini, bert-base, ...)
 #     --out DIR     where everything goes (default out/demo)
 #     --quick       a one-minute run on a small corpus (for tests)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-minutes=10 ranks=2 model=bert-mini out="$root/out/demo" quick=0
+minutes=10 ranks=2 model=electra-small out="$root/out/demo" quick=0
 while [ $# -gt 0 ]; do
   case $1 in
     --minutes) minutes=$2; shift 2 ;;
@@ -120,7 +121,11 @@ mpirun -np "$ranks" --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 \
 # 6. Export the newest checkpoint in the Hugging Face layout, with the tokenizer.
 latest=$(ls -d "$out"/ckpt/step-* | sort -t- -k2 -n | tail -1)
 "$bin/mlmpi-train" export --checkpoint "$latest" --out "$out/hf"
-cp "$out/kjv.model" "$out/hf/spiece.model"
+if [ -d "$out/hf/discriminator" ]; then
+  for d in "$out/hf/discriminator" "$out/hf/generator"; do cp "$out/kjv.model" "$d/spiece.model"; done
+else
+  cp "$out/kjv.model" "$out/hf/spiece.model"
+fi
 
 # 7. Curves.
 metrics="$out/log/metrics.jsonl"
@@ -133,7 +138,7 @@ set multiplot layout 2,1 title "mlmpi: $model on the King James Bible, $ranks ra
 set xlabel "step"; set ylabel "loss"; set grid
 plot "$out/train.dat" using 1:2 with lines title "training loss", \
      "$out/eval.dat" using 1:2 with linespoints title "held-out loss"
-set ylabel "MLM accuracy"
+set ylabel "MLM accuracy (generator's for ELECTRA)"
 plot "$out/train.dat" using 1:3 with lines title "training", \
      "$out/eval.dat" using 1:3 with linespoints title "held-out"
 unset multiplot
