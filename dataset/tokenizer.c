@@ -149,14 +149,14 @@ status_t tok_load(const char *path, tokenizer **out) {
   } else if (ends_with(path, ".txt")) {
     t->kind = TOK_WORDPIECE;
     st = tok_wordpiece_load(path, &t->impl, &t->ops);
-    snprintf(f1, sizeof f1, "%s", path);
+    snprintf(f1, sizeof f1, "%s", path ? path : "");
     const char *slash = strrchr(path, '/');
     snprintf(f2, sizeof f2, "%.*s%stokenizer_config.json", slash ? (int)(slash - path + 1) : 0,
              path, "");
   } else {
     t->kind = TOK_SPM;
     st = tok_spm_load(path, &t->impl, &t->ops);
-    snprintf(f1, sizeof f1, "%s", path);
+    snprintf(f1, sizeof f1, "%s", path ? path : "");
   }
   if (st != STATUS_OK) {
     free(t);

@@ -24,7 +24,7 @@ std::vector<unsigned char> slurp(const std::string &p) {
 
 void spit(const std::string &p, const std::vector<unsigned char> &v) {
   FILE *f = fopen(p.c_str(), "wb");
-  fwrite(v.data(), 1, v.size(), f);
+  if (!v.empty()) fwrite(v.data(), 1, v.size(), f);  // data() of an empty vector may be NULL
   fclose(f);
 }
 
