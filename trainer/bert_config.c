@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config_json.h"
 #include "trainer.h"
 
 bert_config bert_config_default(void) {
@@ -55,42 +56,6 @@ status_t bert_config_check(const bert_config *c) {
   return STATUS_OK;
 }
 
-static status_t get_int(const cJSON *root, const char *path, const char *key, int *out) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
-  if (!v || cJSON_IsNull(v)) return STATUS_OK;
-  if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble)
-    return status_set(STATUS_CONFIG, "%s: '%s' must be an integer", path, key);
-  *out = (int)v->valuedouble;
-  return STATUS_OK;
-}
-
-static status_t get_float(const cJSON *root, const char *path, const char *key, float *out) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
-  if (!v || cJSON_IsNull(v)) return STATUS_OK;
-  if (!cJSON_IsNumber(v)) return status_set(STATUS_CONFIG, "%s: '%s' must be a number", path, key);
-  *out = (float)v->valuedouble;
-  return STATUS_OK;
-}
-
-static status_t parse_act(const cJSON *root, const char *path, act_kind *out) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
-  if (!v) return STATUS_OK;
-  if (!cJSON_IsString(v))
-    return status_set(STATUS_CONFIG, "%s: 'hidden_act' must be a string", path);
-  const char *s = v->valuestring;
-  if (!strcmp(s, "gelu"))
-    *out = ACT_GELU;
-  else if (!strcmp(s, "gelu_new") || !strcmp(s, "gelu_pytorch_tanh"))
-    *out = ACT_GELU_TANH;
-  else if (!strcmp(s, "relu"))
-    *out = ACT_RELU;
-  else
-    return status_set(
-        STATUS_CONFIG,
-        "%s: hidden_act '%s' is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)", path, s);
-  return STATUS_OK;
-}
-
 /* NSP follows the architecture: BertForPreTraining has it, BertForMaskedLM
  * does not; "use_nsp" (an mlmpi key) overrides. */
 static status_t parse_nsp(const cJSON *root, const char *path, bool *nsp) {
@@ -117,47 +82,23 @@ static status_t parse_nsp(const cJSON *root, const char *path, bool *nsp) {
 }
 
 status_t bert_config_load(const char *path, bert_config *cfg) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return status_set(STATUS_IO, "cannot open model config %s: %s", path, strerror(errno));
-  char *text = NULL;
-  size_t n = 0, cap = 0;
-  for (;;) {
-    if (n + 4096 > cap) {
-      cap = cap ? 2 * cap : 65536;
-      char *t = realloc(text, cap);
-      if (!t || cap > (64u << 20)) {
-        free(t ? t : text);
-        fclose(f);
-        return status_set(STATUS_FORMAT, "model config %s is too large", path);
-      }
-      text = t;
-    }
-    size_t r = fread(text + n, 1, cap - n, f);
-    n += r;
-    if (r == 0) break;
-  }
-  fclose(f);
-  cJSON *root = cJSON_ParseWithLength(text, n);
-  free(text);
-  if (!cJSON_IsObject(root)) {
-    cJSON_Delete(root);
-    return status_set(STATUS_FORMAT, "model config %s is not a JSON object", path);
-  }
+  cJSON *root;
+  status_t st = cfgj_read(path, &root);
+  if (st) return st;
   bert_config c = bert_config_default();
-  status_t st;
-  if ((st = get_int(root, path, "vocab_size", &c.vocab_size)) ||
-      (st = get_int(root, path, "hidden_size", &c.hidden_size)) ||
-      (st = get_int(root, path, "num_hidden_layers", &c.num_hidden_layers)) ||
-      (st = get_int(root, path, "num_attention_heads", &c.num_attention_heads)) ||
-      (st = get_int(root, path, "intermediate_size", &c.intermediate_size)) ||
-      (st = get_int(root, path, "max_position_embeddings", &c.max_position_embeddings)) ||
-      (st = get_int(root, path, "type_vocab_size", &c.type_vocab_size)) ||
-      (st = get_float(root, path, "hidden_dropout_prob", &c.hidden_dropout_prob)) ||
-      (st = get_float(root, path, "attention_probs_dropout_prob",
-                      &c.attention_probs_dropout_prob)) ||
-      (st = get_float(root, path, "layer_norm_eps", &c.layer_norm_eps)) ||
-      (st = get_float(root, path, "initializer_range", &c.initializer_range)) ||
-      (st = parse_act(root, path, &c.hidden_act)) || (st = parse_nsp(root, path, &c.nsp))) {
+  if ((st = cfgj_int(root, path, "", "vocab_size", &c.vocab_size)) ||
+      (st = cfgj_int(root, path, "", "hidden_size", &c.hidden_size)) ||
+      (st = cfgj_int(root, path, "", "num_hidden_layers", &c.num_hidden_layers)) ||
+      (st = cfgj_int(root, path, "", "num_attention_heads", &c.num_attention_heads)) ||
+      (st = cfgj_int(root, path, "", "intermediate_size", &c.intermediate_size)) ||
+      (st = cfgj_int(root, path, "", "max_position_embeddings", &c.max_position_embeddings)) ||
+      (st = cfgj_int(root, path, "", "type_vocab_size", &c.type_vocab_size)) ||
+      (st = cfgj_float(root, path, "hidden_dropout_prob", &c.hidden_dropout_prob)) ||
+      (st = cfgj_float(root, path, "attention_probs_dropout_prob",
+                       &c.attention_probs_dropout_prob)) ||
+      (st = cfgj_float(root, path, "layer_norm_eps", &c.layer_norm_eps)) ||
+      (st = cfgj_float(root, path, "initializer_range", &c.initializer_range)) ||
+      (st = cfgj_act(root, path, "", &c.hidden_act)) || (st = parse_nsp(root, path, &c.nsp))) {
     cJSON_Delete(root);
     return st;
   }

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config_json.h"
 #include "electra.h"
 
 /* Sizes from the ELECTRA paper (Clark et al. 2020, Table 6) and the
@@ -106,92 +107,21 @@ status_t electra_config_check(const electra_config *c) {
   return STATUS_OK;
 }
 
-/* ---- Reading config.json ------------------------------------------------------ */
-static status_t read_json(const char *path, cJSON **out) {
-  *out = NULL;
-  FILE *f = fopen(path, "rb");
-  if (!f) return status_set(STATUS_IO, "cannot open model config %s: %s", path, strerror(errno));
-  char *text = NULL;
-  size_t n = 0, cap = 0;
-  for (;;) {
-    if (n + 4096 > cap) {
-      cap = cap ? 2 * cap : 65536;
-      char *t = cap > (64u << 20) ? NULL : realloc(text, cap);
-      if (!t) {
-        free(text);
-        fclose(f);
-        return status_set(STATUS_FORMAT, "model config %s is too large", path);
-      }
-      text = t;
-    }
-    size_t r = fread(text + n, 1, cap - n, f);
-    n += r;
-    if (r == 0) break;
-  }
-  fclose(f);
-  cJSON *root = cJSON_ParseWithLength(text, n);
-  free(text);
-  if (!cJSON_IsObject(root)) {
-    cJSON_Delete(root);
-    return status_set(STATUS_FORMAT, "model config %s is not a JSON object", path);
-  }
-  *out = root;
-  return STATUS_OK;
-}
-
 bool electra_config_is_electra(const char *path) {
   cJSON *root;
-  if (read_json(path, &root) != STATUS_OK) return false;
+  if (cfgj_read(path, &root) != STATUS_OK) return false;
   const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "model_type");
   bool yes = cJSON_IsString(t) && !strcmp(t->valuestring, "electra");
   cJSON_Delete(root);
   return yes;
 }
 
-static status_t get_int(const cJSON *o, const char *path, const char *who, const char *key,
-                        int *out) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-  if (!v || cJSON_IsNull(v)) return STATUS_OK;
-  if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble)
-    return status_set(STATUS_CONFIG, "%s: '%s%s' must be an integer", path, who, key);
-  *out = (int)v->valuedouble;
-  return STATUS_OK;
-}
-
-static status_t get_float(const cJSON *o, const char *path, const char *key, float *out) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-  if (!v || cJSON_IsNull(v)) return STATUS_OK;
-  if (!cJSON_IsNumber(v)) return status_set(STATUS_CONFIG, "%s: '%s' must be a number", path, key);
-  *out = (float)v->valuedouble;
-  return STATUS_OK;
-}
-
-static status_t get_act(const cJSON *o, const char *path, const char *who, act_kind *out) {
-  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "hidden_act");
-  if (!v) return STATUS_OK;
-  if (!cJSON_IsString(v))
-    return status_set(STATUS_CONFIG, "%s: '%shidden_act' must be a string", path, who);
-  const char *s = v->valuestring;
-  if (!strcmp(s, "gelu"))
-    *out = ACT_GELU;
-  else if (!strcmp(s, "gelu_new") || !strcmp(s, "gelu_pytorch_tanh"))
-    *out = ACT_GELU_TANH;
-  else if (!strcmp(s, "relu"))
-    *out = ACT_RELU;
-  else
-    return status_set(
-        STATUS_CONFIG,
-        "%s: %shidden_act '%s' is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)", path,
-        who, s);
-  return STATUS_OK;
-}
-
 static status_t get_net(const cJSON *o, const char *path, const char *who, electra_net_config *n) {
   status_t st;
-  if ((st = get_int(o, path, who, "hidden_size", &n->hidden_size)) ||
-      (st = get_int(o, path, who, "num_hidden_layers", &n->num_hidden_layers)) ||
-      (st = get_int(o, path, who, "num_attention_heads", &n->num_attention_heads)) ||
-      (st = get_int(o, path, who, "intermediate_size", &n->intermediate_size)))
+  if ((st = cfgj_int(o, path, who, "hidden_size", &n->hidden_size)) ||
+      (st = cfgj_int(o, path, who, "num_hidden_layers", &n->num_hidden_layers)) ||
+      (st = cfgj_int(o, path, who, "num_attention_heads", &n->num_attention_heads)) ||
+      (st = cfgj_int(o, path, who, "intermediate_size", &n->intermediate_size)))
     return st;
   return STATUS_OK;
 }
@@ -220,7 +150,7 @@ static status_t get_generator(const cJSON *root, const char *path, electra_confi
                 {"type_vocab_size", c->type_vocab_size}};
   for (size_t i = 0; i < sizeof shared / sizeof shared[0]; i++) {
     int v = shared[i].v;
-    if ((st = get_int(g, path, "generator.", shared[i].key, &v))) return st;
+    if ((st = cfgj_int(g, path, "generator.", shared[i].key, &v))) return st;
     if (v != shared[i].v)
       return status_set(STATUS_CONFIG,
                         "%s: 'generator.%s' = %d differs from the discriminator's %d (the "
@@ -228,7 +158,7 @@ static status_t get_generator(const cJSON *root, const char *path, electra_confi
                         path, shared[i].key, v, shared[i].v);
   }
   act_kind a = c->hidden_act;
-  if ((st = get_act(g, path, "generator.", &a))) return st;
+  if ((st = cfgj_act(g, path, "generator.", &a))) return st;
   if (a != c->hidden_act)
     return status_set(STATUS_CONFIG,
                       "%s: 'generator.hidden_act' differs from the discriminator's (one "
@@ -239,19 +169,19 @@ static status_t get_generator(const cJSON *root, const char *path, electra_confi
 
 static status_t parse(const cJSON *root, const char *path, electra_config *c) {
   status_t st;
-  if ((st = get_int(root, path, "", "vocab_size", &c->vocab_size)) ||
-      (st = get_int(root, path, "", "embedding_size", &c->embedding_size)) ||
-      (st = get_int(root, path, "", "max_position_embeddings", &c->max_position_embeddings)) ||
-      (st = get_int(root, path, "", "type_vocab_size", &c->type_vocab_size)) ||
+  if ((st = cfgj_int(root, path, "", "vocab_size", &c->vocab_size)) ||
+      (st = cfgj_int(root, path, "", "embedding_size", &c->embedding_size)) ||
+      (st = cfgj_int(root, path, "", "max_position_embeddings", &c->max_position_embeddings)) ||
+      (st = cfgj_int(root, path, "", "type_vocab_size", &c->type_vocab_size)) ||
       (st = get_net(root, path, "", &c->disc)) ||
-      (st = get_float(root, path, "hidden_dropout_prob", &c->hidden_dropout_prob)) ||
-      (st = get_float(root, path, "attention_probs_dropout_prob",
-                      &c->attention_probs_dropout_prob)) ||
-      (st = get_float(root, path, "layer_norm_eps", &c->layer_norm_eps)) ||
-      (st = get_float(root, path, "initializer_range", &c->initializer_range)) ||
-      (st = get_float(root, path, "gen_weight", &c->gen_weight)) ||
-      (st = get_float(root, path, "disc_weight", &c->disc_weight)) ||
-      (st = get_act(root, path, "", &c->hidden_act)) || (st = get_generator(root, path, c)))
+      (st = cfgj_float(root, path, "hidden_dropout_prob", &c->hidden_dropout_prob)) ||
+      (st = cfgj_float(root, path, "attention_probs_dropout_prob",
+                       &c->attention_probs_dropout_prob)) ||
+      (st = cfgj_float(root, path, "layer_norm_eps", &c->layer_norm_eps)) ||
+      (st = cfgj_float(root, path, "initializer_range", &c->initializer_range)) ||
+      (st = cfgj_float(root, path, "gen_weight", &c->gen_weight)) ||
+      (st = cfgj_float(root, path, "disc_weight", &c->disc_weight)) ||
+      (st = cfgj_act(root, path, "", &c->hidden_act)) || (st = get_generator(root, path, c)))
     return st;
   const cJSON *pe = cJSON_GetObjectItemCaseSensitive(root, "position_embedding_type");
   if (cJSON_IsString(pe) && strcmp(pe->valuestring, "absolute"))
@@ -262,7 +192,7 @@ static status_t parse(const cJSON *root, const char *path, electra_config *c) {
 
 status_t electra_config_load(const char *path, electra_config *cfg) {
   cJSON *root;
-  status_t st = read_json(path, &root);
+  status_t st = cfgj_read(path, &root);
   if (st) return st;
   const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "model_type");
   if (t && !(cJSON_IsString(t) && !strcmp(t->valuestring, "electra"))) {

@@ -1,0 +1,78 @@
+/* config_json.c: reading Hugging Face config.json files with cJSON: the
+ * file, and typed fields whose errors name the file and the key. Shared by
+ * the BERT and ELECTRA config readers. */
+#include "config_json.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+status_t cfgj_read(const char *path, cJSON **out) {
+  *out = NULL;
+  FILE *f = fopen(path, "rb");
+  if (!f) return status_set(STATUS_IO, "cannot open model config %s: %s", path, strerror(errno));
+  char *text = NULL;
+  size_t n = 0, cap = 0;
+  for (;;) {
+    if (n + 4096 > cap) {
+      cap = cap ? 2 * cap : 65536;
+      char *t = cap > (64u << 20) ? NULL : realloc(text, cap);
+      if (!t) {
+        free(text);
+        fclose(f);
+        return status_set(STATUS_FORMAT, "model config %s is too large", path);
+      }
+      text = t;
+    }
+    size_t r = fread(text + n, 1, cap - n, f);
+    n += r;
+    if (r == 0) break;
+  }
+  fclose(f);
+  cJSON *root = cJSON_ParseWithLength(text, n);
+  free(text);
+  if (!cJSON_IsObject(root)) {
+    cJSON_Delete(root);
+    return status_set(STATUS_FORMAT, "model config %s is not a JSON object", path);
+  }
+  *out = root;
+  return STATUS_OK;
+}
+
+status_t cfgj_int(const cJSON *o, const char *path, const char *who, const char *key, int *out) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+  if (!v || cJSON_IsNull(v)) return STATUS_OK;
+  if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble)
+    return status_set(STATUS_CONFIG, "%s: '%s%s' must be an integer", path, who, key);
+  *out = (int)v->valuedouble;
+  return STATUS_OK;
+}
+
+status_t cfgj_float(const cJSON *o, const char *path, const char *key, float *out) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+  if (!v || cJSON_IsNull(v)) return STATUS_OK;
+  if (!cJSON_IsNumber(v)) return status_set(STATUS_CONFIG, "%s: '%s' must be a number", path, key);
+  *out = (float)v->valuedouble;
+  return STATUS_OK;
+}
+
+status_t cfgj_act(const cJSON *o, const char *path, const char *who, act_kind *out) {
+  const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "hidden_act");
+  if (!v) return STATUS_OK;
+  if (!cJSON_IsString(v))
+    return status_set(STATUS_CONFIG, "%s: '%shidden_act' must be a string", path, who);
+  const char *s = v->valuestring;
+  if (!strcmp(s, "gelu"))
+    *out = ACT_GELU;
+  else if (!strcmp(s, "gelu_new") || !strcmp(s, "gelu_pytorch_tanh"))
+    *out = ACT_GELU_TANH;
+  else if (!strcmp(s, "relu"))
+    *out = ACT_RELU;
+  else
+    return status_set(
+        STATUS_CONFIG,
+        "%s: %shidden_act '%s' is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)", path,
+        who, s);
+  return STATUS_OK;
+}
