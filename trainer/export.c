@@ -43,7 +43,8 @@ static status_t model_keys_of(const char *ckpt, train_config *tc) {
   train_config_default(tc);
   status_t st = STATUS_OK;
   /* The dump is "section.key = value" lines. */
-  for (char *line = strtok(cfg->valuestring, "\n"); line && st == STATUS_OK; line = strtok(NULL, "\n")) {
+  for (char *line = strtok(cfg->valuestring, "\n"); line && st == STATUS_OK;
+       line = strtok(NULL, "\n")) {
     char *eq = strstr(line, " = ");
     if (!eq) continue;
     *eq = 0;
@@ -80,12 +81,16 @@ static status_t write_json(const char *path, cJSON *j) {
   return st;
 }
 
-static status_t write_config_json(const char *path, const bert_config *c) {
+/* A Hugging Face config.json: BertConfig's fields, plus embedding_size when
+ * it is > 0 (ElectraConfig). */
+static status_t write_hf_config(const char *path, const char *arch, const char *model_type,
+                                const bert_config *c, int embedding_size) {
   cJSON *j = cJSON_CreateObject();
-  cJSON *arch = cJSON_AddArrayToObject(j, "architectures");
-  cJSON_AddItemToArray(arch, cJSON_CreateString(c->nsp ? "BertForPreTraining" : "BertForMaskedLM"));
-  cJSON_AddStringToObject(j, "model_type", "bert");
+  cJSON *archs = cJSON_AddArrayToObject(j, "architectures");
+  cJSON_AddItemToArray(archs, cJSON_CreateString(arch));
+  cJSON_AddStringToObject(j, "model_type", model_type);
   cJSON_AddNumberToObject(j, "vocab_size", c->vocab_size);
+  if (embedding_size > 0) cJSON_AddNumberToObject(j, "embedding_size", embedding_size);
   cJSON_AddNumberToObject(j, "hidden_size", c->hidden_size);
   cJSON_AddNumberToObject(j, "num_hidden_layers", c->num_hidden_layers);
   cJSON_AddNumberToObject(j, "num_attention_heads", c->num_attention_heads);
@@ -103,30 +108,27 @@ static status_t write_config_json(const char *path, const bert_config *c) {
   return write_json(path, j);
 }
 
+static status_t write_config_json(const char *path, const bert_config *c) {
+  return write_hf_config(path, c->nsp ? "BertForPreTraining" : "BertForMaskedLM", "bert", c, 0);
+}
+
 /* ---- ELECTRA ------------------------------------------------------------------ */
 static status_t electra_config_json(const char *path, const electra_config *c, bool generator) {
   const electra_net_config *n = generator ? &c->gen : &c->disc;
-  cJSON *j = cJSON_CreateObject();
-  cJSON *arch = cJSON_AddArrayToObject(j, "architectures");
-  cJSON_AddItemToArray(arch, cJSON_CreateString(generator ? "ElectraForMaskedLM" : "ElectraForPreTraining"));
-  cJSON_AddStringToObject(j, "model_type", "electra");
-  cJSON_AddNumberToObject(j, "vocab_size", c->vocab_size);
-  cJSON_AddNumberToObject(j, "embedding_size", c->embedding_size);
-  cJSON_AddNumberToObject(j, "hidden_size", n->hidden_size);
-  cJSON_AddNumberToObject(j, "num_hidden_layers", n->num_hidden_layers);
-  cJSON_AddNumberToObject(j, "num_attention_heads", n->num_attention_heads);
-  cJSON_AddNumberToObject(j, "intermediate_size", n->intermediate_size);
-  static const char *acts[] = {"gelu", "gelu_new", "relu"};
-  cJSON_AddStringToObject(j, "hidden_act", acts[c->hidden_act]);
-  cJSON_AddNumberToObject(j, "hidden_dropout_prob", c->hidden_dropout_prob);
-  cJSON_AddNumberToObject(j, "attention_probs_dropout_prob", c->attention_probs_dropout_prob);
-  cJSON_AddNumberToObject(j, "max_position_embeddings", c->max_position_embeddings);
-  cJSON_AddNumberToObject(j, "type_vocab_size", c->type_vocab_size);
-  cJSON_AddNumberToObject(j, "layer_norm_eps", c->layer_norm_eps);
-  cJSON_AddNumberToObject(j, "initializer_range", c->initializer_range);
-  cJSON_AddStringToObject(j, "position_embedding_type", "absolute");
-  cJSON_AddStringToObject(j, "torch_dtype", "float32");
-  return write_json(path, j);
+  bert_config b = {.vocab_size = c->vocab_size,
+                   .hidden_size = n->hidden_size,
+                   .num_hidden_layers = n->num_hidden_layers,
+                   .num_attention_heads = n->num_attention_heads,
+                   .intermediate_size = n->intermediate_size,
+                   .max_position_embeddings = c->max_position_embeddings,
+                   .type_vocab_size = c->type_vocab_size,
+                   .hidden_act = c->hidden_act,
+                   .hidden_dropout_prob = c->hidden_dropout_prob,
+                   .attention_probs_dropout_prob = c->attention_probs_dropout_prob,
+                   .layer_norm_eps = c->layer_norm_eps,
+                   .initializer_range = c->initializer_range};
+  return write_hf_config(path, generator ? "ElectraForMaskedLM" : "ElectraForPreTraining",
+                         "electra", &b, c->embedding_size);
 }
 
 /* One network's directory: the tensors under `prefix` with it removed, and
@@ -145,8 +147,10 @@ static status_t electra_export_net(const param_table *t, const float *w, const e
   for (int i = 0; i < t->n && st == STATUS_OK; i++) {
     const param_info *p = &t->p[i];
     const char *name = NULL;
-    if (!strncmp(p->name, prefix, np)) name = p->name + np;
-    else if (generator && !strncmp(p->name, shared, ns)) name = p->name + strlen("discriminator.");
+    if (!strncmp(p->name, prefix, np))
+      name = p->name + np;
+    else if (generator && !strncmp(p->name, shared, ns))
+      name = p->name + strlen("discriminator.");
     if (name) st = st_writer_add(sw, name, DTYPE_F32, p->ndim, p->shape, w + p->offset);
   }
   char path[4096 + 64];
@@ -174,7 +178,8 @@ static status_t electra_export(const train_config *tc, const char *ckpt, const s
   }
   electra_model *m = NULL;
   if (st == STATUS_OK) st = electra_init(&m, &cfg, 1, 1, 1, 1);
-  if (st == STATUS_OK) st = param_load_safetensors(electra_params(m), electra_param_buf(m), w, wpath, true);
+  if (st == STATUS_OK)
+    st = param_load_safetensors(electra_params(m), electra_param_buf(m), w, wpath, true);
   if (st == STATUS_OK && mkdir(out, 0755) != 0 && errno != EEXIST)
     st = status_set(STATUS_IO, "cannot create %s: %s", out, strerror(errno));
   char dir[4096 + 32];
@@ -196,12 +201,19 @@ int trainer_export_main(int argc, char **argv) {
   opterr = 0;
   optind = 1;
   for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
-    if (c == 'c') ckpt = optarg;
-    else if (c == 'o') out = optarg;
-    else if (c == 'h') return fputs(export_usage, stdout), 0;
-    else return fprintf(stderr, "mlmpi-train export: unknown or incomplete option '%s'\n", argv[optind - 1]), 2;
+    if (c == 'c')
+      ckpt = optarg;
+    else if (c == 'o')
+      out = optarg;
+    else if (c == 'h')
+      return fputs(export_usage, stdout), 0;
+    else
+      return fprintf(stderr, "mlmpi-train export: unknown or incomplete option '%s'\n",
+                     argv[optind - 1]),
+             2;
   }
-  if (!ckpt || !out) return fprintf(stderr, "mlmpi-train export: --checkpoint and --out are required\n"), 2;
+  if (!ckpt || !out)
+    return fprintf(stderr, "mlmpi-train export: --checkpoint and --out are required\n"), 2;
   char path[4096];
   snprintf(path, sizeof path, "%s/model.safetensors", ckpt);
   st_file *w = NULL;
@@ -221,7 +233,8 @@ int trainer_export_main(int argc, char **argv) {
   if (st == STATUS_OK) st = bert_config_of(&tc, ckpt, w, &cfg);
   if (st == STATUS_OK) st = bert_init(&m, &cfg, 1, 1, 1, 1);
   /* Loading through the model's table checks every name and shape. */
-  if (st == STATUS_OK) st = param_load_safetensors(bert_params(m), bert_param_buf(m), w, path, true);
+  if (st == STATUS_OK)
+    st = param_load_safetensors(bert_params(m), bert_param_buf(m), w, path, true);
   if (st == STATUS_OK && mkdir(out, 0755) != 0 && errno != EEXIST)
     st = status_set(STATUS_IO, "cannot create %s: %s", out, strerror(errno));
   if (st == STATUS_OK) {
@@ -236,8 +249,10 @@ int trainer_export_main(int argc, char **argv) {
     snprintf(path, sizeof path, "%s/config.json", out);
     st = write_config_json(path, &cfg);
   }
-  if (st) fprintf(stderr, "mlmpi-train export: %s\n", status_message());
-  else printf("exported %s to %s (model.safetensors, config.json)\n", ckpt, out);
+  if (st)
+    fprintf(stderr, "mlmpi-train export: %s\n", status_message());
+  else
+    printf("exported %s to %s (model.safetensors, config.json)\n", ckpt, out);
   bert_free(m);
   st_free(w);
   return st ? 1 : 0;
