@@ -16,6 +16,7 @@ struct bert_model {
   int maxB, T, P, nthreads;
   param_table table;
   float *params, *grads;
+  bool grads_ext; /* grads belongs to the caller (use_grad_buf) */
   emb_block emb;
   encoder enc;
   int pool_w, pool_b, sr_w, sr_b;
@@ -179,7 +180,7 @@ void bert_free(bert_model *m) {
   param_table_free(&m->table);
   encoder_free(&m->enc);
   mem_free(m->params);
-  mem_free(m->grads);
+  if (!m->grads_ext) mem_free(m->grads);
   mem_free(m->arena);
   mem_free(m->ids);
   mem_free(m->mask);
@@ -203,6 +204,13 @@ const float *bert_nsp_logits(const bert_model *m) { return m->cfg.nsp ? m->nsp_l
 void bert_set_grad_ready(bert_model *m, bert_grad_ready_fn fn, void *ctx) {
   m->ready = fn;
   m->ready_ctx = ctx;
+}
+
+void bert_use_grad_buf(bert_model *m, float *buf) {
+  if (!m->grads_ext) mem_free(m->grads);
+  m->grads = buf;
+  m->grads_ext = true;
+  bert_zero_grad(m);
 }
 
 void bert_zero_grad(bert_model *m) { memset(m->grads, 0, m->table.total * sizeof(float)); }

@@ -30,6 +30,7 @@ struct electra_model {
   int maxB, T, P, nthreads;
   param_table table;
   float *params, *grads;
+  bool grads_ext; /* grads belongs to the caller (use_grad_buf) */
   electra_net net[2];
   int gh_w, gh_b, gln_g, gln_b, glm_b; /* generator_predictions, generator_lm_head.bias */
   int dh_w, dh_b, dp_w, dp_b;          /* discriminator_predictions.{dense,dense_prediction} */
@@ -232,7 +233,7 @@ void electra_free(electra_model *m) {
   encoder_free(&m->net[GEN].enc);
   encoder_free(&m->net[DISC].enc);
   mem_free(m->params);
-  mem_free(m->grads);
+  if (!m->grads_ext) mem_free(m->grads);
   mem_free(m->arena);
   mem_free(m->ids);
   mem_free(m->dids);
@@ -257,6 +258,13 @@ const int32_t *electra_sampled_ids(const electra_model *m) { return m->samples; 
 void electra_set_grad_ready(electra_model *m, bert_grad_ready_fn fn, void *ctx) {
   m->ready = fn;
   m->ready_ctx = ctx;
+}
+
+void electra_use_grad_buf(electra_model *m, float *buf) {
+  if (!m->grads_ext) mem_free(m->grads);
+  m->grads = buf;
+  m->grads_ext = true;
+  electra_zero_grad(m);
 }
 
 void electra_zero_grad(electra_model *m) { memset(m->grads, 0, m->table.total * sizeof(float)); }

@@ -94,6 +94,10 @@ const bert_config *bert_get_config(const bert_model *m);
 const param_table *bert_params(const bert_model *m);
 float *bert_param_buf(bert_model *m); /* owned by the model, table layout */
 float *bert_grad_buf(bert_model *m);  /* owned by the model, table layout */
+/* Makes buf (table.total floats, owned by the caller, outliving the model:
+ * e.g. memory the communicator shares between the ranks of a node) the
+ * gradient buffer, and zeroes it. */
+void bert_use_grad_buf(bert_model *m, float *buf);
 size_t bert_arena_bytes(const bert_model *m);
 void bert_set_grad_ready(bert_model *m, bert_grad_ready_fn fn, void *ctx);
 
