@@ -33,6 +33,13 @@ typedef struct {
   status_t (*allgather_bytes)(comm_t *c, const void *mine, void *all, size_t bytes);
   status_t (*broadcast)(comm_t *c, void *buf, size_t bytes, int root);
   status_t (*barrier)(comm_t *c);
+  /* Collective, with the same n everywhere: n zeroed floats whose spans the
+   * backend all-reduces without copies through MPI (MPI: one shared-memory
+   * window across the ranks of a node, reduced in place; see comm_mpi.c),
+   * freed with the communicator. *out = NULL where that cannot be (one rank
+   * a node, MLMPI_COMM_SHM=0, no room in /dev/shm, unequal nodes): the
+   * caller keeps its own memory. NULL in backends without it. */
+  status_t (*alloc_shared)(comm_t *c, size_t n, float **out);
   void (*free)(comm_t *c);
 } comm_ops;
 
@@ -53,6 +60,8 @@ status_t comm_mpi_init(comm_t **out, double timeout_s);
  * GPU where there is none. */
 status_t comm_nccl_init(comm_t **out, double timeout_s);
 void comm_free(comm_t *c); /* NULL is a no-op */
+/* ops->alloc_shared where the backend has it, else *out = NULL. */
+status_t comm_alloc_shared(comm_t *c, size_t n, float **out);
 
 /* Records what the next waits are for ("step 12 bucket 3"); thread-unsafe. */
 void comm_set_context(comm_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

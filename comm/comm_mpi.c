@@ -1,21 +1,82 @@
 /* comm_mpi.c: the MPI backend of comm.h (Open MPI, host buffers). Every
  * collective is issued non-blocking and completed by a polling wait with a
- * deadline, so a dead or stuck peer becomes an error instead of a hang. */
+ * deadline, so a dead or stuck peer becomes an error instead of a hang.
+ *
+ * All-reduces of the buffer from alloc_shared (the gradients) skip MPI's
+ * copies on a node: every rank's buffer is a segment of one MPI shared-memory
+ * window, so for a span [off, off+len) each of the p ranks of a node
+ *   1. sums its slice of the span over all p buffers, in local rank order, in
+ *      place into its own buffer (it reads the others' buffers directly);
+ *   2. where there are several nodes, all-reduces that slice with the ranks of
+ *      the same local rank on the other nodes (MPI, non-blocking);
+ *   3. copies the other p-1 finished slices from their owners' buffers.
+ * Each rank publishes three counters in its segment's control page: posted
+ * (all-reduces issued: their spans are final), reduced (slices finished) and
+ * gathered (copies done). All ranks issue all-reduces in the same order, so
+ * the k-th one may start step 1 once every peer has posted > k, step 3 once
+ * every peer has reduced > k, and it is complete, leaving the buffer free to
+ * be written again, once every peer has gathered > k: no rank writes a slice
+ * another may still be reading. Progress is made by test and wait. */
 #include <mpi.h>
+#include <sched.h>
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <time.h>
 
 #include "comm.h"
 
-struct comm_req {
-  MPI_Request r;
+enum { OP_POSTED, OP_CROSS, OP_REDUCED, OP_GATHERED, OP_DONE };
+
+/* The shared path splits an all-reduce into chunks, so that a slice one rank
+ * has just summed is still in cache when the others copy it. */
+typedef struct shm_op shm_op;
+struct shm_op {
+  uint64_t seq; /* counter value at issue */
+  size_t off, len;
+  int state;    /* OP_* */
+  MPI_Request r; /* the cross-node step */
+  comm_req *owner;
+  shm_op *next; /* the unfinished ones, in issue order */
 };
+
+struct comm_req {
+  MPI_Request r; /* MPI path */
+  bool shm;
+  int nops, ndone; /* shared path: chunks, and those finished */
+  shm_op *ops;
+};
+
+/* One rank's control page: counters of the shared path (see the top). */
+typedef struct {
+  _Alignas(64) _Atomic uint64_t posted;
+  _Alignas(64) _Atomic uint64_t reduced;
+  _Alignas(64) _Atomic uint64_t gathered;
+} shm_ctl;
+
+enum { SHM_DATA_OFFSET = 4096 }; /* the floats start a page after the control page */
+
+typedef struct {
+  MPI_Win win;
+  size_t n;       /* floats in every rank's buffer */
+  int p, me;      /* ranks sharing memory, and this one among them */
+  float **buf;    /* [p] every rank's buffer, mapped here */
+  shm_ctl **ctl;  /* [p] */
+  bool cross;     /* several nodes: step 2 over mpi_impl.cross */
+  size_t chunk;    /* floats an op at most */
+  uint64_t issued;
+  shm_op *head, *tail;
+} shm_region;
 
 typedef struct {
   MPI_Comm world, node;
+  MPI_Comm group, cross; /* ranks sharing memory; the same local rank across groups */
+  shm_region *shm;       /* NULL until alloc_shared succeeds */
 } mpi_impl;
 
 static MPI_Comm W(comm_t *c) { return ((mpi_impl *)c->impl)->world; }
@@ -33,20 +94,31 @@ static status_t mpi_err(int rc, const char *what) {
   return status_set(STATUS_COMM, "%s failed: %s", what, s);
 }
 
-/* Polls until done or the deadline: a few tight tests, then short sleeps. */
+static status_t timed_out(comm_t *c, const char *what) {
+  return status_set(STATUS_TIMEOUT, "%s did not complete within %.0f s (%s)", what, c->timeout_s,
+                    c->context[0] ? c->context : "no context");
+}
+
+/* Tight polls, then yielding the core (a peer may be waiting for it), then
+ * short sleeps once a wait has lasted thousands of polls. */
+static void poll_pause(long spin) {
+  if (spin > 20000) {
+    struct timespec ts = {0, 20000};
+    nanosleep(&ts, NULL);
+  } else if (spin > 100) {
+    sched_yield();
+  }
+}
+
+/* Polls until done or the deadline. */
 static status_t wait_req(comm_t *c, MPI_Request *r, const char *what) {
   double deadline = now_s() + c->timeout_s;
   for (long spin = 0;; spin++) {
     int done = 0, rc = MPI_Test(r, &done, MPI_STATUS_IGNORE);
     if (rc != MPI_SUCCESS) return mpi_err(rc, what);
     if (done) return STATUS_OK;
-    if (spin > 1000) {
-      if (now_s() > deadline)
-        return status_set(STATUS_TIMEOUT, "%s did not complete within %.0f s (%s)", what,
-                          c->timeout_s, c->context[0] ? c->context : "no context");
-      struct timespec ts = {0, 20000};
-      nanosleep(&ts, NULL);
-    }
+    if (spin > 1000 && now_s() > deadline) return timed_out(c, what);
+    poll_pause(spin);
   }
 }
 
@@ -68,20 +140,156 @@ static status_t m_allreduce_f64(comm_t *c, double *buf, size_t n) {
   return wait_req(c, &r, "allreduce");
 }
 
-static status_t m_iallreduce(comm_t *c, float *buf, size_t n, comm_req **req) {
-  comm_req *q = malloc(sizeof *q);
-  if (!q) return status_set(STATUS_NOMEM, "out of memory starting an all-reduce");
-  int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, W(c), &q->r);
-  if (rc != MPI_SUCCESS) {
-    free(q);
-    return mpi_err(rc, "allreduce");
+/* ---- The shared-memory path ---------------------------------------------- */
+
+/* Slice i of p of a span of len floats: whole 64-byte lines but the last. */
+static size_t slice_at(size_t len, int p, int i) {
+  if (i >= p) return len;
+  return (len * (size_t)i / (size_t)p) & ~(size_t)15;
+}
+
+static bool rank_past(const shm_region *g, int r, size_t field, uint64_t seq) {
+  _Atomic uint64_t *v = (_Atomic uint64_t *)((char *)g->ctl[r] + field);
+  return atomic_load_explicit(v, memory_order_acquire) > seq;
+}
+
+static bool all_past(const shm_region *g, size_t field, uint64_t seq) {
+  for (int r = 0; r < g->p; r++)
+    if (!rank_past(g, r, field, seq)) return false;
+  return true;
+}
+
+/* Raises one of this rank's counters to v; they never go down. */
+static void publish(shm_region *g, size_t field, uint64_t v) {
+  _Atomic uint64_t *x = (_Atomic uint64_t *)((char *)g->ctl[g->me] + field);
+  if (atomic_load_explicit(x, memory_order_relaxed) < v) atomic_store_explicit(x, v, memory_order_release);
+}
+
+/* Step 1: this rank's slice, summed over the group in local rank order. */
+static void reduce_slice(const shm_region *g, const shm_op *q) {
+  size_t lo = q->off + slice_at(q->len, g->p, g->me), hi = q->off + slice_at(q->len, g->p, g->me + 1);
+  float *d = g->buf[g->me];
+  const float *a = g->buf[0], *b = g->buf[1];
+  for (size_t j = lo; j < hi; j++) d[j] = a[j] + b[j];
+  for (int r = 2; r < g->p; r++) {
+    const float *x = g->buf[r];
+    for (size_t j = lo; j < hi; j++) d[j] += x[j];
   }
-  *req = q;
+}
+
+/* Step 3: the other slices, from their owners. */
+static void gather_slices(const shm_region *g, const shm_op *q) {
+  for (int r = 0; r < g->p; r++) {
+    if (r == g->me) continue;
+    size_t lo = q->off + slice_at(q->len, g->p, r), hi = q->off + slice_at(q->len, g->p, r + 1);
+    memcpy(g->buf[g->me] + lo, g->buf[r] + lo, (hi - lo) * sizeof(float));
+  }
+}
+
+/* Advances every unfinished op as far as the peers allow, in one pass in
+ * issue order; the counters published are those of the longest finished
+ * prefix. */
+static status_t shm_progress(comm_t *c) {
+  mpi_impl *m = c->impl;
+  shm_region *g = m->shm;
+  bool red_prefix = true, gat_prefix = true;
+  for (shm_op *q = g->head; q; q = q->next) {
+    if (q->state == OP_POSTED) {
+      if (!all_past(g, offsetof(shm_ctl, posted), q->seq)) break; /* later ones neither */
+      reduce_slice(g, q);
+      q->state = OP_REDUCED;
+      if (g->cross) {
+        size_t lo = slice_at(q->len, g->p, g->me), hi = slice_at(q->len, g->p, g->me + 1);
+        ISSUE(MPI_Iallreduce(MPI_IN_PLACE, g->buf[g->me] + q->off + lo, (int)(hi - lo), MPI_FLOAT,
+                             MPI_SUM, m->cross, &q->r),
+              "allreduce across nodes");
+        q->state = OP_CROSS;
+      }
+    }
+    if (q->state == OP_CROSS) {
+      int done = 0, rc = MPI_Test(&q->r, &done, MPI_STATUS_IGNORE);
+      if (rc != MPI_SUCCESS) return mpi_err(rc, "allreduce across nodes");
+      if (done) q->state = OP_REDUCED;
+    }
+    red_prefix = red_prefix && q->state >= OP_REDUCED;
+    if (red_prefix) publish(g, offsetof(shm_ctl, reduced), q->seq + 1);
+    if (q->state == OP_REDUCED && all_past(g, offsetof(shm_ctl, reduced), q->seq)) {
+      gather_slices(g, q);
+      q->state = OP_GATHERED;
+    }
+    gat_prefix = gat_prefix && q->state >= OP_GATHERED;
+    if (gat_prefix) publish(g, offsetof(shm_ctl, gathered), q->seq + 1);
+  }
+  /* Finished, in order: every peer has copied what it needed of ours. */
+  while (g->head && g->head->state == OP_GATHERED &&
+         all_past(g, offsetof(shm_ctl, gathered), g->head->seq)) {
+    shm_op *q = g->head;
+    q->state = OP_DONE;
+    q->owner->ndone++;
+    g->head = q->next;
+    if (!g->head) g->tail = NULL;
+  }
   return STATUS_OK;
 }
 
+static bool in_region(const shm_region *g, const float *buf, size_t n) {
+  const float *mine = g ? g->buf[g->me] : NULL;
+  return mine && buf >= mine && buf + n <= mine + g->n;
+}
+
+static status_t shm_start(comm_t *c, float *buf, size_t n, comm_req *q) {
+  shm_region *g = ((mpi_impl *)c->impl)->shm;
+  q->shm = true;
+  q->nops = n ? (int)((n + g->chunk - 1) / g->chunk) : 1;
+  q->ops = calloc((size_t)q->nops, sizeof *q->ops);
+  if (!q->ops) return status_set(STATUS_NOMEM, "out of memory starting an all-reduce");
+  size_t off = (size_t)(buf - g->buf[g->me]);
+  for (int k = 0; k < q->nops; k++) {
+    shm_op *o = &q->ops[k];
+    o->seq = g->issued++;
+    o->off = off + (size_t)k * g->chunk;
+    o->len = n - (size_t)k * g->chunk < g->chunk ? n - (size_t)k * g->chunk : g->chunk;
+    o->owner = q;
+    if (g->tail)
+      g->tail->next = o;
+    else
+      g->head = o;
+    g->tail = o;
+  }
+  publish(g, offsetof(shm_ctl, posted), g->issued);
+  return shm_progress(c);
+}
+
+/* ---- Non-blocking all-reduce ------------------------------------------------ */
+
+static status_t m_iallreduce(comm_t *c, float *buf, size_t n, comm_req **req) {
+  comm_req *q = calloc(1, sizeof *q);
+  if (!q) return status_set(STATUS_NOMEM, "out of memory starting an all-reduce");
+  mpi_impl *m = c->impl;
+  status_t st;
+  if (in_region(m->shm, buf, n)) {
+    if ((st = shm_start(c, buf, n, q)) && !q->ops) {
+      free(q);
+      q = NULL;
+    } /* else its ops are queued: wait frees it */
+  } else {
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, W(c), &q->r);
+    st = rc == MPI_SUCCESS ? STATUS_OK : mpi_err(rc, "allreduce");
+    if (st) {
+      free(q);
+      q = NULL;
+    }
+  }
+  *req = q;
+  return st;
+}
+
 static status_t m_test(comm_t *c, comm_req *q, bool *done) {
-  (void)c;
+  if (q->shm) {
+    status_t st = shm_progress(c);
+    *done = q->ndone == q->nops;
+    return st;
+  }
   int d = 0, rc = MPI_Test(&q->r, &d, MPI_STATUS_IGNORE);
   if (rc != MPI_SUCCESS) return mpi_err(rc, "test");
   *done = d != 0;
@@ -89,7 +297,23 @@ static status_t m_test(comm_t *c, comm_req *q, bool *done) {
 }
 
 static status_t m_wait(comm_t *c, comm_req *q) {
-  status_t st = wait_req(c, &q->r, "allreduce");
+  if (!q) return STATUS_OK;
+  status_t st = STATUS_OK;
+  if (q->shm) {
+    double deadline = now_s() + c->timeout_s;
+    for (long spin = 0; q->ndone < q->nops; spin++) {
+      if ((st = shm_progress(c))) break;
+      if (q->ndone == q->nops) break;
+      if (spin > 1000 && now_s() > deadline) {
+        st = timed_out(c, "allreduce");
+        break;
+      }
+      poll_pause(spin);
+    }
+    free(q->ops); /* done; or the job ends on st */
+  } else {
+    st = wait_req(c, &q->r, "allreduce");
+  }
   free(q);
   return st;
 }
@@ -138,9 +362,86 @@ static status_t m_barrier(comm_t *c) {
   return wait_req(c, &r, "barrier");
 }
 
+/* ---- Shared gradient memory ------------------------------------------------- */
+
+static void shm_free(shm_region *g) {
+  if (!g) return;
+  MPI_Win_unlock_all(g->win);
+  MPI_Win_free(&g->win);
+  free(g->buf);
+  free(g->ctl);
+  free(g);
+}
+
+/* Room for `bytes` more in the window's backing directory: an over-full
+ * tmpfs would kill the job with SIGBUS on first touch instead. */
+static bool shm_room(size_t bytes) {
+  const char *dir = getenv("OMPI_MCA_osc_sm_backing_directory");
+  struct statvfs v;
+  if (statvfs(dir && *dir ? dir : "/dev/shm", &v) != 0) return false;
+  return (double)v.f_bavail * (double)v.f_frsize > (double)bytes * 1.05;
+}
+
+static status_t m_alloc_shared(comm_t *c, size_t n, float **out) {
+  mpi_impl *m = c->impl;
+  *out = NULL;
+  int p = 0, me = 0;
+  if (m->group != MPI_COMM_NULL) MPI_Comm_size(m->group, &p), MPI_Comm_rank(m->group, &me);
+  /* Every rank must choose alike: the cross-node step pairs equal slices. */
+  size_t bytes = SHM_DATA_OFFSET + n * sizeof(float);
+  int ok = !m->shm && p >= 2 && (me != 0 || shm_room(bytes * (size_t)p));
+  int v[3] = {ok, p, -p};
+  ISSUE(MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_INT, MPI_MIN, m->world), "allreduce");
+  if (!v[0] || v[1] != -v[2]) return STATUS_OK; /* the caller keeps its own memory */
+  shm_region *g = calloc(1, sizeof *g);
+  if (!g || !(g->buf = calloc((size_t)p, sizeof *g->buf)) || !(g->ctl = calloc((size_t)p, sizeof *g->ctl))) {
+    shm_free(g);
+    return status_set(STATUS_NOMEM, "out of memory mapping the shared gradients");
+  }
+  MPI_Info info;
+  MPI_Info_create(&info);
+  MPI_Info_set(info, "alloc_shared_noncontig", "true"); /* each segment on its own pages */
+  void *base = NULL;
+  int rc = MPI_Win_allocate_shared((MPI_Aint)bytes, 1, info, m->group, &base, &g->win);
+  MPI_Info_free(&info);
+  if (rc != MPI_SUCCESS) {
+    free(g->buf);
+    free(g->ctl);
+    free(g);
+    return mpi_err(rc, "allocating the shared gradient memory");
+  }
+  MPI_Win_lock_all(MPI_MODE_NOCHECK, g->win);
+  for (int r = 0; r < p; r++) {
+    MPI_Aint sz;
+    int du;
+    void *ptr;
+    MPI_Win_shared_query(g->win, r, &sz, &du, &ptr);
+    g->ctl[r] = ptr;
+    g->buf[r] = (float *)((char *)ptr + SHM_DATA_OFFSET);
+  }
+  g->n = n;
+  g->p = p;
+  g->me = me;
+  g->cross = c->size > p;
+  const char *ck = getenv("MLMPI_COMM_CHUNK_KB");
+  g->chunk = (ck && atol(ck) > 0 ? (size_t)atol(ck) : 1024) * 1024 / sizeof(float);
+  atomic_init(&g->ctl[me]->posted, 0);
+  atomic_init(&g->ctl[me]->reduced, 0);
+  atomic_init(&g->ctl[me]->gathered, 0);
+  memset(g->buf[me], 0, n * sizeof(float));
+  MPI_Win_sync(g->win);
+  MPI_Barrier(m->group); /* every control page is zeroed before anyone polls it */
+  m->shm = g;
+  *out = g->buf[me];
+  return STATUS_OK;
+}
+
 static void m_free(comm_t *c) {
   mpi_impl *m = c->impl;
   if (m) {
+    shm_free(m->shm);
+    if (m->cross != MPI_COMM_NULL) MPI_Comm_free(&m->cross);
+    if (m->group != MPI_COMM_NULL) MPI_Comm_free(&m->group);
     MPI_Comm_free(&m->node);
     MPI_Comm_free(&m->world);
     free(m);
@@ -160,8 +461,26 @@ static const comm_ops mpi_ops = {
     .allgather_bytes = m_allgather_bytes,
     .broadcast = m_broadcast,
     .barrier = m_barrier,
+    .alloc_shared = m_alloc_shared,
     .free = m_free,
 };
+
+/* The ranks that share memory: the node, or consecutive groups of
+ * MLMPI_COMM_GROUP ranks of it (which lets one machine stand for several
+ * nodes); none where MLMPI_COMM_SHM=0. `cross` joins the same position in
+ * every group. */
+static void split_groups(comm_t *c, mpi_impl *m) {
+  m->group = m->cross = MPI_COMM_NULL;
+  const char *off = getenv("MLMPI_COMM_SHM");
+  if (off && strcmp(off, "0") == 0) return;
+  const char *gs = getenv("MLMPI_COMM_GROUP");
+  int k = gs ? atoi(gs) : 0;
+  if (k <= 0) k = c->local_size;
+  MPI_Comm_split(m->node, c->local_rank / k, c->local_rank, &m->group);
+  int me;
+  MPI_Comm_rank(m->group, &me);
+  MPI_Comm_split(m->world, me, c->rank, &m->cross);
+}
 
 status_t comm_mpi_init(comm_t **out, double timeout_s) {
   *out = NULL;
@@ -181,6 +500,7 @@ status_t comm_mpi_init(comm_t **out, double timeout_s) {
   MPI_Comm_size(m->world, &c->size);
   MPI_Comm_rank(m->node, &c->local_rank);
   MPI_Comm_size(m->node, &c->local_size);
+  split_groups(c, m);
   c->ops = &mpi_ops;
   c->impl = m;
   c->timeout_s = timeout_s > 0 ? timeout_s : 300;
@@ -190,6 +510,11 @@ status_t comm_mpi_init(comm_t **out, double timeout_s) {
 
 void comm_free(comm_t *c) {
   if (c) c->ops->free(c);
+}
+
+status_t comm_alloc_shared(comm_t *c, size_t n, float **out) {
+  *out = NULL;
+  return c->ops->alloc_shared ? c->ops->alloc_shared(c, n, out) : STATUS_OK;
 }
 
 void comm_set_context(comm_t *c, const char *fmt, ...) {
