@@ -14,19 +14,16 @@
 struct bert_model {
   bert_config cfg;
   model_base base; /* table, buffers, arena, the last batch */
-  emb_block emb;
-  encoder enc;
+  enc_net net;     /* embeddings and encoder, no projection */
   int pool_w, pool_b, sr_w, sr_b;
   int tr_w, tr_b, tln_g, tln_b, dec_b;
 
-  /* Activations. enc.hs[l] is layer l's input, enc.hs[L] the encoder output.
-   * The shared ones and scratch are the base's. */
-  emb_acts ea;
+  /* Activations beyond the network's (net.enc.hs[L] is the encoder output);
+   * the shared ones and scratch are the base's. */
   float *G, *t1, *t2, *t3, *tmean, *trstd; /* MLM head rows (M, H), (M) */
   float *logits, *dlogits;                 /* (M, V) */
   float *p0, *pooled, *nsp_logits, *dnsp;  /* (B, H), (B, H), (B, 2), (B, 2) */
-  /* Backward buffers. */
-  float *dh;               /* (N, H) */
+  /* Backward buffers; net.dh is the gradient of the encoder output. */
   float *dG, *dt_a, *dt_b; /* (M, H) */
   float *dp0, *dpooled;    /* (B, H) */
   /* The last forward's NSP labels and first-token rows (B), and run. */
@@ -40,9 +37,9 @@ static status_t build_table(bert_model *m) {
   const int64_t H = c->hidden_size, V = c->vocab_size;
   param_table *t = &m->base.table;
   status_t st;
-  if ((st = emb_add_params(&m->emb, t, "bert.embeddings", c->vocab_size, c->max_position_embeddings,
-                           c->type_vocab_size)) ||
-      (st = encoder_add_params(&m->enc, t, "bert.encoder.layer")))
+  if ((st = emb_add_params(&m->net.emb, t, "bert.embeddings", c->vocab_size,
+                           c->max_position_embeddings, c->type_vocab_size)) ||
+      (st = encoder_add_params(&m->net.enc, t, "bert.encoder.layer")))
     return st;
   int bad = 0;
 #define ADD(dst, d0, d1, name) bad |= ((dst) = enc_add_param(t, d0, d1, "%s", name)) < 0
@@ -69,11 +66,9 @@ static size_t layout_arena(void *model, float *a) {
   bert_model *m = model;
   const bert_config *c = &m->cfg;
   const size_t H = (size_t)c->hidden_size, V = (size_t)c->vocab_size;
-  const size_t B = (size_t)m->base.maxB, T = (size_t)m->base.T, N = B * T,
-               M = B * (size_t)m->base.P;
+  const size_t B = (size_t)m->base.maxB, T = (size_t)m->base.T, M = B * (size_t)m->base.P;
   size_t u = 0;
-  emb_carve(&m->ea, &m->emb, a, &u, N);
-  encoder_carve(&m->enc, a, &u, B, T);
+  enc_net_carve(&m->net, a, &u, B, T);
   m->G = arena_carve(a, &u, M * H);
   m->t1 = arena_carve(a, &u, M * H);
   m->t2 = arena_carve(a, &u, M * H);
@@ -86,7 +81,6 @@ static size_t layout_arena(void *model, float *a) {
   m->pooled = arena_carve(a, &u, B * H);
   m->nsp_logits = arena_carve(a, &u, B * 2);
   m->dnsp = arena_carve(a, &u, B * 2);
-  m->dh = arena_carve(a, &u, N * H);
   m->dG = arena_carve(a, &u, M * H);
   m->dt_a = arena_carve(a, &u, M * H);
   m->dt_b = arena_carve(a, &u, M * H);
@@ -114,14 +108,10 @@ status_t bert_init(bert_model **out, const bert_config *cfg, int max_batch, int 
   if (!m) return status_set(STATUS_NOMEM, "out of memory creating the model");
   m->cfg = *cfg;
   model_base_init(&m->base, max_batch, seq_len, max_pred, nthreads);
-  m->emb = (emb_block){.C = cfg->hidden_size,
-                       .eps = cfg->layer_norm_eps,
-                       .dropout = cfg->hidden_dropout_prob,
-                       .layer = 0};
-  if ((st =
-           encoder_init(&m->enc, cfg->hidden_size, cfg->intermediate_size, cfg->num_attention_heads,
-                        cfg->num_hidden_layers, cfg->hidden_act, cfg->hidden_dropout_prob,
-                        cfg->attention_probs_dropout_prob, cfg->layer_norm_eps, 1)) ||
+  if ((st = enc_net_init(&m->net, cfg->hidden_size, cfg->hidden_size, cfg->intermediate_size,
+                         cfg->num_attention_heads, cfg->num_hidden_layers, cfg->hidden_act,
+                         cfg->hidden_dropout_prob, cfg->attention_probs_dropout_prob,
+                         cfg->layer_norm_eps, 0)) ||
       (st = build_table(m)) || (st = model_base_alloc(&m->base, layout_arena, m)) ||
       (st = alloc_nsp_copy(m)))
     goto fail;
@@ -135,7 +125,7 @@ fail:
 void bert_free(bert_model *m) {
   if (!m) return;
   model_base_free(&m->base);
-  encoder_free(&m->enc);
+  enc_net_free(&m->net);
   mem_free(m->nsp_lab);
   mem_free(m->cls_rows);
   free(m);
@@ -194,13 +184,13 @@ static void copy_batch(bert_model *m, const bert_batch *b, const bert_run *run) 
 static void heads_fwd(bert_model *m, bert_losses *out) {
   const bert_config *c = &m->cfg;
   const int H = c->hidden_size, V = c->vocab_size, M = m->base.B * m->base.Pcur;
-  const float *top = m->enc.hs[c->num_hidden_layers];
+  const float *top = m->net.enc.hs[c->num_hidden_layers];
   k_gather_rows(m->G, top, m->base.gidx, M, H);
   k_linear_fwd(m->t1, m->G, P_(m, m->tr_w), M, H, H);
   k_bias_act_fwd(m->t1, m->t2, P_(m, m->tr_b), M, H, c->hidden_act);
   k_add_ln_fwd(NULL, m->t3, m->tmean, m->trstd, m->t2, NULL, NULL, NULL, P_(m, m->tln_g),
                P_(m, m->tln_b), M, H, c->layer_norm_eps);
-  k_linear_fwd(m->logits, m->t3, P_(m, m->emb.we), M, H, V);
+  k_linear_fwd(m->logits, m->t3, P_(m, m->net.emb.we), M, H, V);
   double wsum = 0.0;
   for (int i = 0; i < M; i++) wsum += m->base.mlm_w[i];
   double den = (m->run.mlm_denominator > 0 ? m->run.mlm_denominator : wsum) + 1e-5;
@@ -230,8 +220,7 @@ static void heads_fwd(bert_model *m, bert_losses *out) {
 void bert_forward(bert_model *m, const bert_batch *b, const bert_run *run, bert_losses *out) {
   copy_batch(m, b, run);
   enc_ctx c = model_base_ctx(&m->base);
-  emb_forward(&c, &m->emb, &m->ea, m->base.ids, m->base.seg, m->enc.hs[0]);
-  encoder_forward(&m->enc, &c);
+  enc_net_forward(&c, &m->net, m->base.ids, m->base.seg);
   heads_fwd(m, out);
   m->base.have_forward = true;
 }
@@ -242,16 +231,16 @@ static void heads_bwd(bert_model *m, const enc_ctx *ec) {
   const int H = c->hidden_size, V = c->vocab_size, M = m->base.B * m->base.Pcur,
             N = m->base.B * m->base.Tcur;
   /* logits = t3 · word_embeddings^T + cls.predictions.bias (tied decoder). */
-  k_linear_bwd(m->dt_a, false, G_(m, m->emb.we), G_(m, m->dec_b), m->dlogits, m->t3,
-               P_(m, m->emb.we), m->base.ones, M, H, V);
+  k_linear_bwd(m->dt_a, false, G_(m, m->net.emb.we), G_(m, m->dec_b), m->dlogits, m->t3,
+               P_(m, m->net.emb.we), m->base.ones, M, H, V);
   k_add_ln_bwd(m->dt_b, NULL, NULL, G_(m, m->tln_g), G_(m, m->tln_b), m->dt_a, m->t2, m->tmean,
                m->trstd, P_(m, m->tln_g), NULL, M, H, m->base.scratch, m->base.nthreads);
   k_act_bwd(m->dt_b, m->dt_b, m->t1, M, H, c->hidden_act);
   k_linear_bwd(m->dG, false, G_(m, m->tr_w), G_(m, m->tr_b), m->dt_b, m->G, P_(m, m->tr_w),
                m->base.ones, M, H, H);
   enc_announce(ec, m->tr_w, m->dec_b);
-  memset(m->dh, 0, (size_t)N * H * sizeof(float));
-  k_scatter_add_rows(m->dh, m->dG, m->base.gidx, M, H);
+  memset(m->net.dh, 0, (size_t)N * H * sizeof(float));
+  k_scatter_add_rows(m->net.dh, m->dG, m->base.gidx, M, H);
   if (!c->nsp) return;
   const int B = m->base.B;
   k_linear_bwd(m->dpooled, false, G_(m, m->sr_w), G_(m, m->sr_b), m->dnsp, m->pooled,
@@ -261,16 +250,15 @@ static void heads_bwd(bert_model *m, const enc_ctx *ec) {
                P_(m, m->pool_w), m->base.ones, B, H, H);
   enc_announce(ec, m->sr_w, m->sr_b);
   enc_announce(ec, m->pool_w, m->pool_b);
-  k_scatter_add_rows(m->dh, m->dp0, m->cls_rows, B, H);
+  k_scatter_add_rows(m->net.dh, m->dp0, m->cls_rows, B, H);
 }
 
 void bert_backward(bert_model *m) {
   CORE_ASSERT(m->base.have_forward);
   enc_ctx c = model_base_ctx(&m->base);
   heads_bwd(m, &c);
-  encoder_backward(&m->enc, &c, m->dh);
-  emb_backward(&c, &m->emb, &m->ea, m->base.ids, m->base.seg, m->dh, m->enc.dtmp);
-  enc_announce(&c, m->emb.we, m->emb.ln_b);
+  enc_net_backward(&c, &m->net, m->base.ids, m->base.seg, m->net.enc.dtmp);
+  enc_announce(&c, m->net.emb.we, m->net.emb.ln_b);
 }
 
 bert_run bert_run_default(void) { return (bert_run){.train = true, .grad_scale = 1.0f}; }

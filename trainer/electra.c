@@ -14,21 +14,12 @@
 
 enum { GEN = 0, DISC = 1 };
 
-/* One network: its encoder and the way into it from the shared embeddings. */
-typedef struct {
-  encoder enc;
-  int proj_w, proj_b; /* electra.embeddings_project, -1 when E == H */
-  emb_block emb;      /* the shared tensors with this network's dropout streams */
-  emb_acts ea;
-  float *emb_out; /* (N, E) the embeddings' output; enc.hs[0] without projection */
-  float *dh;      /* (N, H) gradient flowing down the encoder */
-  float *de;      /* (N, E) gradient of emb_out (dh without projection) */
-} electra_net;
-
 struct electra_model {
   electra_config cfg;
   model_base base; /* table, buffers, arena, the last batch */
-  electra_net net[2];
+  /* The two networks; their emb blocks name the same (shared) tensors with
+   * each network's dropout streams, proj_* is electra.embeddings_project. */
+  enc_net net[2];
   int gh_w, gh_b, gln_g, gln_b, glm_b; /* generator_predictions, generator_lm_head.bias */
   int dh_w, dh_b, dp_w, dp_b;          /* discriminator_predictions.{dense,dense_prediction} */
 
@@ -69,7 +60,7 @@ static status_t build_table(electra_model *m) {
   int bad = 0;
 #define ADD(dst, d0, d1, name) bad |= ((dst) = enc_add_param(t, d0, d1, "%s", name)) < 0
   for (int k = GEN; k <= DISC; k++) {
-    electra_net *n = &m->net[k];
+    enc_net *n = &m->net[k];
     const char *who = k == GEN ? "generator" : "discriminator";
     const int64_t H = n->enc.H;
     n->proj_w = n->proj_b = -1;
@@ -107,15 +98,7 @@ static size_t layout_arena(void *model, float *a) {
   const size_t B = (size_t)m->base.maxB, T = (size_t)m->base.T, N = B * T,
                M = B * (size_t)m->base.P, nt = (size_t)m->base.nthreads;
   size_t u = 0;
-  for (int k = GEN; k <= DISC; k++) {
-    electra_net *n = &m->net[k];
-    const size_t H = (size_t)n->enc.H;
-    emb_carve(&n->ea, &n->emb, a, &u, N);
-    encoder_carve(&n->enc, a, &u, B, T);
-    n->emb_out = n->proj_w >= 0 ? arena_carve(a, &u, N * E) : n->enc.hs[0];
-    n->dh = arena_carve(a, &u, N * H);
-    n->de = n->proj_w >= 0 ? arena_carve(a, &u, N * E) : n->dh;
-  }
+  for (int k = GEN; k <= DISC; k++) enc_net_carve(&m->net[k], a, &u, B, T);
   m->G = arena_carve(a, &u, M * Hg);
   m->t1 = arena_carve(a, &u, M * E);
   m->t2 = arena_carve(a, &u, M * E);
@@ -151,15 +134,10 @@ static status_t init_nets(electra_model *m) {
   const electra_config *c = &m->cfg;
   for (int k = GEN; k <= DISC; k++) {
     const electra_net_config *n = k == GEN ? &c->gen : &c->disc;
-    uint32_t group = k == GEN ? ELECTRA_GEN_GROUP : 0;
-    m->net[k].emb = (emb_block){.C = c->embedding_size,
-                                .eps = c->layer_norm_eps,
-                                .dropout = c->hidden_dropout_prob,
-                                .layer = group};
-    status_t st =
-        encoder_init(&m->net[k].enc, n->hidden_size, n->intermediate_size, n->num_attention_heads,
-                     n->num_hidden_layers, c->hidden_act, c->hidden_dropout_prob,
-                     c->attention_probs_dropout_prob, c->layer_norm_eps, group + 1);
+    status_t st = enc_net_init(&m->net[k], c->embedding_size, n->hidden_size, n->intermediate_size,
+                               n->num_attention_heads, n->num_hidden_layers, c->hidden_act,
+                               c->hidden_dropout_prob, c->attention_probs_dropout_prob,
+                               c->layer_norm_eps, k == GEN ? ELECTRA_GEN_GROUP : 0);
     if (st) return st;
   }
   return STATUS_OK;
@@ -189,8 +167,8 @@ fail:
 void electra_free(electra_model *m) {
   if (!m) return;
   model_base_free(&m->base);
-  encoder_free(&m->net[GEN].enc);
-  encoder_free(&m->net[DISC].enc);
+  enc_net_free(&m->net[GEN]);
+  enc_net_free(&m->net[DISC]);
   mem_free(m->dids);
   mem_free(m->labels);
   mem_free(m->samples);
@@ -251,18 +229,6 @@ static void copy_batch(electra_model *m, const electra_batch *b, const electra_r
   m->run = *run;
   for (size_t i = 0; i < (size_t)b->B * b->P; i++)
     m->samples[i] = b->sampled_ids && b->masked_lm_weights[i] > 0 ? b->sampled_ids[i] : 0;
-}
-
-/* Embeddings, the projection into the network's width, and the encoder. */
-static void net_fwd(electra_model *m, const enc_ctx *c, int k, const int32_t *ids) {
-  electra_net *n = &m->net[k];
-  const int N = m->base.B * m->base.Tcur, E = m->cfg.embedding_size, H = n->enc.H;
-  emb_forward(c, &n->emb, &n->ea, ids, m->base.seg, n->emb_out);
-  if (n->proj_w >= 0) {
-    k_linear_fwd(n->enc.hs[0], n->emb_out, P_(m, n->proj_w), N, E, H);
-    enc_add_bias(n->enc.hs[0], P_(m, n->proj_b), N, H);
-  }
-  encoder_forward(&n->enc, c);
 }
 
 /* Generator head at the masked slots and its MLM loss. The generator's
@@ -379,31 +345,17 @@ void electra_forward(electra_model *m, const electra_batch *b, const electra_run
   memset(out, 0, sizeof *out);
   copy_batch(m, b, run);
   enc_ctx c = model_base_ctx(&m->base);
-  net_fwd(m, &c, GEN, m->base.ids);
+  enc_net_forward(&c, &m->net[GEN], m->base.ids, m->base.seg);
   gen_head_fwd(m, out);
   if (!b->sampled_ids) draw_samples(m);
   build_disc_input(m);
-  net_fwd(m, &c, DISC, m->dids);
+  enc_net_forward(&c, &m->net[DISC], m->dids, m->base.seg);
   disc_head_fwd(m, out);
   out->loss = m->cfg.gen_weight * out->mlm_loss + m->cfg.disc_weight * out->disc_loss;
   m->base.have_forward = true;
 }
 
 /* ---- Backward ----------------------------------------------------------------- */
-/* From the gradient of the encoder output in n->dh down to the shared
- * embeddings (added to, not announced). */
-static void net_bwd(electra_model *m, const enc_ctx *c, int k, const int32_t *ids) {
-  electra_net *n = &m->net[k];
-  const int N = m->base.B * m->base.Tcur, E = m->cfg.embedding_size, H = n->enc.H;
-  encoder_backward(&n->enc, c, n->dh);
-  if (n->proj_w >= 0) {
-    k_linear_bwd(n->de, false, G_(m, n->proj_w), G_(m, n->proj_b), n->dh, n->emb_out,
-                 P_(m, n->proj_w), m->base.ones, N, E, H);
-    enc_announce(c, n->proj_w, n->proj_b);
-  }
-  emb_backward(c, &n->emb, &n->ea, ids, m->base.seg, n->de, m->demb_tmp);
-}
-
 static void disc_head_bwd(electra_model *m, const enc_ctx *c) {
   const electra_config *cf = &m->cfg;
   const int H = cf->disc.hidden_size, N = m->base.B * m->base.Tcur;
@@ -439,9 +391,11 @@ void electra_backward(electra_model *m) {
   CORE_ASSERT(m->base.have_forward);
   enc_ctx c = model_base_ctx(&m->base);
   disc_head_bwd(m, &c);
-  net_bwd(m, &c, DISC, m->dids);
+  /* Each network's backward ends in the shared embeddings (added to, not
+   * announced). */
+  enc_net_backward(&c, &m->net[DISC], m->dids, m->base.seg, m->demb_tmp);
   gen_head_bwd(m, &c);
-  net_bwd(m, &c, GEN, m->base.ids);
+  enc_net_backward(&c, &m->net[GEN], m->base.ids, m->base.seg, m->demb_tmp);
   const emb_block *e = &m->net[DISC].emb;
   enc_announce(&c, e->we, e->ln_b);
 }
