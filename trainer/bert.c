@@ -2,10 +2,7 @@
  * defines them (post-LN encoder, tied MLM decoder, optional NSP head):
  * parameter table, initialisation, forward with the loss, backward. */
 #include <math.h>
-#include <omp.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "model_base.h"
 
@@ -16,16 +13,13 @@ struct bert_model {
   model_base base; /* table, buffers, arena, the last batch */
   enc_net net;     /* embeddings and encoder, no projection */
   int pool_w, pool_b, sr_w, sr_b;
-  int tr_w, tr_b, tln_g, tln_b, dec_b;
+  mlm_head mlm; /* cls.predictions */
 
   /* Activations beyond the network's (net.enc.hs[L] is the encoder output);
    * the shared ones and scratch are the base's. */
-  float *G, *t1, *t2, *t3, *tmean, *trstd; /* MLM head rows (M, H), (M) */
-  float *logits, *dlogits;                 /* (M, V) */
-  float *p0, *pooled, *nsp_logits, *dnsp;  /* (B, H), (B, H), (B, 2), (B, 2) */
+  float *p0, *pooled, *nsp_logits, *dnsp; /* (B, H), (B, H), (B, 2), (B, 2) */
   /* Backward buffers; net.dh is the gradient of the encoder output. */
-  float *dG, *dt_a, *dt_b; /* (M, H) */
-  float *dp0, *dpooled;    /* (B, H) */
+  float *dp0, *dpooled; /* (B, H) */
   /* The last forward's NSP labels and first-token rows (B), and run. */
   int32_t *nsp_lab, *cls_rows;
   bert_run run;
@@ -34,7 +28,7 @@ struct bert_model {
 /* ---- Parameter table ---------------------------------------------------------- */
 static status_t build_table(bert_model *m) {
   const bert_config *c = &m->cfg;
-  const int64_t H = c->hidden_size, V = c->vocab_size;
+  const int64_t H = c->hidden_size;
   param_table *t = &m->base.table;
   status_t st;
   if ((st = emb_add_params(&m->net.emb, t, "bert.embeddings", c->vocab_size,
@@ -48,11 +42,10 @@ static status_t build_table(bert_model *m) {
     ADD(m->pool_w, H, H, "bert.pooler.dense.weight");
     ADD(m->pool_b, H, 0, "bert.pooler.dense.bias");
   }
-  ADD(m->tr_w, H, H, "cls.predictions.transform.dense.weight");
-  ADD(m->tr_b, H, 0, "cls.predictions.transform.dense.bias");
-  ADD(m->tln_g, H, 0, "cls.predictions.transform.LayerNorm.weight");
-  ADD(m->tln_b, H, 0, "cls.predictions.transform.LayerNorm.bias");
-  ADD(m->dec_b, V, 0, "cls.predictions.bias");
+  m->mlm.we = m->net.emb.we;
+  if (bad ||
+      (st = mlm_head_add_params(&m->mlm, t, "cls.predictions.transform", "cls.predictions.bias")))
+    return bad ? STATUS_NOMEM : st;
   if (c->nsp) {
     ADD(m->sr_w, 2, H, "cls.seq_relationship.weight");
     ADD(m->sr_b, 2, 0, "cls.seq_relationship.bias");
@@ -65,25 +58,15 @@ static status_t build_table(bert_model *m) {
 static size_t layout_arena(void *model, float *a) {
   bert_model *m = model;
   const bert_config *c = &m->cfg;
-  const size_t H = (size_t)c->hidden_size, V = (size_t)c->vocab_size;
+  const size_t H = (size_t)c->hidden_size;
   const size_t B = (size_t)m->base.maxB, T = (size_t)m->base.T, M = B * (size_t)m->base.P;
   size_t u = 0;
   enc_net_carve(&m->net, a, &u, B, T);
-  m->G = arena_carve(a, &u, M * H);
-  m->t1 = arena_carve(a, &u, M * H);
-  m->t2 = arena_carve(a, &u, M * H);
-  m->t3 = arena_carve(a, &u, M * H);
-  m->tmean = arena_carve(a, &u, M);
-  m->trstd = arena_carve(a, &u, M);
-  m->logits = arena_carve(a, &u, M * V);
-  m->dlogits = arena_carve(a, &u, M * V);
+  mlm_head_carve(&m->mlm, a, &u, M);
   m->p0 = arena_carve(a, &u, B * H);
   m->pooled = arena_carve(a, &u, B * H);
   m->nsp_logits = arena_carve(a, &u, B * 2);
   m->dnsp = arena_carve(a, &u, B * 2);
-  m->dG = arena_carve(a, &u, M * H);
-  m->dt_a = arena_carve(a, &u, M * H);
-  m->dt_b = arena_carve(a, &u, M * H);
   m->dp0 = arena_carve(a, &u, B * H);
   m->dpooled = arena_carve(a, &u, B * H);
   model_base_carve_shared(&m->base, a, &u, H);
@@ -108,6 +91,11 @@ status_t bert_init(bert_model **out, const bert_config *cfg, int max_batch, int 
   if (!m) return status_set(STATUS_NOMEM, "out of memory creating the model");
   m->cfg = *cfg;
   model_base_init(&m->base, max_batch, seq_len, max_pred, nthreads);
+  m->mlm = (mlm_head){.Hin = cfg->hidden_size,
+                      .E = cfg->hidden_size,
+                      .V = cfg->vocab_size,
+                      .act = cfg->hidden_act,
+                      .eps = cfg->layer_norm_eps};
   if ((st = enc_net_init(&m->net, cfg->hidden_size, cfg->hidden_size, cfg->intermediate_size,
                          cfg->num_attention_heads, cfg->num_hidden_layers, cfg->hidden_act,
                          cfg->hidden_dropout_prob, cfg->attention_probs_dropout_prob,
@@ -136,7 +124,7 @@ const param_table *bert_params(const bert_model *m) { return &m->base.table; }
 float *bert_param_buf(bert_model *m) { return m->base.params; }
 float *bert_grad_buf(bert_model *m) { return m->base.grads; }
 size_t bert_arena_bytes(const bert_model *m) { return m->base.arena_floats * sizeof(float); }
-const float *bert_mlm_logits(const bert_model *m) { return m->logits; }
+const float *bert_mlm_logits(const bert_model *m) { return m->mlm.logits; }
 const float *bert_nsp_logits(const bert_model *m) { return m->cfg.nsp ? m->nsp_logits : NULL; }
 
 void bert_set_grad_ready(bert_model *m, bert_grad_ready_fn fn, void *ctx) {
@@ -183,22 +171,13 @@ static void copy_batch(bert_model *m, const bert_batch *b, const bert_run *run) 
 
 static void heads_fwd(bert_model *m, bert_losses *out) {
   const bert_config *c = &m->cfg;
-  const int H = c->hidden_size, V = c->vocab_size, M = m->base.B * m->base.Pcur;
+  const int H = c->hidden_size;
   const float *top = m->net.enc.hs[c->num_hidden_layers];
-  k_gather_rows(m->G, top, m->base.gidx, M, H);
-  k_linear_fwd(m->t1, m->G, P_(m, m->tr_w), M, H, H);
-  k_bias_act_fwd(m->t1, m->t2, P_(m, m->tr_b), M, H, c->hidden_act);
-  k_add_ln_fwd(NULL, m->t3, m->tmean, m->trstd, m->t2, NULL, NULL, NULL, P_(m, m->tln_g),
-               P_(m, m->tln_b), M, H, c->layer_norm_eps);
-  k_linear_fwd(m->logits, m->t3, P_(m, m->net.emb.we), M, H, V);
-  double wsum = 0.0;
-  for (int i = 0; i < M; i++) wsum += m->base.mlm_w[i];
-  double den = (m->run.mlm_denominator > 0 ? m->run.mlm_denominator : wsum) + 1e-5;
-  out->mlm_weight_sum = wsum;
-  out->mlm_correct = 0.0;
-  double ce = k_softmax_xent(m->logits, m->dlogits, P_(m, m->dec_b), m->base.mlm_ids, m->base.mlm_w,
-                             (float)(m->run.grad_scale / den), M, V, &out->mlm_correct);
-  out->mlm_loss = ce / den;
+  mlm_result r;
+  mlm_head_forward(&m->base, &m->mlm, top, m->run.mlm_denominator, m->run.grad_scale, &r);
+  out->mlm_loss = r.loss;
+  out->mlm_weight_sum = r.weight_sum;
+  out->mlm_correct = r.correct;
   out->nsp_loss = 0.0;
   out->nsp_correct = 0;
   if (c->nsp) {
@@ -228,19 +207,8 @@ void bert_forward(bert_model *m, const bert_batch *b, const bert_run *run, bert_
 /* ---- Backward ----------------------------------------------------------------- */
 static void heads_bwd(bert_model *m, const enc_ctx *ec) {
   const bert_config *c = &m->cfg;
-  const int H = c->hidden_size, V = c->vocab_size, M = m->base.B * m->base.Pcur,
-            N = m->base.B * m->base.Tcur;
-  /* logits = t3 · word_embeddings^T + cls.predictions.bias (tied decoder). */
-  k_linear_bwd(m->dt_a, false, G_(m, m->net.emb.we), G_(m, m->dec_b), m->dlogits, m->t3,
-               P_(m, m->net.emb.we), m->base.ones, M, H, V);
-  k_add_ln_bwd(m->dt_b, NULL, NULL, G_(m, m->tln_g), G_(m, m->tln_b), m->dt_a, m->t2, m->tmean,
-               m->trstd, P_(m, m->tln_g), NULL, M, H, m->base.scratch, m->base.nthreads);
-  k_act_bwd(m->dt_b, m->dt_b, m->t1, M, H, c->hidden_act);
-  k_linear_bwd(m->dG, false, G_(m, m->tr_w), G_(m, m->tr_b), m->dt_b, m->G, P_(m, m->tr_w),
-               m->base.ones, M, H, H);
-  enc_announce(ec, m->tr_w, m->dec_b);
-  memset(m->net.dh, 0, (size_t)N * H * sizeof(float));
-  k_scatter_add_rows(m->net.dh, m->dG, m->base.gidx, M, H);
+  const int H = c->hidden_size;
+  mlm_head_backward(&m->base, ec, &m->mlm, m->net.dh);
   if (!c->nsp) return;
   const int B = m->base.B;
   k_linear_bwd(m->dpooled, false, G_(m, m->sr_w), G_(m, m->sr_b), m->dnsp, m->pooled,

@@ -20,15 +20,11 @@ struct electra_model {
   /* The two networks; their emb blocks name the same (shared) tensors with
    * each network's dropout streams, proj_* is electra.embeddings_project. */
   enc_net net[2];
-  int gh_w, gh_b, gln_g, gln_b, glm_b; /* generator_predictions, generator_lm_head.bias */
-  int dh_w, dh_b, dp_w, dp_b;          /* discriminator_predictions.{dense,dense_prediction} */
+  mlm_head gen_head;          /* generator_predictions, generator_lm_head.bias */
+  int dh_w, dh_b, dp_w, dp_b; /* discriminator_predictions.{dense,dense_prediction} */
 
   /* Activations; the shared ones and scratch are the base's. */
-  /* Generator head over the M = B*P masked slots. */
-  float *G, *t1, *t2, *t3, *tmean, *trstd; /* (M, Hg), (M, E) x3, (M), (M) */
-  float *logits, *dlogits;                 /* (M, V) */
-  float *dG, *dt_a, *dt_b;                 /* (M, Hg), (M, E), (M, E) */
-  float *gumbel;                           /* nthreads * V uniforms */
+  float *gumbel; /* nthreads * V uniforms */
   /* Discriminator head over the N = B*T tokens. */
   float *u, *ua, *da;      /* (N, H) dense before / after the activation, its gradient */
   float *dlogit, *ddlogit; /* (N) logits, their gradient */
@@ -48,7 +44,7 @@ static float *G_(const electra_model *m, int idx) { return model_base_grad(&m->b
  * backward finishes them in the reverse order, so announcements descend. */
 static status_t build_table(electra_model *m) {
   const electra_config *c = &m->cfg;
-  const int64_t E = c->embedding_size, V = c->vocab_size;
+  const int64_t E = c->embedding_size;
   param_table *t = &m->base.table;
   emb_block *e = &m->net[DISC].emb;
   status_t st = emb_add_params(e, t, "discriminator.electra.embeddings", c->vocab_size,
@@ -73,11 +69,10 @@ static status_t build_table(electra_model *m) {
     snprintf(prefix, sizeof prefix, "%s.electra.encoder.layer", who);
     if ((st = encoder_add_params(&n->enc, t, prefix))) return st;
     if (k == GEN) {
-      ADD(m->gh_w, E, H, "generator.generator_predictions.dense.weight");
-      ADD(m->gh_b, E, 0, "generator.generator_predictions.dense.bias");
-      ADD(m->gln_g, E, 0, "generator.generator_predictions.LayerNorm.weight");
-      ADD(m->gln_b, E, 0, "generator.generator_predictions.LayerNorm.bias");
-      ADD(m->glm_b, V, 0, "generator.generator_lm_head.bias");
+      m->gen_head.we = e->we;
+      if ((st = mlm_head_add_params(&m->gen_head, t, "generator.generator_predictions",
+                                    "generator.generator_lm_head.bias")))
+        return st;
     } else {
       ADD(m->dh_w, H, H, "discriminator.discriminator_predictions.dense.weight");
       ADD(m->dh_b, H, 0, "discriminator.discriminator_predictions.dense.bias");
@@ -99,17 +94,7 @@ static size_t layout_arena(void *model, float *a) {
                M = B * (size_t)m->base.P, nt = (size_t)m->base.nthreads;
   size_t u = 0;
   for (int k = GEN; k <= DISC; k++) enc_net_carve(&m->net[k], a, &u, B, T);
-  m->G = arena_carve(a, &u, M * Hg);
-  m->t1 = arena_carve(a, &u, M * E);
-  m->t2 = arena_carve(a, &u, M * E);
-  m->t3 = arena_carve(a, &u, M * E);
-  m->tmean = arena_carve(a, &u, M);
-  m->trstd = arena_carve(a, &u, M);
-  m->logits = arena_carve(a, &u, M * V);
-  m->dlogits = arena_carve(a, &u, M * V);
-  m->dG = arena_carve(a, &u, M * Hg);
-  m->dt_a = arena_carve(a, &u, M * E);
-  m->dt_b = arena_carve(a, &u, M * E);
+  mlm_head_carve(&m->gen_head, a, &u, M);
   m->gumbel = arena_carve(a, &u, nt * V);
   m->u = arena_carve(a, &u, N * Hd);
   m->ua = arena_carve(a, &u, N * Hd);
@@ -140,6 +125,13 @@ static status_t init_nets(electra_model *m) {
                                c->layer_norm_eps, k == GEN ? ELECTRA_GEN_GROUP : 0);
     if (st) return st;
   }
+  /* The generator's prediction head is erf GELU whatever hidden_act says
+   * (Hugging Face's ElectraGeneratorPredictions). */
+  m->gen_head = (mlm_head){.Hin = c->gen.hidden_size,
+                           .E = c->embedding_size,
+                           .V = c->vocab_size,
+                           .act = ACT_GELU,
+                           .eps = c->layer_norm_eps};
   return STATUS_OK;
 }
 
@@ -179,7 +171,7 @@ const electra_config *electra_get_config(const electra_model *m) { return &m->cf
 const param_table *electra_params(const electra_model *m) { return &m->base.table; }
 float *electra_param_buf(electra_model *m) { return m->base.params; }
 float *electra_grad_buf(electra_model *m) { return m->base.grads; }
-const float *electra_generator_logits(const electra_model *m) { return m->logits; }
+const float *electra_generator_logits(const electra_model *m) { return m->gen_head.logits; }
 const float *electra_discriminator_logits(const electra_model *m) { return m->dlogit; }
 const int32_t *electra_sampled_ids(const electra_model *m) { return m->samples; }
 
@@ -231,28 +223,16 @@ static void copy_batch(electra_model *m, const electra_batch *b, const electra_r
     m->samples[i] = b->sampled_ids && b->masked_lm_weights[i] > 0 ? b->sampled_ids[i] : 0;
 }
 
-/* Generator head at the masked slots and its MLM loss. The generator's
- * prediction head is erf GELU whatever hidden_act says (Hugging Face's
- * ElectraGeneratorPredictions). */
+/* Generator head at the masked slots and its MLM loss (weighted by
+ * gen_weight in the gradient). */
 static void gen_head_fwd(electra_model *m, electra_losses *out) {
   const electra_config *c = &m->cfg;
-  const int E = c->embedding_size, V = c->vocab_size, Hg = c->gen.hidden_size;
-  const int M = m->base.B * m->base.Pcur;
-  k_gather_rows(m->G, m->net[GEN].enc.hs[c->gen.num_hidden_layers], m->base.gidx, M, Hg);
-  k_linear_fwd(m->t1, m->G, P_(m, m->gh_w), M, Hg, E);
-  k_bias_act_fwd(m->t1, m->t2, P_(m, m->gh_b), M, E, ACT_GELU);
-  k_add_ln_fwd(NULL, m->t3, m->tmean, m->trstd, m->t2, NULL, NULL, NULL, P_(m, m->gln_g),
-               P_(m, m->gln_b), M, E, c->layer_norm_eps);
-  k_linear_fwd(m->logits, m->t3, P_(m, m->net[DISC].emb.we), M, E, V);
-  double wsum = 0.0;
-  for (int i = 0; i < M; i++) wsum += m->base.mlm_w[i];
-  double den = (m->run.mlm_denominator > 0 ? m->run.mlm_denominator : wsum) + 1e-5;
-  out->mlm_weight_sum = wsum;
-  out->mlm_correct = 0.0;
-  double ce =
-      k_softmax_xent(m->logits, m->dlogits, P_(m, m->glm_b), m->base.mlm_ids, m->base.mlm_w,
-                     (float)(c->gen_weight * m->run.grad_scale / den), M, V, &out->mlm_correct);
-  out->mlm_loss = ce / den;
+  mlm_result r;
+  mlm_head_forward(&m->base, &m->gen_head, m->net[GEN].enc.hs[c->gen.num_hidden_layers],
+                   m->run.mlm_denominator, c->gen_weight * m->run.grad_scale, &r);
+  out->mlm_loss = r.loss;
+  out->mlm_weight_sum = r.weight_sum;
+  out->mlm_correct = r.correct;
 }
 
 /* Gumbel-max: the first v maximising logit_v - log(-log u_v), which is a
@@ -271,7 +251,7 @@ static void draw_samples(electra_model *m) {
                    .stream = ELECTRA_STREAM_SAMPLE};
       uint32_t t = (uint32_t)(m->base.gidx[i] - (i / P) * m->base.Tcur);
       rng_uniform(k, t * (uint32_t)V, (size_t)V, u);
-      const float *x = m->logits + (size_t)i * V;
+      const float *x = m->gen_head.logits + (size_t)i * V;
       float best = -INFINITY;
       int arg = 0;
       for (int v = 0; v < V; v++) {
@@ -368,25 +348,6 @@ static void disc_head_bwd(electra_model *m, const enc_ctx *c) {
   enc_announce(c, m->dh_w, m->dp_b);
 }
 
-static void gen_head_bwd(electra_model *m, const enc_ctx *c) {
-  const electra_config *cf = &m->cfg;
-  const int E = cf->embedding_size, V = cf->vocab_size, Hg = cf->gen.hidden_size;
-  const int M = m->base.B * m->base.Pcur, N = m->base.B * m->base.Tcur;
-  const int we = m->net[DISC].emb.we;
-  /* logits = t3 · word_embeddings^T + generator_lm_head.bias (tied). */
-  k_linear_bwd(m->dt_a, false, G_(m, we), G_(m, m->glm_b), m->dlogits, m->t3, P_(m, we),
-               m->base.ones, M, E, V);
-  k_add_ln_bwd(m->dt_b, NULL, NULL, G_(m, m->gln_g), G_(m, m->gln_b), m->dt_a, m->t2, m->tmean,
-               m->trstd, P_(m, m->gln_g), NULL, M, E, m->base.scratch, m->base.nthreads);
-  k_act_bwd(m->dt_b, m->dt_b, m->t1, M, E, ACT_GELU);
-  k_linear_bwd(m->dG, false, G_(m, m->gh_w), G_(m, m->gh_b), m->dt_b, m->G, P_(m, m->gh_w),
-               m->base.ones, M, Hg, E);
-  enc_announce(c, m->gh_w, m->glm_b);
-  float *dh = m->net[GEN].dh;
-  memset(dh, 0, (size_t)N * Hg * sizeof(float));
-  k_scatter_add_rows(dh, m->dG, m->base.gidx, M, Hg);
-}
-
 void electra_backward(electra_model *m) {
   CORE_ASSERT(m->base.have_forward);
   enc_ctx c = model_base_ctx(&m->base);
@@ -394,7 +355,7 @@ void electra_backward(electra_model *m) {
   /* Each network's backward ends in the shared embeddings (added to, not
    * announced). */
   enc_net_backward(&c, &m->net[DISC], m->dids, m->base.seg, m->demb_tmp);
-  gen_head_bwd(m, &c);
+  mlm_head_backward(&m->base, &c, &m->gen_head, m->net[GEN].dh);
   enc_net_backward(&c, &m->net[GEN], m->base.ids, m->base.seg, m->demb_tmp);
   const emb_block *e = &m->net[DISC].emb;
   enc_announce(&c, e->we, e->ln_b);

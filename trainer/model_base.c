@@ -145,3 +145,65 @@ enc_ctx model_base_ctx(const model_base *b) {
                    .ready = b->ready,
                    .ready_ctx = b->ready_ctx};
 }
+
+status_t mlm_head_add_params(mlm_head *h, param_table *t, const char *prefix,
+                             const char *bias_name) {
+  const int64_t Hin = h->Hin, E = h->E;
+  int bad = 0;
+  bad |= (h->w = enc_add_param(t, E, Hin, "%s.dense.weight", prefix)) < 0;
+  bad |= (h->b = enc_add_param(t, E, 0, "%s.dense.bias", prefix)) < 0;
+  bad |= (h->ln_g = enc_add_param(t, E, 0, "%s.LayerNorm.weight", prefix)) < 0;
+  bad |= (h->ln_b = enc_add_param(t, E, 0, "%s.LayerNorm.bias", prefix)) < 0;
+  bad |= (h->dec_b = enc_add_param(t, h->V, 0, "%s", bias_name)) < 0;
+  return bad ? STATUS_NOMEM : STATUS_OK;
+}
+
+void mlm_head_carve(mlm_head *h, float *a, size_t *u, size_t M) {
+  const size_t Hin = (size_t)h->Hin, E = (size_t)h->E, V = (size_t)h->V;
+  h->G = arena_carve(a, u, M * Hin);
+  h->t1 = arena_carve(a, u, M * E);
+  h->t2 = arena_carve(a, u, M * E);
+  h->t3 = arena_carve(a, u, M * E);
+  h->tmean = arena_carve(a, u, M);
+  h->trstd = arena_carve(a, u, M);
+  h->logits = arena_carve(a, u, M * V);
+  h->dlogits = arena_carve(a, u, M * V);
+  h->dG = arena_carve(a, u, M * Hin);
+  h->dt_a = arena_carve(a, u, M * E);
+  h->dt_b = arena_carve(a, u, M * E);
+}
+
+void mlm_head_forward(const model_base *b, mlm_head *h, const float *top, double denominator,
+                      float scale, mlm_result *out) {
+  const int Hin = h->Hin, E = h->E, V = h->V, M = b->B * b->Pcur;
+  k_gather_rows(h->G, top, b->gidx, M, Hin);
+  k_linear_fwd(h->t1, h->G, model_base_param(b, h->w), M, Hin, E);
+  k_bias_act_fwd(h->t1, h->t2, model_base_param(b, h->b), M, E, h->act);
+  k_add_ln_fwd(NULL, h->t3, h->tmean, h->trstd, h->t2, NULL, NULL, NULL,
+               model_base_param(b, h->ln_g), model_base_param(b, h->ln_b), M, E, h->eps);
+  k_linear_fwd(h->logits, h->t3, model_base_param(b, h->we), M, E, V);
+  double wsum = 0.0;
+  for (int i = 0; i < M; i++) wsum += b->mlm_w[i];
+  double den = (denominator > 0 ? denominator : wsum) + 1e-5;
+  out->weight_sum = wsum;
+  out->correct = 0.0;
+  double ce = k_softmax_xent(h->logits, h->dlogits, model_base_param(b, h->dec_b), b->mlm_ids,
+                             b->mlm_w, (float)(scale / den), M, V, &out->correct);
+  out->loss = ce / den;
+}
+
+void mlm_head_backward(const model_base *b, const enc_ctx *c, mlm_head *h, float *dh) {
+  const int Hin = h->Hin, E = h->E, V = h->V, M = b->B * b->Pcur, N = b->B * b->Tcur;
+  /* logits = t3 · word_embeddings^T + decoder bias (tied). */
+  k_linear_bwd(h->dt_a, false, model_base_grad(b, h->we), model_base_grad(b, h->dec_b), h->dlogits,
+               h->t3, model_base_param(b, h->we), b->ones, M, E, V);
+  k_add_ln_bwd(h->dt_b, NULL, NULL, model_base_grad(b, h->ln_g), model_base_grad(b, h->ln_b),
+               h->dt_a, h->t2, h->tmean, h->trstd, model_base_param(b, h->ln_g), NULL, M, E,
+               b->scratch, b->nthreads);
+  k_act_bwd(h->dt_b, h->dt_b, h->t1, M, E, h->act);
+  k_linear_bwd(h->dG, false, model_base_grad(b, h->w), model_base_grad(b, h->b), h->dt_b, h->G,
+               model_base_param(b, h->w), b->ones, M, Hin, E);
+  enc_announce(c, h->w, h->dec_b);
+  memset(dh, 0, (size_t)N * Hin * sizeof(float));
+  k_scatter_add_rows(dh, h->dG, b->gidx, M, Hin);
+}

@@ -99,6 +99,44 @@ void model_base_copy_batch(model_base *b, const model_base_batch *x, bool train,
 /* The shared modules' view of the current batch, key and buffers. */
 enc_ctx model_base_ctx(const model_base *b);
 
+/* ---- Masked-LM head -------------------------------------------------------------
+ * At the M = B*P masked slots: rows of the encoder output (width Hin), a
+ * dense layer to the embedding width E with activation, LayerNorm, and the
+ * decoder tied to the word embeddings plus its own bias, with the weighted
+ * softmax cross-entropy. Hugging Face's BertOnlyMLMHead (E = Hin) and
+ * ElectraGeneratorPredictions + generator_lm_head. */
+typedef struct {
+  int w, b, ln_g, ln_b, dec_b; /* table indices, added in this order */
+  int we;                      /* the tied decoder: the word embeddings (V, E) */
+  int Hin, E, V;
+  act_kind act;
+  float eps;
+  float *G, *t1, *t2, *t3, *tmean, *trstd; /* (M, Hin), (M, E) x3, (M), (M) */
+  float *logits, *dlogits;                 /* (M, V) */
+  float *dG, *dt_a, *dt_b;                 /* (M, Hin), (M, E), (M, E) */
+} mlm_head;
+
+typedef struct {
+  double loss;       /* Σ weight·cross-entropy / (denominator + 1e-5) */
+  double weight_sum; /* this batch's Σ masked_lm_weights */
+  double correct;    /* Σ weights where argmax == label */
+} mlm_result;
+
+/* Adds "<prefix>.dense.weight" (E, Hin), "<prefix>.dense.bias",
+ * "<prefix>.LayerNorm.{weight,bias}" and bias_name (V); h->we must be set. */
+status_t mlm_head_add_params(mlm_head *h, param_table *t, const char *prefix,
+                             const char *bias_name);
+void mlm_head_carve(mlm_head *h, float *base, size_t *used, size_t M);
+/* The head on top's rows at the base's masked slots and the loss against
+ * its masked_lm_ids; denominator 0 means Σ weights. Keeps the gradient of
+ * scale × loss with respect to the logits for backward. */
+void mlm_head_forward(const model_base *b, mlm_head *h, const float *top, double denominator,
+                      float scale, mlm_result *out);
+/* ADDS the head's gradients and announces its tensors (the tied word
+ * embeddings' share is added, not announced); sets dh (B*T, Hin) to the
+ * gradient of top. */
+void mlm_head_backward(const model_base *b, const enc_ctx *c, mlm_head *h, float *dh);
+
 #ifdef __cplusplus
 }
 #endif
