@@ -12,8 +12,8 @@ struct bert_model {
   bert_config cfg;
   model_base base; /* table, buffers, arena, the last batch */
   enc_net net;     /* embeddings and encoder, no projection */
+  mlm_head mlm;    /* cls.predictions */
   int pool_w, pool_b, sr_w, sr_b;
-  mlm_head mlm; /* cls.predictions */
 
   /* Activations beyond the network's (net.enc.hs[L] is the encoder output);
    * the shared ones and scratch are the base's. */
@@ -42,10 +42,10 @@ static status_t build_table(bert_model *m) {
     ADD(m->pool_w, H, H, "bert.pooler.dense.weight");
     ADD(m->pool_b, H, 0, "bert.pooler.dense.bias");
   }
+  if (bad) return STATUS_NOMEM;
   m->mlm.we = m->net.emb.we;
-  if (bad ||
-      (st = mlm_head_add_params(&m->mlm, t, "cls.predictions.transform", "cls.predictions.bias")))
-    return bad ? STATUS_NOMEM : st;
+  if ((st = mlm_head_add_params(&m->mlm, t, "cls.predictions.transform", "cls.predictions.bias")))
+    return st;
   if (c->nsp) {
     ADD(m->sr_w, 2, H, "cls.seq_relationship.weight");
     ADD(m->sr_b, 2, 0, "cls.seq_relationship.bias");

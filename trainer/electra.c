@@ -59,7 +59,6 @@ static status_t build_table(electra_model *m) {
     enc_net *n = &m->net[k];
     const char *who = k == GEN ? "generator" : "discriminator";
     const int64_t H = n->enc.H;
-    n->proj_w = n->proj_b = -1;
     if (H != E) {
       bad |= (n->proj_w = enc_add_param(t, H, E, "%s.electra.embeddings_project.weight", who)) < 0;
       bad |= (n->proj_b = enc_add_param(t, H, 0, "%s.electra.embeddings_project.bias", who)) < 0;
