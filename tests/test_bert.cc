@@ -293,6 +293,33 @@ TEST(BertModel, GradientsAccumulateAndSplitBatchesAddUp) {
   bert_free(m);
 }
 
+// A gradient buffer the caller provides is zeroed, becomes the model's, and
+// receives exactly the gradient the model's own buffer did; the model does
+// not free it.
+TEST(BertModel, UseGradBufTakesTheCallersBuffer) {
+  bert_config c = tiny_config();
+  bert_model *m;
+  ASSERT_EQ(bert_init(&m, &c, 2, 8, 3, 0), STATUS_OK);
+  bert_init_weights(m, 11);
+  const size_t n = bert_params(m)->total;
+  Batch x(2, 8, 3, c.vocab_size);
+  bert_batch v = x.view();
+  bert_run run = bert_run_default();
+  bert_losses ls;
+  bert_forward(m, &v, &run, &ls);
+  bert_backward(m);
+  std::vector<float> own(bert_grad_buf(m), bert_grad_buf(m) + n);
+  std::vector<float> mine(n, 7.0f);
+  bert_use_grad_buf(m, mine.data());
+  EXPECT_EQ(bert_grad_buf(m), mine.data());
+  for (size_t i = 0; i < n; i++) ASSERT_EQ(mine[i], 0.0f) << i;
+  bert_forward(m, &v, &run, &ls);
+  bert_backward(m);
+  for (size_t i = 0; i < n; i++) ASSERT_EQ(mine[i], own[i]) << i;
+  bert_free(m);
+  EXPECT_EQ(mine[0], own[0]);  // still the caller's
+}
+
 // With dropout, the masks are a pure function of (seed, step, sample):
 // the same call twice gives the same loss, another step another loss, and a
 // batch split in halves (sample_base set) gives the same loss as the whole.

@@ -303,6 +303,35 @@ TEST(ElectraModel, LossesAndCountsAreConsistent) {
   electra_free(m);
 }
 
+// electra_use_grad_buf: as bert_use_grad_buf, the caller's buffer is zeroed
+// and then receives the same gradient, generator and discriminator alike.
+TEST(ElectraModel, UseGradBufTakesTheCallersBuffer) {
+  electra_config c = tiny_config();
+  electra_model *m;
+  ASSERT_EQ(electra_init(&m, &c, 2, 8, 3, 0), STATUS_OK);
+  electra_init_weights(m, 13);
+  const size_t n = electra_params(m)->total;
+  Batch x(2, 8, 3, c.vocab_size);
+  electra_batch v = x.view(true);
+  electra_run run = electra_run_default();
+  electra_losses ls;
+  std::vector<float> grads[2];
+  std::vector<float> mine(n, -3.0f);
+  for (int k = 0; k < 2; k++) {
+    if (k == 1) {
+      electra_use_grad_buf(m, mine.data());
+      ASSERT_EQ(electra_grad_buf(m), mine.data());
+      for (size_t i = 0; i < n; i++) ASSERT_EQ(mine[i], 0.0f) << i;
+    }
+    electra_forward(m, &v, &run, &ls);
+    electra_backward(m);
+    grads[k].assign(electra_grad_buf(m), electra_grad_buf(m) + n);
+  }
+  EXPECT_EQ(grads[0], grads[1]);
+  electra_free(m);
+  EXPECT_EQ(mine, grads[1]);  // still the caller's
+}
+
 // Samples and dropout masks are pure functions of (seed, step, sample): the
 // same call twice agrees; another step draws differently; a batch split in
 // halves (sample_base and the whole batch's normalisers set) gives the whole

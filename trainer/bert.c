@@ -2,58 +2,38 @@
  * defines them (post-LN encoder, tied MLM decoder, optional NSP head):
  * parameter table, initialisation, forward with the loss, backward. */
 #include <math.h>
-#include <omp.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
-#include "encoder.h"
+#include "model_base.h"
 
 /* The embeddings are stream group 0 and encoder layer l group l + 1 of the
  * dropout streams (rng_stream). */
 struct bert_model {
   bert_config cfg;
-  int maxB, T, P, nthreads;
-  param_table table;
-  float *params, *grads;
-  bool grads_ext; /* grads belongs to the caller (use_grad_buf) */
-  emb_block emb;
-  encoder enc;
+  model_base base; /* table, buffers, arena, the last batch */
+  enc_net net;     /* embeddings and encoder, no projection */
+  mlm_head mlm;    /* cls.predictions */
   int pool_w, pool_b, sr_w, sr_b;
-  int tr_w, tr_b, tln_g, tln_b, dec_b;
-  bert_grad_ready_fn ready;
-  void *ready_ctx;
 
-  float *arena;
-  size_t arena_floats;
-  /* Activations. enc.hs[l] is layer l's input, enc.hs[L] the encoder output. */
-  emb_acts ea;
-  float *G, *t1, *t2, *t3, *tmean, *trstd; /* MLM head rows (M, H), (M) */
-  float *logits, *dlogits;                 /* (M, V) */
-  float *p0, *pooled, *nsp_logits, *dnsp;  /* (B, H), (B, H), (B, 2), (B, 2) */
-  /* Backward buffers. */
-  float *dh;               /* (N, H) */
-  float *dG, *dt_a, *dt_b; /* (M, H) */
-  float *dp0, *dpooled;    /* (B, H) */
-  float *ones;             /* max(N, M) */
-  float *scratch;          /* per-thread */
-  /* The last forward's batch (copied) and run. */
-  int32_t *ids, *mask, *seg, *gidx, *mlm_ids, *nsp_lab, *cls_rows; /* gidx: (M) rows of hs */
-  float *mlm_w;
-  int B, Tcur, Pcur;
+  /* Activations beyond the network's (net.enc.hs[L] is the encoder output);
+   * the shared ones and scratch are the base's. */
+  float *p0, *pooled, *nsp_logits, *dnsp; /* (B, H), (B, H), (B, 2), (B, 2) */
+  /* Backward buffers; net.dh is the gradient of the encoder output. */
+  float *dp0, *dpooled; /* (B, H) */
+  /* The last forward's NSP labels and first-token rows (B), and run. */
+  int32_t *nsp_lab, *cls_rows;
   bert_run run;
-  bool have_forward;
 };
 
 /* ---- Parameter table ---------------------------------------------------------- */
 static status_t build_table(bert_model *m) {
   const bert_config *c = &m->cfg;
-  const int64_t H = c->hidden_size, V = c->vocab_size;
-  param_table *t = &m->table;
+  const int64_t H = c->hidden_size;
+  param_table *t = &m->base.table;
   status_t st;
-  if ((st = emb_add_params(&m->emb, t, "bert.embeddings", c->vocab_size, c->max_position_embeddings,
-                           c->type_vocab_size)) ||
-      (st = encoder_add_params(&m->enc, t, "bert.encoder.layer")))
+  if ((st = emb_add_params(&m->net.emb, t, "bert.embeddings", c->vocab_size,
+                           c->max_position_embeddings, c->type_vocab_size)) ||
+      (st = encoder_add_params(&m->net.enc, t, "bert.encoder.layer")))
     return st;
   int bad = 0;
 #define ADD(dst, d0, d1, name) bad |= ((dst) = enc_add_param(t, d0, d1, "%s", name)) < 0
@@ -62,11 +42,10 @@ static status_t build_table(bert_model *m) {
     ADD(m->pool_w, H, H, "bert.pooler.dense.weight");
     ADD(m->pool_b, H, 0, "bert.pooler.dense.bias");
   }
-  ADD(m->tr_w, H, H, "cls.predictions.transform.dense.weight");
-  ADD(m->tr_b, H, 0, "cls.predictions.transform.dense.bias");
-  ADD(m->tln_g, H, 0, "cls.predictions.transform.LayerNorm.weight");
-  ADD(m->tln_b, H, 0, "cls.predictions.transform.LayerNorm.bias");
-  ADD(m->dec_b, V, 0, "cls.predictions.bias");
+  if (bad) return STATUS_NOMEM;
+  m->mlm.we = m->net.emb.we;
+  if ((st = mlm_head_add_params(&m->mlm, t, "cls.predictions.transform", "cls.predictions.bias")))
+    return st;
   if (c->nsp) {
     ADD(m->sr_w, 2, H, "cls.seq_relationship.weight");
     ADD(m->sr_b, 2, 0, "cls.seq_relationship.bias");
@@ -76,98 +55,54 @@ static status_t build_table(bert_model *m) {
 }
 
 /* ---- Arena -------------------------------------------------------------------- */
-static size_t layout_arena(bert_model *m, float *a) {
+static size_t layout_arena(void *model, float *a) {
+  bert_model *m = model;
   const bert_config *c = &m->cfg;
-  const size_t H = (size_t)c->hidden_size, V = (size_t)c->vocab_size;
-  const size_t B = (size_t)m->maxB, T = (size_t)m->T, N = B * T, M = B * (size_t)m->P,
-               nt = (size_t)m->nthreads;
+  const size_t H = (size_t)c->hidden_size;
+  const size_t B = (size_t)m->base.maxB, T = (size_t)m->base.T, M = B * (size_t)m->base.P;
   size_t u = 0;
-  emb_carve(&m->ea, &m->emb, a, &u, N);
-  encoder_carve(&m->enc, a, &u, B, T);
-  m->G = arena_carve(a, &u, M * H);
-  m->t1 = arena_carve(a, &u, M * H);
-  m->t2 = arena_carve(a, &u, M * H);
-  m->t3 = arena_carve(a, &u, M * H);
-  m->tmean = arena_carve(a, &u, M);
-  m->trstd = arena_carve(a, &u, M);
-  m->logits = arena_carve(a, &u, M * V);
-  m->dlogits = arena_carve(a, &u, M * V);
+  enc_net_carve(&m->net, a, &u, B, T);
+  mlm_head_carve(&m->mlm, a, &u, M);
   m->p0 = arena_carve(a, &u, B * H);
   m->pooled = arena_carve(a, &u, B * H);
   m->nsp_logits = arena_carve(a, &u, B * 2);
   m->dnsp = arena_carve(a, &u, B * 2);
-  m->dh = arena_carve(a, &u, N * H);
-  m->dG = arena_carve(a, &u, M * H);
-  m->dt_a = arena_carve(a, &u, M * H);
-  m->dt_b = arena_carve(a, &u, M * H);
   m->dp0 = arena_carve(a, &u, B * H);
   m->dpooled = arena_carve(a, &u, B * H);
-  m->ones = arena_carve(a, &u, N > M ? N : M);
-  size_t per_thread = 2 * T * T > 3 * H ? 2 * T * T : 3 * H;
-  m->scratch = arena_carve(a, &u, nt * per_thread);
+  model_base_carve_shared(&m->base, a, &u, H);
   return u;
 }
 
-static status_t alloc_batch_copy(bert_model *m) {
-  size_t N = (size_t)m->maxB * m->T, M = (size_t)m->maxB * m->P, B = (size_t)m->maxB;
-  m->ids = mem_alloc(N * sizeof(int32_t), "batch input_ids");
-  m->mask = mem_alloc(N * sizeof(int32_t), "batch input_mask");
-  m->seg = mem_alloc(N * sizeof(int32_t), "batch segment_ids");
-  m->gidx = mem_alloc(M * sizeof(int32_t), "batch masked rows");
-  m->mlm_ids = mem_alloc(M * sizeof(int32_t), "batch masked_lm_ids");
-  m->mlm_w = mem_alloc(M * sizeof(float), "batch masked_lm_weights");
+static status_t alloc_nsp_copy(bert_model *m) {
+  size_t B = (size_t)m->base.maxB;
   m->nsp_lab = mem_alloc(B * sizeof(int32_t), "batch next_sentence_labels");
   m->cls_rows = mem_alloc(B * sizeof(int32_t), "batch first-token rows");
-  if (!m->ids || !m->mask || !m->seg || !m->gidx || !m->mlm_ids || !m->mlm_w || !m->nsp_lab ||
-      !m->cls_rows)
-    return STATUS_NOMEM;
-  return STATUS_OK;
+  return m->nsp_lab && m->cls_rows ? STATUS_OK : STATUS_NOMEM;
 }
 
 status_t bert_init(bert_model **out, const bert_config *cfg, int max_batch, int seq_len,
                    int max_pred, int nthreads) {
   *out = NULL;
-  status_t st = bert_config_check(cfg);
-  if (st != STATUS_OK) return st;
-  if (max_batch < 1 || seq_len < 1 || max_pred < 1 || seq_len > cfg->max_position_embeddings)
-    return status_set(STATUS_ARG,
-                      "batch shape %d x %d with %d masked slots does not fit the model "
-                      "(max_position_embeddings %d)",
-                      max_batch, seq_len, max_pred, cfg->max_position_embeddings);
+  status_t st;
+  if ((st = bert_config_check(cfg)) ||
+      (st = model_base_check_shape(max_batch, seq_len, max_pred, cfg->max_position_embeddings)))
+    return st;
   bert_model *m = calloc(1, sizeof *m);
   if (!m) return status_set(STATUS_NOMEM, "out of memory creating the model");
   m->cfg = *cfg;
-  m->maxB = max_batch;
-  m->T = seq_len;
-  m->P = max_pred;
-  m->nthreads = nthreads > 0 ? nthreads : omp_get_max_threads();
-  param_table_init(&m->table);
-  m->emb = (emb_block){.C = cfg->hidden_size,
-                       .eps = cfg->layer_norm_eps,
-                       .dropout = cfg->hidden_dropout_prob,
-                       .layer = 0};
-  if ((st =
-           encoder_init(&m->enc, cfg->hidden_size, cfg->intermediate_size, cfg->num_attention_heads,
-                        cfg->num_hidden_layers, cfg->hidden_act, cfg->hidden_dropout_prob,
-                        cfg->attention_probs_dropout_prob, cfg->layer_norm_eps, 1)))
+  model_base_init(&m->base, max_batch, seq_len, max_pred, nthreads);
+  m->mlm = (mlm_head){.Hin = cfg->hidden_size,
+                      .E = cfg->hidden_size,
+                      .V = cfg->vocab_size,
+                      .act = cfg->hidden_act,
+                      .eps = cfg->layer_norm_eps};
+  if ((st = enc_net_init(&m->net, cfg->hidden_size, cfg->hidden_size, cfg->intermediate_size,
+                         cfg->num_attention_heads, cfg->num_hidden_layers, cfg->hidden_act,
+                         cfg->hidden_dropout_prob, cfg->attention_probs_dropout_prob,
+                         cfg->layer_norm_eps, 0)) ||
+      (st = build_table(m)) || (st = model_base_alloc(&m->base, layout_arena, m)) ||
+      (st = alloc_nsp_copy(m)))
     goto fail;
-  if ((st = build_table(m)) != STATUS_OK) goto fail;
-  m->params = mem_calloc(m->table.total * sizeof(float), "parameters");
-  m->grads = mem_calloc(m->table.total * sizeof(float), "gradients");
-  if (!m->params || !m->grads) {
-    st = STATUS_NOMEM;
-    goto fail;
-  }
-  m->arena_floats = layout_arena(m, NULL);
-  m->arena = mem_alloc(m->arena_floats * sizeof(float), "the activation arena");
-  if (!m->arena) {
-    st = STATUS_NOMEM;
-    goto fail;
-  }
-  layout_arena(m, m->arena);
-  size_t nones = (size_t)max_batch * (size_t)(seq_len > max_pred ? seq_len : max_pred);
-  for (size_t i = 0; i < nones; i++) m->ones[i] = 1.0f;
-  if ((st = alloc_batch_copy(m)) != STATUS_OK) goto fail;
   *out = m;
   return STATUS_OK;
 fail:
@@ -177,68 +112,40 @@ fail:
 
 void bert_free(bert_model *m) {
   if (!m) return;
-  param_table_free(&m->table);
-  encoder_free(&m->enc);
-  mem_free(m->params);
-  if (!m->grads_ext) mem_free(m->grads);
-  mem_free(m->arena);
-  mem_free(m->ids);
-  mem_free(m->mask);
-  mem_free(m->seg);
-  mem_free(m->gidx);
-  mem_free(m->mlm_ids);
-  mem_free(m->mlm_w);
+  model_base_free(&m->base);
+  enc_net_free(&m->net);
   mem_free(m->nsp_lab);
   mem_free(m->cls_rows);
   free(m);
 }
 
 const bert_config *bert_get_config(const bert_model *m) { return &m->cfg; }
-const param_table *bert_params(const bert_model *m) { return &m->table; }
-float *bert_param_buf(bert_model *m) { return m->params; }
-float *bert_grad_buf(bert_model *m) { return m->grads; }
-size_t bert_arena_bytes(const bert_model *m) { return m->arena_floats * sizeof(float); }
-const float *bert_mlm_logits(const bert_model *m) { return m->logits; }
+const param_table *bert_params(const bert_model *m) { return &m->base.table; }
+float *bert_param_buf(bert_model *m) { return m->base.params; }
+float *bert_grad_buf(bert_model *m) { return m->base.grads; }
+size_t bert_arena_bytes(const bert_model *m) { return m->base.arena_floats * sizeof(float); }
+const float *bert_mlm_logits(const bert_model *m) { return m->mlm.logits; }
 const float *bert_nsp_logits(const bert_model *m) { return m->cfg.nsp ? m->nsp_logits : NULL; }
 
 void bert_set_grad_ready(bert_model *m, bert_grad_ready_fn fn, void *ctx) {
-  m->ready = fn;
-  m->ready_ctx = ctx;
+  model_base_set_grad_ready(&m->base, fn, ctx);
 }
-
-void bert_use_grad_buf(bert_model *m, float *buf) {
-  if (!m->grads_ext) mem_free(m->grads);
-  m->grads = buf;
-  m->grads_ext = true;
-  bert_zero_grad(m);
-}
-
-void bert_zero_grad(bert_model *m) { memset(m->grads, 0, m->table.total * sizeof(float)); }
+void bert_use_grad_buf(bert_model *m, float *buf) { model_base_use_grad_buf(&m->base, buf); }
+void bert_zero_grad(bert_model *m) { model_base_zero_grad(&m->base); }
 
 /* ---- Initialisation ----------------------------------------------------------- */
 void bert_init_weights(bert_model *m, uint64_t seed) {
-  enc_init_weights(&m->table, m->params, m->cfg.initializer_range, seed);
+  enc_init_weights(&m->base.table, m->base.params, m->cfg.initializer_range, seed);
 }
 
 /* ---- Batch checks ------------------------------------------------------------- */
 status_t bert_check_batch(const bert_model *m, const bert_batch *b) {
   const bert_config *c = &m->cfg;
-  if (b->B < 1 || b->B > m->maxB || b->T < 1 || b->T > m->T || b->P < 1 || b->P > m->P)
-    return status_set(STATUS_ARG,
-                      "batch shape B=%d T=%d P=%d does not fit the model's B<=%d T<=%d P<=%d", b->B,
-                      b->T, b->P, m->maxB, m->T, m->P);
-  size_t N = (size_t)b->B * b->T, M = (size_t)b->B * b->P;
+  const model_base_batch x = MODEL_BASE_BATCH(b);
   status_t st;
-  if ((st = enc_check_range("input_ids", b->input_ids, N, 0, c->vocab_size, b->T)) ||
-      (st = enc_check_range("input_mask", b->input_mask, N, 0, 2, b->T)) ||
-      (st = enc_check_range("segment_ids", b->segment_ids, N, 0, c->type_vocab_size, b->T)) ||
-      (st = enc_check_range("masked_lm_positions", b->masked_lm_positions, M, 0, b->T, b->P)) ||
-      (st = enc_check_range("masked_lm_ids", b->masked_lm_ids, M, 0, c->vocab_size, b->P)))
+  if ((st = model_base_check_batch(&m->base, &x, c->vocab_size, c->type_vocab_size)) ||
+      (st = model_base_check_weights(&x)))
     return st;
-  for (size_t i = 0; i < M; i++)
-    if (!isfinite(b->masked_lm_weights[i]) || b->masked_lm_weights[i] < 0)
-      return status_set(STATUS_ARG, "batch tensor 'masked_lm_weights' has a bad value at [%zu,%zu]",
-                        i / (size_t)b->P, i % (size_t)b->P);
   if (c->nsp && !b->next_sentence_labels)
     return status_set(STATUS_ARG,
                       "batch tensor 'next_sentence_labels' is missing (the model has "
@@ -249,40 +156,13 @@ status_t bert_check_batch(const bert_model *m, const bert_batch *b) {
 }
 
 /* ---- Forward ------------------------------------------------------------------ */
-static float *P_(const bert_model *m, int idx) { return m->params + m->table.p[idx].offset; }
-static float *G_(const bert_model *m, int idx) { return m->grads + m->table.p[idx].offset; }
+static float *P_(const bert_model *m, int idx) { return model_base_param(&m->base, idx); }
+static float *G_(const bert_model *m, int idx) { return model_base_grad(&m->base, idx); }
 
-/* The shared modules' view of the current batch and run. */
-static enc_ctx ctx_of(const bert_model *m) {
-  return (enc_ctx){.table = &m->table,
-                   .params = m->params,
-                   .grads = m->grads,
-                   .B = m->B,
-                   .T = m->Tcur,
-                   .input_mask = m->mask,
-                   .train = m->run.train,
-                   .seed = m->run.seed,
-                   .step = m->run.step,
-                   .sample_base = m->run.sample_base,
-                   .scratch = m->scratch,
-                   .ones = m->ones,
-                   .nthreads = m->nthreads,
-                   .ready = m->ready,
-                   .ready_ctx = m->ready_ctx};
-}
-
-static void copy_batch(bert_model *m, const bert_batch *b) {
-  size_t N = (size_t)b->B * b->T, M = (size_t)b->B * b->P;
-  m->B = b->B;
-  m->Tcur = b->T;
-  m->Pcur = b->P;
-  memcpy(m->ids, b->input_ids, N * sizeof(int32_t));
-  memcpy(m->mask, b->input_mask, N * sizeof(int32_t));
-  memcpy(m->seg, b->segment_ids, N * sizeof(int32_t));
-  memcpy(m->mlm_ids, b->masked_lm_ids, M * sizeof(int32_t));
-  memcpy(m->mlm_w, b->masked_lm_weights, M * sizeof(float));
-  for (size_t i = 0; i < M; i++)
-    m->gidx[i] = (int32_t)((i / (size_t)b->P) * (size_t)b->T) + b->masked_lm_positions[i];
+static void copy_batch(bert_model *m, const bert_batch *b, const bert_run *run) {
+  const model_base_batch x = MODEL_BASE_BATCH(b);
+  model_base_copy_batch(&m->base, &x, run->train, run->seed, run->step, run->sample_base);
+  m->run = *run;
   for (int i = 0; i < b->B; i++) {
     m->cls_rows[i] = i * b->T;
     m->nsp_lab[i] = m->cfg.nsp ? b->next_sentence_labels[i] : 0;
@@ -291,26 +171,17 @@ static void copy_batch(bert_model *m, const bert_batch *b) {
 
 static void heads_fwd(bert_model *m, bert_losses *out) {
   const bert_config *c = &m->cfg;
-  const int H = c->hidden_size, V = c->vocab_size, M = m->B * m->Pcur;
-  const float *top = m->enc.hs[c->num_hidden_layers];
-  k_gather_rows(m->G, top, m->gidx, M, H);
-  k_linear_fwd(m->t1, m->G, P_(m, m->tr_w), M, H, H);
-  k_bias_act_fwd(m->t1, m->t2, P_(m, m->tr_b), M, H, c->hidden_act);
-  k_add_ln_fwd(NULL, m->t3, m->tmean, m->trstd, m->t2, NULL, NULL, NULL, P_(m, m->tln_g),
-               P_(m, m->tln_b), M, H, c->layer_norm_eps);
-  k_linear_fwd(m->logits, m->t3, P_(m, m->emb.we), M, H, V);
-  double wsum = 0.0;
-  for (int i = 0; i < M; i++) wsum += m->mlm_w[i];
-  double den = (m->run.mlm_denominator > 0 ? m->run.mlm_denominator : wsum) + 1e-5;
-  out->mlm_weight_sum = wsum;
-  out->mlm_correct = 0.0;
-  double ce = k_softmax_xent(m->logits, m->dlogits, P_(m, m->dec_b), m->mlm_ids, m->mlm_w,
-                             (float)(m->run.grad_scale / den), M, V, &out->mlm_correct);
-  out->mlm_loss = ce / den;
+  const int H = c->hidden_size;
+  const float *top = m->net.enc.hs[c->num_hidden_layers];
+  mlm_result r;
+  mlm_head_forward(&m->base, &m->mlm, top, m->run.mlm_denominator, m->run.grad_scale, &r);
+  out->mlm_loss = r.loss;
+  out->mlm_weight_sum = r.weight_sum;
+  out->mlm_correct = r.correct;
   out->nsp_loss = 0.0;
   out->nsp_correct = 0;
   if (c->nsp) {
-    const int B = m->B;
+    const int B = m->base.B;
     k_gather_rows(m->p0, top, m->cls_rows, B, H);
     k_linear_fwd(m->pooled, m->p0, P_(m, m->pool_w), B, H, H);
     const float *pb = P_(m, m->pool_b);
@@ -326,49 +197,36 @@ static void heads_fwd(bert_model *m, bert_losses *out) {
 }
 
 void bert_forward(bert_model *m, const bert_batch *b, const bert_run *run, bert_losses *out) {
-  m->run = *run;
-  copy_batch(m, b);
-  enc_ctx c = ctx_of(m);
-  emb_forward(&c, &m->emb, &m->ea, m->ids, m->seg, m->enc.hs[0]);
-  encoder_forward(&m->enc, &c);
+  copy_batch(m, b, run);
+  enc_ctx c = model_base_ctx(&m->base);
+  enc_net_forward(&c, &m->net, m->base.ids, m->base.seg);
   heads_fwd(m, out);
-  m->have_forward = true;
+  m->base.have_forward = true;
 }
 
 /* ---- Backward ----------------------------------------------------------------- */
 static void heads_bwd(bert_model *m, const enc_ctx *ec) {
   const bert_config *c = &m->cfg;
-  const int H = c->hidden_size, V = c->vocab_size, M = m->B * m->Pcur, N = m->B * m->Tcur;
-  /* logits = t3 · word_embeddings^T + cls.predictions.bias (tied decoder). */
-  k_linear_bwd(m->dt_a, false, G_(m, m->emb.we), G_(m, m->dec_b), m->dlogits, m->t3,
-               P_(m, m->emb.we), m->ones, M, H, V);
-  k_add_ln_bwd(m->dt_b, NULL, NULL, G_(m, m->tln_g), G_(m, m->tln_b), m->dt_a, m->t2, m->tmean,
-               m->trstd, P_(m, m->tln_g), NULL, M, H, m->scratch, m->nthreads);
-  k_act_bwd(m->dt_b, m->dt_b, m->t1, M, H, c->hidden_act);
-  k_linear_bwd(m->dG, false, G_(m, m->tr_w), G_(m, m->tr_b), m->dt_b, m->G, P_(m, m->tr_w), m->ones,
-               M, H, H);
-  enc_announce(ec, m->tr_w, m->dec_b);
-  memset(m->dh, 0, (size_t)N * H * sizeof(float));
-  k_scatter_add_rows(m->dh, m->dG, m->gidx, M, H);
+  const int H = c->hidden_size;
+  mlm_head_backward(&m->base, ec, &m->mlm, m->net.dh);
   if (!c->nsp) return;
-  const int B = m->B;
+  const int B = m->base.B;
   k_linear_bwd(m->dpooled, false, G_(m, m->sr_w), G_(m, m->sr_b), m->dnsp, m->pooled,
-               P_(m, m->sr_w), m->ones, B, H, 2);
+               P_(m, m->sr_w), m->base.ones, B, H, 2);
   for (int i = 0; i < B * H; i++) m->dpooled[i] *= 1.0f - m->pooled[i] * m->pooled[i];
   k_linear_bwd(m->dp0, false, G_(m, m->pool_w), G_(m, m->pool_b), m->dpooled, m->p0,
-               P_(m, m->pool_w), m->ones, B, H, H);
+               P_(m, m->pool_w), m->base.ones, B, H, H);
   enc_announce(ec, m->sr_w, m->sr_b);
   enc_announce(ec, m->pool_w, m->pool_b);
-  k_scatter_add_rows(m->dh, m->dp0, m->cls_rows, B, H);
+  k_scatter_add_rows(m->net.dh, m->dp0, m->cls_rows, B, H);
 }
 
 void bert_backward(bert_model *m) {
-  CORE_ASSERT(m->have_forward);
-  enc_ctx c = ctx_of(m);
+  CORE_ASSERT(m->base.have_forward);
+  enc_ctx c = model_base_ctx(&m->base);
   heads_bwd(m, &c);
-  encoder_backward(&m->enc, &c, m->dh);
-  emb_backward(&c, &m->emb, &m->ea, m->ids, m->seg, m->dh, m->enc.dtmp);
-  enc_announce(&c, m->emb.we, m->emb.ln_b);
+  enc_net_backward(&c, &m->net, m->base.ids, m->base.seg, m->net.enc.dtmp);
+  enc_announce(&c, m->net.emb.we, m->net.emb.ln_b);
 }
 
 bert_run bert_run_default(void) { return (bert_run){.train = true, .grad_scale = 1.0f}; }

@@ -27,33 +27,19 @@ bert_config bert_config_default(void) {
 }
 
 status_t bert_config_check(const bert_config *c) {
-  const struct {
-    const char *name;
-    int v;
-  } sizes[] = {{"vocab_size", c->vocab_size},
-               {"hidden_size", c->hidden_size},
-               {"num_hidden_layers", c->num_hidden_layers},
-               {"num_attention_heads", c->num_attention_heads},
-               {"intermediate_size", c->intermediate_size},
-               {"max_position_embeddings", c->max_position_embeddings},
-               {"type_vocab_size", c->type_vocab_size}};
-  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
-    if (sizes[i].v < 1 || sizes[i].v > (1 << 24))
-      return status_set(STATUS_CONFIG, "model config: %s = %d is out of range", sizes[i].name,
-                        sizes[i].v);
-  if (c->hidden_size % c->num_attention_heads)
-    return status_set(STATUS_CONFIG,
-                      "model config: hidden_size %d is not a multiple of num_attention_heads %d",
-                      c->hidden_size, c->num_attention_heads);
-  if (!(c->hidden_dropout_prob >= 0 && c->hidden_dropout_prob < 1))
-    return status_set(STATUS_CONFIG, "model config: hidden_dropout_prob must be in [0,1)");
-  if (!(c->attention_probs_dropout_prob >= 0 && c->attention_probs_dropout_prob < 1))
-    return status_set(STATUS_CONFIG, "model config: attention_probs_dropout_prob must be in [0,1)");
-  if (!(c->layer_norm_eps > 0))
-    return status_set(STATUS_CONFIG, "model config: layer_norm_eps must be > 0");
-  if (!(c->initializer_range >= 0))
-    return status_set(STATUS_CONFIG, "model config: initializer_range must be >= 0");
-  return STATUS_OK;
+  const cfgj_size sizes[] = {{"vocab_size", c->vocab_size},
+                             {"hidden_size", c->hidden_size},
+                             {"num_hidden_layers", c->num_hidden_layers},
+                             {"num_attention_heads", c->num_attention_heads},
+                             {"intermediate_size", c->intermediate_size},
+                             {"max_position_embeddings", c->max_position_embeddings},
+                             {"type_vocab_size", c->type_vocab_size}};
+  status_t st;
+  if ((st = cfgj_check_sizes(sizes, sizeof sizes / sizeof sizes[0], "")) ||
+      (st = cfgj_check_heads(c->hidden_size, c->num_attention_heads, "")))
+    return st;
+  return cfgj_check_common(c->hidden_dropout_prob, c->attention_probs_dropout_prob,
+                           c->layer_norm_eps, c->initializer_range);
 }
 
 /* NSP follows the architecture: BertForPreTraining has it, BertForMaskedLM
@@ -74,11 +60,7 @@ static status_t parse_nsp(const cJSON *root, const char *path, bool *nsp) {
   if (u && !cJSON_IsBool(u))
     return status_set(STATUS_CONFIG, "%s: 'use_nsp' must be true or false", path);
   if (u) *nsp = cJSON_IsTrue(u);
-  const cJSON *pe = cJSON_GetObjectItemCaseSensitive(root, "position_embedding_type");
-  if (cJSON_IsString(pe) && strcmp(pe->valuestring, "absolute"))
-    return status_set(STATUS_CONFIG, "%s: position_embedding_type '%s' is not supported (absolute)",
-                      path, pe->valuestring);
-  return STATUS_OK;
+  return cfgj_check_position_type(root, path);
 }
 
 status_t bert_config_load(const char *path, bert_config *cfg) {

@@ -10,64 +10,42 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "encoder.h"
+#include "model_base.h"
 
 enum { GEN = 0, DISC = 1 };
 
-/* One network: its encoder and the way into it from the shared embeddings. */
-typedef struct {
-  encoder enc;
-  int proj_w, proj_b; /* electra.embeddings_project, -1 when E == H */
-  emb_block emb;      /* the shared tensors with this network's dropout streams */
-  emb_acts ea;
-  float *emb_out; /* (N, E) the embeddings' output; enc.hs[0] without projection */
-  float *dh;      /* (N, H) gradient flowing down the encoder */
-  float *de;      /* (N, E) gradient of emb_out (dh without projection) */
-} electra_net;
-
 struct electra_model {
   electra_config cfg;
-  int maxB, T, P, nthreads;
-  param_table table;
-  float *params, *grads;
-  bool grads_ext; /* grads belongs to the caller (use_grad_buf) */
-  electra_net net[2];
-  int gh_w, gh_b, gln_g, gln_b, glm_b; /* generator_predictions, generator_lm_head.bias */
-  int dh_w, dh_b, dp_w, dp_b;          /* discriminator_predictions.{dense,dense_prediction} */
-  bert_grad_ready_fn ready;
-  void *ready_ctx;
+  model_base base; /* table, buffers, arena, the last batch */
+  /* The two networks; their emb blocks name the same (shared) tensors with
+   * each network's dropout streams, proj_* is electra.embeddings_project. */
+  enc_net net[2];
+  mlm_head gen_head;          /* generator_predictions, generator_lm_head.bias */
+  int dh_w, dh_b, dp_w, dp_b; /* discriminator_predictions.{dense,dense_prediction} */
 
-  float *arena;
-  size_t arena_floats;
-  /* Generator head over the M = B*P masked slots. */
-  float *G, *t1, *t2, *t3, *tmean, *trstd; /* (M, Hg), (M, E) x3, (M), (M) */
-  float *logits, *dlogits;                 /* (M, V) */
-  float *dG, *dt_a, *dt_b;                 /* (M, Hg), (M, E), (M, E) */
-  float *gumbel;                           /* nthreads * V uniforms */
+  /* Activations; the shared ones and scratch are the base's. */
+  float *gumbel; /* nthreads * V uniforms */
   /* Discriminator head over the N = B*T tokens. */
   float *u, *ua, *da;      /* (N, H) dense before / after the activation, its gradient */
   float *dlogit, *ddlogit; /* (N) logits, their gradient */
   float *demb_tmp;         /* (N, E) embeddings backward scratch */
-  float *ones;             /* max(N, M) */
-  float *scratch;          /* per-thread */
-  /* The last forward's batch (copied), samples and labels. */
-  int32_t *ids, *dids, *mask, *seg, *gidx, *mlm_ids, *samples;
-  float *mlm_w, *labels;
-  int B, Tcur, Pcur;
+  /* The last forward's samples (M), the discriminator's input and labels
+   * (N), and run. */
+  int32_t *samples, *dids;
+  float *labels;
   electra_run run;
-  bool have_forward;
 };
 
-static float *P_(const electra_model *m, int idx) { return m->params + m->table.p[idx].offset; }
-static float *G_(const electra_model *m, int idx) { return m->grads + m->table.p[idx].offset; }
+static float *P_(const electra_model *m, int idx) { return model_base_param(&m->base, idx); }
+static float *G_(const electra_model *m, int idx) { return model_base_grad(&m->base, idx); }
 
 /* ---- Parameter table ---------------------------------------------------------- */
 /* Shared embeddings first, then the generator, then the discriminator:
  * backward finishes them in the reverse order, so announcements descend. */
 static status_t build_table(electra_model *m) {
   const electra_config *c = &m->cfg;
-  const int64_t E = c->embedding_size, V = c->vocab_size;
-  param_table *t = &m->table;
+  const int64_t E = c->embedding_size;
+  param_table *t = &m->base.table;
   emb_block *e = &m->net[DISC].emb;
   status_t st = emb_add_params(e, t, "discriminator.electra.embeddings", c->vocab_size,
                                c->max_position_embeddings, c->type_vocab_size);
@@ -78,10 +56,9 @@ static status_t build_table(electra_model *m) {
   int bad = 0;
 #define ADD(dst, d0, d1, name) bad |= ((dst) = enc_add_param(t, d0, d1, "%s", name)) < 0
   for (int k = GEN; k <= DISC; k++) {
-    electra_net *n = &m->net[k];
+    enc_net *n = &m->net[k];
     const char *who = k == GEN ? "generator" : "discriminator";
     const int64_t H = n->enc.H;
-    n->proj_w = n->proj_b = -1;
     if (H != E) {
       bad |= (n->proj_w = enc_add_param(t, H, E, "%s.electra.embeddings_project.weight", who)) < 0;
       bad |= (n->proj_b = enc_add_param(t, H, 0, "%s.electra.embeddings_project.bias", who)) < 0;
@@ -91,11 +68,10 @@ static status_t build_table(electra_model *m) {
     snprintf(prefix, sizeof prefix, "%s.electra.encoder.layer", who);
     if ((st = encoder_add_params(&n->enc, t, prefix))) return st;
     if (k == GEN) {
-      ADD(m->gh_w, E, H, "generator.generator_predictions.dense.weight");
-      ADD(m->gh_b, E, 0, "generator.generator_predictions.dense.bias");
-      ADD(m->gln_g, E, 0, "generator.generator_predictions.LayerNorm.weight");
-      ADD(m->gln_b, E, 0, "generator.generator_predictions.LayerNorm.bias");
-      ADD(m->glm_b, V, 0, "generator.generator_lm_head.bias");
+      m->gen_head.we = e->we;
+      if ((st = mlm_head_add_params(&m->gen_head, t, "generator.generator_predictions",
+                                    "generator.generator_lm_head.bias")))
+        return st;
     } else {
       ADD(m->dh_w, H, H, "discriminator.discriminator_predictions.dense.weight");
       ADD(m->dh_b, H, 0, "discriminator.discriminator_predictions.dense.bias");
@@ -108,33 +84,16 @@ static status_t build_table(electra_model *m) {
 }
 
 /* ---- Arena -------------------------------------------------------------------- */
-static size_t layout_arena(electra_model *m, float *a) {
+static size_t layout_arena(void *model, float *a) {
+  electra_model *m = model;
   const electra_config *c = &m->cfg;
   const size_t E = (size_t)c->embedding_size, V = (size_t)c->vocab_size;
   const size_t Hg = (size_t)c->gen.hidden_size, Hd = (size_t)c->disc.hidden_size;
-  const size_t B = (size_t)m->maxB, T = (size_t)m->T, N = B * T, M = B * (size_t)m->P,
-               nt = (size_t)m->nthreads;
+  const size_t B = (size_t)m->base.maxB, T = (size_t)m->base.T, N = B * T,
+               M = B * (size_t)m->base.P, nt = (size_t)m->base.nthreads;
   size_t u = 0;
-  for (int k = GEN; k <= DISC; k++) {
-    electra_net *n = &m->net[k];
-    const size_t H = (size_t)n->enc.H;
-    emb_carve(&n->ea, &n->emb, a, &u, N);
-    encoder_carve(&n->enc, a, &u, B, T);
-    n->emb_out = n->proj_w >= 0 ? arena_carve(a, &u, N * E) : n->enc.hs[0];
-    n->dh = arena_carve(a, &u, N * H);
-    n->de = n->proj_w >= 0 ? arena_carve(a, &u, N * E) : n->dh;
-  }
-  m->G = arena_carve(a, &u, M * Hg);
-  m->t1 = arena_carve(a, &u, M * E);
-  m->t2 = arena_carve(a, &u, M * E);
-  m->t3 = arena_carve(a, &u, M * E);
-  m->tmean = arena_carve(a, &u, M);
-  m->trstd = arena_carve(a, &u, M);
-  m->logits = arena_carve(a, &u, M * V);
-  m->dlogits = arena_carve(a, &u, M * V);
-  m->dG = arena_carve(a, &u, M * Hg);
-  m->dt_a = arena_carve(a, &u, M * E);
-  m->dt_b = arena_carve(a, &u, M * E);
+  for (int k = GEN; k <= DISC; k++) enc_net_carve(&m->net[k], a, &u, B, T);
+  mlm_head_carve(&m->gen_head, a, &u, M);
   m->gumbel = arena_carve(a, &u, nt * V);
   m->u = arena_carve(a, &u, N * Hd);
   m->ua = arena_carve(a, &u, N * Hd);
@@ -142,84 +101,53 @@ static size_t layout_arena(electra_model *m, float *a) {
   m->dlogit = arena_carve(a, &u, N);
   m->ddlogit = arena_carve(a, &u, N);
   m->demb_tmp = arena_carve(a, &u, N * E);
-  m->ones = arena_carve(a, &u, N > M ? N : M);
   size_t C = E > Hg ? E : Hg;
-  C = C > Hd ? C : Hd;
-  size_t per_thread = 2 * T * T > 3 * C ? 2 * T * T : 3 * C;
-  m->scratch = arena_carve(a, &u, nt * per_thread);
+  model_base_carve_shared(&m->base, a, &u, C > Hd ? C : Hd);
   return u;
 }
 
-static status_t alloc_batch_copy(electra_model *m) {
-  size_t N = (size_t)m->maxB * m->T, M = (size_t)m->maxB * m->P;
-  m->ids = mem_alloc(N * sizeof(int32_t), "batch input_ids");
+static status_t alloc_sample_copy(electra_model *m) {
+  size_t N = (size_t)m->base.maxB * m->base.T, M = (size_t)m->base.maxB * m->base.P;
   m->dids = mem_alloc(N * sizeof(int32_t), "the discriminator's input");
-  m->mask = mem_alloc(N * sizeof(int32_t), "batch input_mask");
-  m->seg = mem_alloc(N * sizeof(int32_t), "batch segment_ids");
   m->labels = mem_alloc(N * sizeof(float), "replaced-token labels");
-  m->gidx = mem_alloc(M * sizeof(int32_t), "batch masked rows");
-  m->mlm_ids = mem_alloc(M * sizeof(int32_t), "batch masked_lm_ids");
   m->samples = mem_alloc(M * sizeof(int32_t), "generator samples");
-  m->mlm_w = mem_alloc(M * sizeof(float), "batch masked_lm_weights");
-  if (!m->ids || !m->dids || !m->mask || !m->seg || !m->labels || !m->gidx || !m->mlm_ids ||
-      !m->samples || !m->mlm_w)
-    return STATUS_NOMEM;
-  return STATUS_OK;
+  return m->dids && m->labels && m->samples ? STATUS_OK : STATUS_NOMEM;
 }
 
 static status_t init_nets(electra_model *m) {
   const electra_config *c = &m->cfg;
   for (int k = GEN; k <= DISC; k++) {
     const electra_net_config *n = k == GEN ? &c->gen : &c->disc;
-    uint32_t group = k == GEN ? ELECTRA_GEN_GROUP : 0;
-    m->net[k].emb = (emb_block){.C = c->embedding_size,
-                                .eps = c->layer_norm_eps,
-                                .dropout = c->hidden_dropout_prob,
-                                .layer = group};
-    status_t st =
-        encoder_init(&m->net[k].enc, n->hidden_size, n->intermediate_size, n->num_attention_heads,
-                     n->num_hidden_layers, c->hidden_act, c->hidden_dropout_prob,
-                     c->attention_probs_dropout_prob, c->layer_norm_eps, group + 1);
+    status_t st = enc_net_init(&m->net[k], c->embedding_size, n->hidden_size, n->intermediate_size,
+                               n->num_attention_heads, n->num_hidden_layers, c->hidden_act,
+                               c->hidden_dropout_prob, c->attention_probs_dropout_prob,
+                               c->layer_norm_eps, k == GEN ? ELECTRA_GEN_GROUP : 0);
     if (st) return st;
   }
+  /* The generator's prediction head is erf GELU whatever hidden_act says
+   * (Hugging Face's ElectraGeneratorPredictions). */
+  m->gen_head = (mlm_head){.Hin = c->gen.hidden_size,
+                           .E = c->embedding_size,
+                           .V = c->vocab_size,
+                           .act = ACT_GELU,
+                           .eps = c->layer_norm_eps};
   return STATUS_OK;
 }
 
 status_t electra_init(electra_model **out, const electra_config *cfg, int max_batch, int seq_len,
                       int max_pred, int nthreads) {
   *out = NULL;
-  status_t st = electra_config_check(cfg);
-  if (st != STATUS_OK) return st;
-  if (max_batch < 1 || seq_len < 1 || max_pred < 1 || seq_len > cfg->max_position_embeddings)
-    return status_set(STATUS_ARG,
-                      "batch shape %d x %d with %d masked slots does not fit the model "
-                      "(max_position_embeddings %d)",
-                      max_batch, seq_len, max_pred, cfg->max_position_embeddings);
+  status_t st;
+  if ((st = electra_config_check(cfg)) ||
+      (st = model_base_check_shape(max_batch, seq_len, max_pred, cfg->max_position_embeddings)))
+    return st;
   electra_model *m = calloc(1, sizeof *m);
   if (!m) return status_set(STATUS_NOMEM, "out of memory creating the model");
   m->cfg = *cfg;
-  m->maxB = max_batch;
-  m->T = seq_len;
-  m->P = max_pred;
-  m->nthreads = nthreads > 0 ? nthreads : omp_get_max_threads();
-  param_table_init(&m->table);
-  if ((st = init_nets(m)) || (st = build_table(m))) goto fail;
-  m->params = mem_calloc(m->table.total * sizeof(float), "parameters");
-  m->grads = mem_calloc(m->table.total * sizeof(float), "gradients");
-  if (!m->params || !m->grads) {
-    st = STATUS_NOMEM;
+  model_base_init(&m->base, max_batch, seq_len, max_pred, nthreads);
+  if ((st = init_nets(m)) || (st = build_table(m)) ||
+      (st = model_base_alloc(&m->base, layout_arena, m)) || (st = alloc_sample_copy(m)))
     goto fail;
-  }
-  m->arena_floats = layout_arena(m, NULL);
-  m->arena = mem_alloc(m->arena_floats * sizeof(float), "the activation arena");
-  if (!m->arena) {
-    st = STATUS_NOMEM;
-    goto fail;
-  }
-  layout_arena(m, m->arena);
-  size_t nones = (size_t)max_batch * (size_t)(seq_len > max_pred ? seq_len : max_pred);
-  for (size_t i = 0; i < nones; i++) m->ones[i] = 1.0f;
-  if ((st = alloc_batch_copy(m)) != STATUS_OK) goto fail;
   *out = m;
   return STATUS_OK;
 fail:
@@ -229,48 +157,31 @@ fail:
 
 void electra_free(electra_model *m) {
   if (!m) return;
-  param_table_free(&m->table);
-  encoder_free(&m->net[GEN].enc);
-  encoder_free(&m->net[DISC].enc);
-  mem_free(m->params);
-  if (!m->grads_ext) mem_free(m->grads);
-  mem_free(m->arena);
-  mem_free(m->ids);
+  model_base_free(&m->base);
+  enc_net_free(&m->net[GEN]);
+  enc_net_free(&m->net[DISC]);
   mem_free(m->dids);
-  mem_free(m->mask);
-  mem_free(m->seg);
   mem_free(m->labels);
-  mem_free(m->gidx);
-  mem_free(m->mlm_ids);
   mem_free(m->samples);
-  mem_free(m->mlm_w);
   free(m);
 }
 
 const electra_config *electra_get_config(const electra_model *m) { return &m->cfg; }
-const param_table *electra_params(const electra_model *m) { return &m->table; }
-float *electra_param_buf(electra_model *m) { return m->params; }
-float *electra_grad_buf(electra_model *m) { return m->grads; }
-const float *electra_generator_logits(const electra_model *m) { return m->logits; }
+const param_table *electra_params(const electra_model *m) { return &m->base.table; }
+float *electra_param_buf(electra_model *m) { return m->base.params; }
+float *electra_grad_buf(electra_model *m) { return m->base.grads; }
+const float *electra_generator_logits(const electra_model *m) { return m->gen_head.logits; }
 const float *electra_discriminator_logits(const electra_model *m) { return m->dlogit; }
 const int32_t *electra_sampled_ids(const electra_model *m) { return m->samples; }
 
 void electra_set_grad_ready(electra_model *m, bert_grad_ready_fn fn, void *ctx) {
-  m->ready = fn;
-  m->ready_ctx = ctx;
+  model_base_set_grad_ready(&m->base, fn, ctx);
 }
-
-void electra_use_grad_buf(electra_model *m, float *buf) {
-  if (!m->grads_ext) mem_free(m->grads);
-  m->grads = buf;
-  m->grads_ext = true;
-  electra_zero_grad(m);
-}
-
-void electra_zero_grad(electra_model *m) { memset(m->grads, 0, m->table.total * sizeof(float)); }
+void electra_use_grad_buf(electra_model *m, float *buf) { model_base_use_grad_buf(&m->base, buf); }
+void electra_zero_grad(electra_model *m) { model_base_zero_grad(&m->base); }
 
 void electra_init_weights(electra_model *m, uint64_t seed) {
-  enc_init_weights(&m->table, m->params, m->cfg.initializer_range, seed);
+  enc_init_weights(&m->base.table, m->base.params, m->cfg.initializer_range, seed);
 }
 
 electra_run electra_run_default(void) { return (electra_run){.train = true, .grad_scale = 1.0f}; }
@@ -278,25 +189,13 @@ electra_run electra_run_default(void) { return (electra_run){.train = true, .gra
 /* ---- Batch checks ------------------------------------------------------------- */
 status_t electra_check_batch(const electra_model *m, const electra_batch *b) {
   const electra_config *c = &m->cfg;
-  if (b->B < 1 || b->B > m->maxB || b->T < 1 || b->T > m->T || b->P < 1 || b->P > m->P)
-    return status_set(STATUS_ARG,
-                      "batch shape B=%d T=%d P=%d does not fit the model's B<=%d T<=%d P<=%d", b->B,
-                      b->T, b->P, m->maxB, m->T, m->P);
-  size_t N = (size_t)b->B * b->T, M = (size_t)b->B * b->P;
+  const model_base_batch x = MODEL_BASE_BATCH(b);
   status_t st;
-  if ((st = enc_check_range("input_ids", b->input_ids, N, 0, c->vocab_size, b->T)) ||
-      (st = enc_check_range("input_mask", b->input_mask, N, 0, 2, b->T)) ||
-      (st = enc_check_range("segment_ids", b->segment_ids, N, 0, c->type_vocab_size, b->T)) ||
-      (st = enc_check_range("masked_lm_positions", b->masked_lm_positions, M, 0, b->T, b->P)) ||
-      (st = enc_check_range("masked_lm_ids", b->masked_lm_ids, M, 0, c->vocab_size, b->P)))
+  if ((st = model_base_check_batch(&m->base, &x, c->vocab_size, c->type_vocab_size)) ||
+      (b->sampled_ids && (st = enc_check_range("sampled_ids", b->sampled_ids, (size_t)b->B * b->P,
+                                               0, c->vocab_size, b->P))) ||
+      (st = model_base_check_weights(&x)))
     return st;
-  if (b->sampled_ids &&
-      (st = enc_check_range("sampled_ids", b->sampled_ids, M, 0, c->vocab_size, b->P)))
-    return st;
-  for (size_t i = 0; i < M; i++)
-    if (!isfinite(b->masked_lm_weights[i]) || b->masked_lm_weights[i] < 0)
-      return status_set(STATUS_ARG, "batch tensor 'masked_lm_weights' has a bad value at [%zu,%zu]",
-                        i / (size_t)b->P, i % (size_t)b->P);
   /* A position takes one sample: weighted slots of a sequence must differ. */
   for (int s = 0; s < b->B; s++)
     for (int j = 0; j < b->P; j++) {
@@ -315,93 +214,43 @@ status_t electra_check_batch(const electra_model *m, const electra_batch *b) {
 }
 
 /* ---- Forward ------------------------------------------------------------------ */
-static enc_ctx ctx_of(const electra_model *m) {
-  return (enc_ctx){.table = &m->table,
-                   .params = m->params,
-                   .grads = m->grads,
-                   .B = m->B,
-                   .T = m->Tcur,
-                   .input_mask = m->mask,
-                   .train = m->run.train,
-                   .seed = m->run.seed,
-                   .step = m->run.step,
-                   .sample_base = m->run.sample_base,
-                   .scratch = m->scratch,
-                   .ones = m->ones,
-                   .nthreads = m->nthreads,
-                   .ready = m->ready,
-                   .ready_ctx = m->ready_ctx};
-}
-
-static void copy_batch(electra_model *m, const electra_batch *b) {
-  size_t N = (size_t)b->B * b->T, M = (size_t)b->B * b->P;
-  m->B = b->B;
-  m->Tcur = b->T;
-  m->Pcur = b->P;
-  memcpy(m->ids, b->input_ids, N * sizeof(int32_t));
-  memcpy(m->mask, b->input_mask, N * sizeof(int32_t));
-  memcpy(m->seg, b->segment_ids, N * sizeof(int32_t));
-  memcpy(m->mlm_ids, b->masked_lm_ids, M * sizeof(int32_t));
-  memcpy(m->mlm_w, b->masked_lm_weights, M * sizeof(float));
-  for (size_t i = 0; i < M; i++) {
-    m->gidx[i] = (int32_t)((i / (size_t)b->P) * (size_t)b->T) + b->masked_lm_positions[i];
+static void copy_batch(electra_model *m, const electra_batch *b, const electra_run *run) {
+  const model_base_batch x = MODEL_BASE_BATCH(b);
+  model_base_copy_batch(&m->base, &x, run->train, run->seed, run->step, run->sample_base);
+  m->run = *run;
+  for (size_t i = 0; i < (size_t)b->B * b->P; i++)
     m->samples[i] = b->sampled_ids && b->masked_lm_weights[i] > 0 ? b->sampled_ids[i] : 0;
-  }
 }
 
-/* Embeddings, the projection into the network's width, and the encoder. */
-static void net_fwd(electra_model *m, const enc_ctx *c, int k, const int32_t *ids) {
-  electra_net *n = &m->net[k];
-  const int N = m->B * m->Tcur, E = m->cfg.embedding_size, H = n->enc.H;
-  emb_forward(c, &n->emb, &n->ea, ids, m->seg, n->emb_out);
-  if (n->proj_w >= 0) {
-    k_linear_fwd(n->enc.hs[0], n->emb_out, P_(m, n->proj_w), N, E, H);
-    enc_add_bias(n->enc.hs[0], P_(m, n->proj_b), N, H);
-  }
-  encoder_forward(&n->enc, c);
-}
-
-/* Generator head at the masked slots and its MLM loss. The generator's
- * prediction head is erf GELU whatever hidden_act says (Hugging Face's
- * ElectraGeneratorPredictions). */
+/* Generator head at the masked slots and its MLM loss (weighted by
+ * gen_weight in the gradient). */
 static void gen_head_fwd(electra_model *m, electra_losses *out) {
   const electra_config *c = &m->cfg;
-  const int E = c->embedding_size, V = c->vocab_size, Hg = c->gen.hidden_size;
-  const int M = m->B * m->Pcur;
-  k_gather_rows(m->G, m->net[GEN].enc.hs[c->gen.num_hidden_layers], m->gidx, M, Hg);
-  k_linear_fwd(m->t1, m->G, P_(m, m->gh_w), M, Hg, E);
-  k_bias_act_fwd(m->t1, m->t2, P_(m, m->gh_b), M, E, ACT_GELU);
-  k_add_ln_fwd(NULL, m->t3, m->tmean, m->trstd, m->t2, NULL, NULL, NULL, P_(m, m->gln_g),
-               P_(m, m->gln_b), M, E, c->layer_norm_eps);
-  k_linear_fwd(m->logits, m->t3, P_(m, m->net[DISC].emb.we), M, E, V);
-  double wsum = 0.0;
-  for (int i = 0; i < M; i++) wsum += m->mlm_w[i];
-  double den = (m->run.mlm_denominator > 0 ? m->run.mlm_denominator : wsum) + 1e-5;
-  out->mlm_weight_sum = wsum;
-  out->mlm_correct = 0.0;
-  double ce =
-      k_softmax_xent(m->logits, m->dlogits, P_(m, m->glm_b), m->mlm_ids, m->mlm_w,
-                     (float)(c->gen_weight * m->run.grad_scale / den), M, V, &out->mlm_correct);
-  out->mlm_loss = ce / den;
+  mlm_result r;
+  mlm_head_forward(&m->base, &m->gen_head, m->net[GEN].enc.hs[c->gen.num_hidden_layers],
+                   m->run.mlm_denominator, c->gen_weight * m->run.grad_scale, &r);
+  out->mlm_loss = r.loss;
+  out->mlm_weight_sum = r.weight_sum;
+  out->mlm_correct = r.correct;
 }
 
 /* Gumbel-max: the first v maximising logit_v - log(-log u_v), which is a
  * draw from softmax(logits) (temperature 1). */
 static void draw_samples(electra_model *m) {
-  const int V = m->cfg.vocab_size, M = m->B * m->Pcur, P = m->Pcur;
-#pragma omp parallel num_threads(m->nthreads)
+  const int V = m->cfg.vocab_size, M = m->base.B * m->base.Pcur, P = m->base.Pcur;
+#pragma omp parallel num_threads(m->base.nthreads)
   {
     float *u = m->gumbel + (size_t)omp_get_thread_num() * V;
 #pragma omp for schedule(static)
     for (int i = 0; i < M; i++) {
-      if (!(m->mlm_w[i] > 0)) continue;
+      if (!(m->base.mlm_w[i] > 0)) continue;
       rng_key k = {.seed = m->run.seed,
                    .step = m->run.step,
                    .sample = m->run.sample_base + (uint32_t)(i / P),
                    .stream = ELECTRA_STREAM_SAMPLE};
-      uint32_t t = (uint32_t)(m->gidx[i] - (i / P) * m->Tcur);
+      uint32_t t = (uint32_t)(m->base.gidx[i] - (i / P) * m->base.Tcur);
       rng_uniform(k, t * (uint32_t)V, (size_t)V, u);
-      const float *x = m->logits + (size_t)i * V;
+      const float *x = m->gen_head.logits + (size_t)i * V;
       float best = -INFINITY;
       int arg = 0;
       for (int v = 0; v < V; v++) {
@@ -419,13 +268,13 @@ static void draw_samples(electra_model *m) {
 /* The discriminator's input: the original tokens with the samples at the
  * weighted slots; label 1 where a sample differs from the original. */
 static void build_disc_input(electra_model *m) {
-  const int N = m->B * m->Tcur, M = m->B * m->Pcur;
-  memcpy(m->dids, m->ids, (size_t)N * sizeof(int32_t));
+  const int N = m->base.B * m->base.Tcur, M = m->base.B * m->base.Pcur;
+  memcpy(m->dids, m->base.ids, (size_t)N * sizeof(int32_t));
   for (int n = 0; n < N; n++) m->labels[n] = 0.0f;
   for (int i = 0; i < M; i++) {
-    if (!(m->mlm_w[i] > 0)) continue;
-    m->dids[m->gidx[i]] = m->samples[i];
-    m->labels[m->gidx[i]] = m->samples[i] != m->mlm_ids[i] ? 1.0f : 0.0f;
+    if (!(m->base.mlm_w[i] > 0)) continue;
+    m->dids[m->base.gidx[i]] = m->samples[i];
+    m->labels[m->base.gidx[i]] = m->samples[i] != m->base.mlm_ids[i] ? 1.0f : 0.0f;
   }
 }
 
@@ -433,7 +282,7 @@ static void build_disc_input(electra_model *m) {
  * real ones (Hugging Face ElectraForPreTraining's loss). */
 static void disc_head_fwd(electra_model *m, electra_losses *out) {
   const electra_config *c = &m->cfg;
-  const int H = c->disc.hidden_size, N = m->B * m->Tcur;
+  const int H = c->disc.hidden_size, N = m->base.B * m->base.Tcur;
   const float *X = m->net[DISC].enc.hs[c->disc.num_hidden_layers];
   k_linear_fwd(m->u, X, P_(m, m->dh_w), N, H, H);
   k_bias_act_fwd(m->u, m->ua, P_(m, m->dh_b), N, H, c->hidden_act);
@@ -442,14 +291,14 @@ static void disc_head_fwd(electra_model *m, electra_losses *out) {
   double count = 0.0;
   for (int n = 0; n < N; n++) {
     m->dlogit[n] += bias;
-    count += m->mask[n] ? 1.0 : 0.0;
+    count += m->base.mask[n] ? 1.0 : 0.0;
   }
   double den = m->run.disc_denominator > 0 ? m->run.disc_denominator : count;
   double coef = den > 0 ? c->disc_weight * m->run.grad_scale / den : 0.0;
   double total = 0, correct = 0, replaced = 0, predicted = 0, tp = 0;
 #pragma omp parallel for schedule(static) reduction(+ : total, correct, replaced, predicted, tp)
   for (int n = 0; n < N; n++) {
-    if (!m->mask[n]) {
+    if (!m->base.mask[n]) {
       m->ddlogit[n] = 0.0f;
       continue;
     }
@@ -473,72 +322,40 @@ static void disc_head_fwd(electra_model *m, electra_losses *out) {
 void electra_forward(electra_model *m, const electra_batch *b, const electra_run *run,
                      electra_losses *out) {
   memset(out, 0, sizeof *out);
-  m->run = *run;
-  copy_batch(m, b);
-  enc_ctx c = ctx_of(m);
-  net_fwd(m, &c, GEN, m->ids);
+  copy_batch(m, b, run);
+  enc_ctx c = model_base_ctx(&m->base);
+  enc_net_forward(&c, &m->net[GEN], m->base.ids, m->base.seg);
   gen_head_fwd(m, out);
   if (!b->sampled_ids) draw_samples(m);
   build_disc_input(m);
-  net_fwd(m, &c, DISC, m->dids);
+  enc_net_forward(&c, &m->net[DISC], m->dids, m->base.seg);
   disc_head_fwd(m, out);
   out->loss = m->cfg.gen_weight * out->mlm_loss + m->cfg.disc_weight * out->disc_loss;
-  m->have_forward = true;
+  m->base.have_forward = true;
 }
 
 /* ---- Backward ----------------------------------------------------------------- */
-/* From the gradient of the encoder output in n->dh down to the shared
- * embeddings (added to, not announced). */
-static void net_bwd(electra_model *m, const enc_ctx *c, int k, const int32_t *ids) {
-  electra_net *n = &m->net[k];
-  const int N = m->B * m->Tcur, E = m->cfg.embedding_size, H = n->enc.H;
-  encoder_backward(&n->enc, c, n->dh);
-  if (n->proj_w >= 0) {
-    k_linear_bwd(n->de, false, G_(m, n->proj_w), G_(m, n->proj_b), n->dh, n->emb_out,
-                 P_(m, n->proj_w), m->ones, N, E, H);
-    enc_announce(c, n->proj_w, n->proj_b);
-  }
-  emb_backward(c, &n->emb, &n->ea, ids, m->seg, n->de, m->demb_tmp);
-}
-
 static void disc_head_bwd(electra_model *m, const enc_ctx *c) {
   const electra_config *cf = &m->cfg;
-  const int H = cf->disc.hidden_size, N = m->B * m->Tcur;
+  const int H = cf->disc.hidden_size, N = m->base.B * m->base.Tcur;
   const float *X = m->net[DISC].enc.hs[cf->disc.num_hidden_layers];
   k_linear_bwd(m->da, false, G_(m, m->dp_w), G_(m, m->dp_b), m->ddlogit, m->ua, P_(m, m->dp_w),
-               m->ones, N, H, 1);
+               m->base.ones, N, H, 1);
   k_act_bwd(m->da, m->da, m->u, N, H, cf->hidden_act);
   k_linear_bwd(m->net[DISC].dh, false, G_(m, m->dh_w), G_(m, m->dh_b), m->da, X, P_(m, m->dh_w),
-               m->ones, N, H, H);
+               m->base.ones, N, H, H);
   enc_announce(c, m->dh_w, m->dp_b);
 }
 
-static void gen_head_bwd(electra_model *m, const enc_ctx *c) {
-  const electra_config *cf = &m->cfg;
-  const int E = cf->embedding_size, V = cf->vocab_size, Hg = cf->gen.hidden_size;
-  const int M = m->B * m->Pcur, N = m->B * m->Tcur;
-  const int we = m->net[DISC].emb.we;
-  /* logits = t3 · word_embeddings^T + generator_lm_head.bias (tied). */
-  k_linear_bwd(m->dt_a, false, G_(m, we), G_(m, m->glm_b), m->dlogits, m->t3, P_(m, we), m->ones, M,
-               E, V);
-  k_add_ln_bwd(m->dt_b, NULL, NULL, G_(m, m->gln_g), G_(m, m->gln_b), m->dt_a, m->t2, m->tmean,
-               m->trstd, P_(m, m->gln_g), NULL, M, E, m->scratch, m->nthreads);
-  k_act_bwd(m->dt_b, m->dt_b, m->t1, M, E, ACT_GELU);
-  k_linear_bwd(m->dG, false, G_(m, m->gh_w), G_(m, m->gh_b), m->dt_b, m->G, P_(m, m->gh_w), m->ones,
-               M, Hg, E);
-  enc_announce(c, m->gh_w, m->glm_b);
-  float *dh = m->net[GEN].dh;
-  memset(dh, 0, (size_t)N * Hg * sizeof(float));
-  k_scatter_add_rows(dh, m->dG, m->gidx, M, Hg);
-}
-
 void electra_backward(electra_model *m) {
-  CORE_ASSERT(m->have_forward);
-  enc_ctx c = ctx_of(m);
+  CORE_ASSERT(m->base.have_forward);
+  enc_ctx c = model_base_ctx(&m->base);
   disc_head_bwd(m, &c);
-  net_bwd(m, &c, DISC, m->dids);
-  gen_head_bwd(m, &c);
-  net_bwd(m, &c, GEN, m->ids);
+  /* Each network's backward ends in the shared embeddings (added to, not
+   * announced). */
+  enc_net_backward(&c, &m->net[DISC], m->dids, m->base.seg, m->demb_tmp);
+  mlm_head_backward(&m->base, &c, &m->gen_head, m->net[GEN].dh);
+  enc_net_backward(&c, &m->net[GEN], m->base.ids, m->base.seg, m->demb_tmp);
   const emb_block *e = &m->net[DISC].emb;
   enc_announce(&c, e->we, e->ln_b);
 }

@@ -55,51 +55,30 @@ status_t electra_preset(const char *name, electra_config *out) {
 }
 
 static status_t check_net(const electra_net_config *n, const char *who) {
-  const struct {
-    const char *name;
-    int v;
-  } sizes[] = {{"hidden_size", n->hidden_size},
-               {"num_hidden_layers", n->num_hidden_layers},
-               {"num_attention_heads", n->num_attention_heads},
-               {"intermediate_size", n->intermediate_size}};
-  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
-    if (sizes[i].v < 1 || sizes[i].v > (1 << 24))
-      return status_set(STATUS_CONFIG, "model config: %s%s = %d is out of range", who,
-                        sizes[i].name, sizes[i].v);
-  if (n->hidden_size % n->num_attention_heads)
-    return status_set(
-        STATUS_CONFIG,
-        "model config: %shidden_size %d is not a multiple of %snum_attention_heads %d", who,
-        n->hidden_size, who, n->num_attention_heads);
-  return STATUS_OK;
+  const cfgj_size sizes[] = {{"hidden_size", n->hidden_size},
+                             {"num_hidden_layers", n->num_hidden_layers},
+                             {"num_attention_heads", n->num_attention_heads},
+                             {"intermediate_size", n->intermediate_size}};
+  status_t st = cfgj_check_sizes(sizes, sizeof sizes / sizeof sizes[0], who);
+  return st ? st : cfgj_check_heads(n->hidden_size, n->num_attention_heads, who);
 }
 
 status_t electra_config_check(const electra_config *c) {
-  const struct {
-    const char *name;
-    int v;
-  } sizes[] = {{"vocab_size", c->vocab_size},
-               {"embedding_size", c->embedding_size},
-               {"max_position_embeddings", c->max_position_embeddings},
-               {"type_vocab_size", c->type_vocab_size}};
-  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
-    if (sizes[i].v < 1 || sizes[i].v > (1 << 24))
-      return status_set(STATUS_CONFIG, "model config: %s = %d is out of range", sizes[i].name,
-                        sizes[i].v);
+  const cfgj_size sizes[] = {{"vocab_size", c->vocab_size},
+                             {"embedding_size", c->embedding_size},
+                             {"max_position_embeddings", c->max_position_embeddings},
+                             {"type_vocab_size", c->type_vocab_size}};
   status_t st;
-  if ((st = check_net(&c->disc, "")) || (st = check_net(&c->gen, "generator."))) return st;
+  if ((st = cfgj_check_sizes(sizes, sizeof sizes / sizeof sizes[0], "")) ||
+      (st = check_net(&c->disc, "")) || (st = check_net(&c->gen, "generator.")))
+    return st;
   /* The sampling stream numbers element position·V + token in 32 bits. */
   if ((uint64_t)c->max_position_embeddings * (uint64_t)c->vocab_size > UINT32_MAX)
     return status_set(STATUS_CONFIG,
                       "model config: max_position_embeddings x vocab_size must be below 2^32");
-  if (!(c->hidden_dropout_prob >= 0 && c->hidden_dropout_prob < 1))
-    return status_set(STATUS_CONFIG, "model config: hidden_dropout_prob must be in [0,1)");
-  if (!(c->attention_probs_dropout_prob >= 0 && c->attention_probs_dropout_prob < 1))
-    return status_set(STATUS_CONFIG, "model config: attention_probs_dropout_prob must be in [0,1)");
-  if (!(c->layer_norm_eps > 0))
-    return status_set(STATUS_CONFIG, "model config: layer_norm_eps must be > 0");
-  if (!(c->initializer_range >= 0))
-    return status_set(STATUS_CONFIG, "model config: initializer_range must be >= 0");
+  if ((st = cfgj_check_common(c->hidden_dropout_prob, c->attention_probs_dropout_prob,
+                              c->layer_norm_eps, c->initializer_range)))
+    return st;
   if (!(c->gen_weight >= 0 && isfinite(c->gen_weight)))
     return status_set(STATUS_CONFIG, "model config: gen_weight must be a finite number >= 0");
   if (!(c->disc_weight >= 0 && isfinite(c->disc_weight)))
@@ -183,11 +162,7 @@ static status_t parse(const cJSON *root, const char *path, electra_config *c) {
       (st = cfgj_float(root, path, "disc_weight", &c->disc_weight)) ||
       (st = cfgj_act(root, path, "", &c->hidden_act)) || (st = get_generator(root, path, c)))
     return st;
-  const cJSON *pe = cJSON_GetObjectItemCaseSensitive(root, "position_embedding_type");
-  if (cJSON_IsString(pe) && strcmp(pe->valuestring, "absolute"))
-    return status_set(STATUS_CONFIG, "%s: position_embedding_type '%s' is not supported (absolute)",
-                      path, pe->valuestring);
-  return STATUS_OK;
+  return cfgj_check_position_type(root, path);
 }
 
 status_t electra_config_load(const char *path, electra_config *cfg) {

@@ -289,3 +289,45 @@ static void layer_bwd(encoder *e, const enc_ctx *c, int l, float *dh) {
 void encoder_backward(encoder *e, const enc_ctx *c, float *dh) {
   for (int l = e->L - 1; l >= 0; l--) layer_bwd(e, c, l, dh);
 }
+
+status_t enc_net_init(enc_net *n, int E, int H, int I, int NH, int L, act_kind act,
+                      float hidden_dropout, float attn_dropout, float eps, uint32_t group) {
+  n->emb = (emb_block){.C = E, .eps = eps, .dropout = hidden_dropout, .layer = group};
+  n->proj_w = n->proj_b = -1;
+  return encoder_init(&n->enc, H, I, NH, L, act, hidden_dropout, attn_dropout, eps, group + 1);
+}
+
+void enc_net_free(enc_net *n) {
+  if (n) encoder_free(&n->enc);
+}
+
+void enc_net_carve(enc_net *n, float *a, size_t *u, size_t B, size_t T) {
+  const size_t N = B * T, E = (size_t)n->emb.C, H = (size_t)n->enc.H;
+  emb_carve(&n->ea, &n->emb, a, u, N);
+  encoder_carve(&n->enc, a, u, B, T);
+  n->emb_out = n->proj_w >= 0 ? arena_carve(a, u, N * E) : n->enc.hs[0];
+  n->dh = arena_carve(a, u, N * H);
+  n->de = n->proj_w >= 0 ? arena_carve(a, u, N * E) : n->dh;
+}
+
+void enc_net_forward(const enc_ctx *c, enc_net *n, const int32_t *ids, const int32_t *seg) {
+  const int N = c->B * c->T, E = n->emb.C, H = n->enc.H;
+  emb_forward(c, &n->emb, &n->ea, ids, seg, n->emb_out);
+  if (n->proj_w >= 0) {
+    k_linear_fwd(n->enc.hs[0], n->emb_out, P_(c, n->proj_w), N, E, H);
+    enc_add_bias(n->enc.hs[0], P_(c, n->proj_b), N, H);
+  }
+  encoder_forward(&n->enc, c);
+}
+
+void enc_net_backward(const enc_ctx *c, enc_net *n, const int32_t *ids, const int32_t *seg,
+                      float *dtmp) {
+  const int N = c->B * c->T, E = n->emb.C, H = n->enc.H;
+  encoder_backward(&n->enc, c, n->dh);
+  if (n->proj_w >= 0) {
+    k_linear_bwd(n->de, false, G_(c, n->proj_w), G_(c, n->proj_b), n->dh, n->emb_out,
+                 P_(c, n->proj_w), c->ones, N, E, H);
+    enc_announce(c, n->proj_w, n->proj_b);
+  }
+  emb_backward(c, &n->emb, &n->ea, ids, seg, n->de, dtmp);
+}

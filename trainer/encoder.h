@@ -1,7 +1,8 @@
 /* encoder.h: the pieces BERT and ELECTRA share: the embeddings block (word,
  * position and token-type embeddings, LayerNorm, dropout) and a stack of
  * post-LN Transformer encoder layers as Hugging Face's BertLayer defines
- * them, forward and backward over the flat parameter and gradient buffers.
+ * them, composed into one network (embeddings, optional projection,
+ * encoder), forward and backward over the flat parameter and gradient buffers.
  * Sizes are per stack, so one model can hold stacks of different widths.
  * Private to trainer/. Not thread-safe; the calls use OpenMP inside. */
 #ifndef MLMPI_ENCODER_H
@@ -135,6 +136,37 @@ void encoder_backward(encoder *e, const enc_ctx *c, float *dh);
 
 /* Row-wise y[n] += b (a bias without activation). */
 void enc_add_bias(float *y, const float *b, int N, int C);
+
+/* ---- A network: embeddings, projection, encoder -------------------------------
+ * The embeddings (width E), when E != H ELECTRA's embeddings_project (a
+ * linear map to the encoder width H), and the encoder stack. BERT is the
+ * case E == H without projection. */
+typedef struct {
+  emb_block emb;
+  emb_acts ea;
+  encoder enc;
+  int proj_w, proj_b; /* table indices, -1 without projection */
+  float *emb_out;     /* (N, E) the embeddings' output; enc.hs[0] without projection */
+  float *dh;          /* (N, H) gradient flowing down the encoder */
+  float *de;          /* (N, E) gradient of emb_out; dh without projection */
+} enc_net;
+
+/* Sets the embeddings (width E, dropout stream group `group`) and the
+ * encoder (groups group+1 ...), without projection; the caller adds the
+ * tensors and sets proj_w, proj_b where it has one. enc_net_free undoes it. */
+status_t enc_net_init(enc_net *n, int E, int H, int I, int NH, int L, act_kind act,
+                      float hidden_dropout, float attn_dropout, float eps, uint32_t group);
+void enc_net_free(enc_net *n); /* NULL-safe */
+/* Carves the embeddings', encoder's and network's buffers for B x T rows. */
+void enc_net_carve(enc_net *n, float *base, size_t *used, size_t B, size_t T);
+/* Embeddings of (ids, seg), the projection, the encoder: output in
+ * enc.hs[L]. */
+void enc_net_forward(const enc_ctx *c, enc_net *n, const int32_t *ids, const int32_t *seg);
+/* On entry n->dh holds the gradient of enc.hs[L]. ADDS the encoder's and
+ * projection's gradients and announces them, then ADDS the embeddings'
+ * without announcing (they may be shared). dtmp is (N, E) scratch. */
+void enc_net_backward(const enc_ctx *c, enc_net *n, const int32_t *ids, const int32_t *seg,
+                      float *dtmp);
 
 #ifdef __cplusplus
 }
