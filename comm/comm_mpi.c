@@ -170,10 +170,20 @@ static void reduce_slice(const shm_region *g, const shm_op *q) {
   size_t lo = q->off + slice_at(q->len, g->p, g->me), hi = q->off + slice_at(q->len, g->p, g->me + 1);
   float *d = g->buf[g->me];
   const float *a = g->buf[0], *b = g->buf[1];
-  for (size_t j = lo; j < hi; j++) d[j] = a[j] + b[j];
-  for (int r = 2; r < g->p; r++) {
-    const float *x = g->buf[r];
-    for (size_t j = lo; j < hi; j++) d[j] += x[j];
+  if (g->p == 2) { /* d is a or b: in place is safe */
+    for (size_t j = lo; j < hi; j++) d[j] = a[j] + b[j];
+    return;
+  }
+  /* d is one of the addends: sum a block aside, then store it. */
+  float t[1024];
+  for (size_t j0 = lo; j0 < hi; j0 += 1024) {
+    size_t m = hi - j0 < 1024 ? hi - j0 : 1024;
+    for (size_t j = 0; j < m; j++) t[j] = a[j0 + j] + b[j0 + j];
+    for (int r = 2; r < g->p; r++) {
+      const float *x = g->buf[r] + j0;
+      for (size_t j = 0; j < m; j++) t[j] += x[j];
+    }
+    memcpy(d + j0, t, m * sizeof(float));
   }
 }
 
@@ -310,7 +320,8 @@ static status_t m_wait(comm_t *c, comm_req *q) {
       }
       poll_pause(spin);
     }
-    free(q->ops); /* done; or the job ends on st */
+    if (st) return st; /* its ops stay queued: the job ends (comm_fail) */
+    free(q->ops);
   } else {
     st = wait_req(c, &q->r, "allreduce");
   }

@@ -39,6 +39,8 @@ void status_prefix(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *status_message(void);
 /* A fixed English name for a code ("I/O error", ...). */
 const char *status_name(status_t code);
+/* A config value as a boolean: true/1/yes or false/0/no, else false. */
+bool core_parse_bool(const char *v, bool *out);
 
 #define CORE_ASSERT(cond)                               \
   do {                                                  \

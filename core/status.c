@@ -49,6 +49,12 @@ const char *status_name(status_t code) {
   return "unknown status";
 }
 
+bool core_parse_bool(const char *v, bool *out) {
+  if (!strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes")) return *out = true, true;
+  if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "no")) return *out = false, true;
+  return false;
+}
+
 void core_panic(const char *file, int line, const char *what) {
   fprintf(stderr, "mlmpi: internal error at %s:%d: assertion '%s' failed\n", file, line, what);
   fflush(stderr);

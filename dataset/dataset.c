@@ -76,9 +76,7 @@ status_t data_set_key(data_config *c, const char *key, const char *v) {
     return STATUS_OK;
   }
   if (!strcmp(key, "whole_word")) {
-    if (!strcmp(v, "true") || !strcmp(v, "1")) c->whole_word = true;
-    else if (!strcmp(v, "false") || !strcmp(v, "0")) c->whole_word = false;
-    else return status_set(STATUS_CONFIG, "data.whole_word: '%s' is not true or false", v);
+    if (!core_parse_bool(v, &c->whole_word)) return status_set(STATUS_CONFIG, "data.whole_word: '%s' is not true or false", v);
     return STATUS_OK;
   }
   return status_set(STATUS_CONFIG, "unknown config key 'data.%s'", key);

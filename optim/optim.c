@@ -91,12 +91,6 @@ static bool parse_double(const char *v, double *out) {
   return *v && !*end && isfinite(*out);
 }
 
-static bool parse_bool(const char *v, bool *out) {
-  if (!strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "yes")) return *out = true, true;
-  if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "no")) return *out = false, true;
-  return false;
-}
-
 status_t optim_set_key(optim_config *c, lr_schedule *s, const char *key, const char *value) {
   double d = 0;
   bool ok;
@@ -138,7 +132,7 @@ status_t optim_set_key(optim_config *c, lr_schedule *s, const char *key, const c
   }
   if (!strcmp(key, "bias_correction") || !strcmp(key, "adapt_all")) {
     bool b;
-    if (!parse_bool(value, &b))
+    if (!core_parse_bool(value, &b))
       return status_set(STATUS_CONFIG, "optim.%s: '%s' is not true or false", key, value);
     *(key[0] == 'b' ? &c->bias_correction : &c->adapt_all) = b;
     return STATUS_OK;

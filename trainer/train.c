@@ -287,6 +287,15 @@ static status_t setup_model(run_state *s) {
                    threads);
   if (st) return st;
   const param_table *t = model_params(s);
+  if (c->shared_memory && !c->zero) {
+    float *shared = NULL;
+    if ((st = comm_alloc_shared(s->comm, t->total, &shared))) return st;
+    if (shared && s->emodel) electra_use_grad_buf(s->emodel, shared);
+    if (shared && s->model) bert_use_grad_buf(s->model, shared);
+    if (s->rank == 0)
+      LOG_INFO(TRAINER, "gradient all-reduce: %s", shared ? "in shared memory on each node, MPI across nodes"
+                                                          : "MPI");
+  }
   if (c->zero) {
     s->counts = calloc((size_t)s->world, sizeof *s->counts);
     if (!s->counts) return status_set(STATUS_NOMEM, "out of memory");

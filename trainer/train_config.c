@@ -23,6 +23,7 @@ void train_config_default(train_config *c) {
   c->bucket_mb = 25;
   c->first_bucket_mb = 1;
   c->timeout_s = 300;
+  c->shared_memory = true;
   c->ckpt_keep = 3;
   snprintf(c->ckpt_resume, sizeof c->ckpt_resume, "none");
 }
@@ -87,6 +88,11 @@ status_t train_config_set(train_config *c, const char *key, const char *v) {
   F64("comm.bucket_mb", bucket_mb);
   F64("comm.first_bucket_mb", first_bucket_mb);
   F64("comm.timeout_s", timeout_s);
+  if (!strcmp(key, "comm.shared_memory")) {
+    if (!core_parse_bool(v, &c->shared_memory))
+      return status_set(STATUS_CONFIG, "comm.shared_memory: '%s' is not true or false", v);
+    return STATUS_OK;
+  }
   STR("ckpt.dir", ckpt_dir);
   I64("ckpt.every_steps", ckpt_every, 0);
   I64("ckpt.keep", ckpt_keep, 1);
@@ -170,6 +176,7 @@ char *train_config_dump(const train_config *c) {
           (double)c->optim.trust_max, (double)c->optim.max_grad_norm, c->zero);
   fprintf(f, "comm.bucket_mb = %g\ncomm.first_bucket_mb = %g\ncomm.timeout_s = %g\n", c->bucket_mb,
           c->first_bucket_mb, c->timeout_s);
+  fprintf(f, "comm.shared_memory = %s\n", c->shared_memory ? "true" : "false");
   fprintf(f, "ckpt.dir = %s\nckpt.every_steps = %lld\nckpt.keep = %lld\nckpt.resume = %s\n",
           c->ckpt_dir, (long long)c->ckpt_every, (long long)c->ckpt_keep, c->ckpt_resume);
   fprintf(f, "log.dir = %s\n", c->log_dir);
@@ -194,7 +201,8 @@ static const char help[] =
     "[optim]  name = lamb|adamw, lr, schedule, warmup, decay_power, end_lr, total_steps (0: train.steps),\n"
     "         beta1, beta2, eps, weight_decay, bias_correction, adapt_all, trust_min, trust_max,\n"
     "         max_grad_norm, zero = 0\n"
-    "[comm]   bucket_mb = 25, first_bucket_mb = 1, timeout_s = 300\n"
+    "[comm]   bucket_mb = 25, first_bucket_mb = 1, timeout_s = 300,\n"
+    "         shared_memory = true (the ranks of a node sum each other's gradients in place)\n"
     "[ckpt]   dir = DIR (none: no checkpoints), every_steps = 0 (only at the end), keep = 3,\n"
     "         resume = none|auto|DIR\n"
     "[log]    dir = DIR (metrics.jsonl; none: no file)\n";

@@ -30,6 +30,7 @@ typedef struct {
   int zero;
   /* [comm] */
   double bucket_mb, first_bucket_mb, timeout_s;
+  bool shared_memory; /* gradients in memory the ranks of a node share */
   /* [ckpt] */
   char ckpt_dir[CFG_PATH];
   int64_t ckpt_every, ckpt_keep;

@@ -40,7 +40,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from test_train_mpi import compare, make_data, mpirun, weights  # noqa: E402
+from test_train_mpi import compare, fresh_runs, make_data, mpirun, weights  # noqa: E402
 from test_train_mpi import np, st_io  # noqa: E402
 
 failures = []
@@ -214,6 +214,7 @@ def main():
     ap.add_argument("--steps", default="300", help="length of the `learns` run")
     a = ap.parse_args()
     data = make_data(a)
+    fresh_runs(a)
     tests = {"same-weights": test_same_weights, "export": test_export, "learns": test_learns}
     only = [x for x in a.only.split(",") if x]
     for name, fn in tests.items():

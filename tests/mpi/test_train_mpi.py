@@ -25,6 +25,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,6 +75,15 @@ def make_data(a):
     subprocess.run([a.data, "shard", "--tokenizer", prefix + ".model", "--out", data,
                     "--holdout-docs", "20", docs], check=True, capture_output=True)
     return data
+
+
+def fresh_runs(a):
+    """Removes the run directories an earlier invocation left (checkpoints,
+    metrics) so that no run resumes or reads another's; keeps the corpora."""
+    for d in os.listdir(a.workdir):
+        path = os.path.join(a.workdir, d)
+        if os.path.isdir(path) and d not in ("shards", "kjv_full"):
+            shutil.rmtree(path)
 
 
 def config(a, data, name, **over):
@@ -160,7 +170,6 @@ def test_zero(a, data):
         return
     worst, k = compare(weights(a, "zero_ref", 6), weights(a, "zero_2", 6))
     check(worst <= 1.0, f"zero: 2 ranks with ZeRO-1 vs 1 rank unsharded (worst {k} at {worst:.3f} of the bound)")
-    import shutil
     shutil.rmtree(os.path.join(a.workdir, "zero_2", "ckpt", "step-6"))
     r = mpirun(4, [a.train] + config(a, data, "zero_2", **{"optim.zero": "1", "ckpt.resume": "auto",
                                                           "train.micro_batch": "2"}), timeout=600)
@@ -346,6 +355,7 @@ def main():
     ap.add_argument("--only", default="")
     a = ap.parse_args()
     data = make_data(a)
+    fresh_runs(a)
     tests = {"same-weights": test_same_weights, "zero": test_zero, "kill-resume": test_kill_resume,
              "signals": test_signals, "sources": test_sources, "export": test_export, "mismatch": test_mismatch, "loss-falls": test_loss_falls}
     only = [x for x in a.only.split(",") if x]
