@@ -13,6 +13,9 @@ command inside the target namespace. The test checks:
                 accumulation 3 (the same global batch), within 1e-5 of each
                 tensor's scale (key biases 1e-6 absolute);
   over-tcp      the gradients really crossed the links (veth byte counters);
+  hierarchical  2 ranks on each host: the gradients are summed in shared
+                memory on each host, then across hosts (the log says so), and
+                the weights equal 1 rank's;
   rate-limit    with every link limited by tbf on both ends (1 Gbit/s), the
                 ring all-reduce cannot beat the link rate, and training still
                 gives the same weights (with libnbc's default and its ring);
@@ -116,6 +119,9 @@ class Cluster:
         self.hostfile = os.path.join(self.tmp, "hosts")
         with open(self.hostfile, "w") as f:
             f.write("".join(f"{h} slots=1\n" for h in HOSTS))
+        self.hostfile2 = os.path.join(self.tmp, "hosts2")
+        with open(self.hostfile2, "w") as f:
+            f.write("".join(f"{h} slots=2\n" for h in HOSTS))
 
     def agent_script(self):
         """Open MPI's rsh launcher calls `agent HOST COMMAND...` with a command
@@ -142,9 +148,10 @@ exec nsenter --net=$ns unshare --uts sh -c \\
                 f'echo {h} > /proc/sys/kernel/hostname && export TMPDIR={self.tmp}/{h} && exec "$@"',
                 "sh"] + argv
 
-    def mpirun(self, n, argv, extra=(), timeout=300):
-        """mpirun started on h1 with n ranks, one per host in order."""
-        cmd = self.on("h1", ["mpirun", "-np", str(n), "--hostfile", self.hostfile,
+    def mpirun(self, n, argv, extra=(), timeout=300, per_host=1):
+        """mpirun started on h1 with n ranks, per_host on each host in order."""
+        hostfile = self.hostfile2 if per_host == 2 else self.hostfile
+        cmd = self.on("h1", ["mpirun", "-np", str(n), "--hostfile", hostfile,
                              "--mca", "plm_rsh_agent", self.agent] + MCA + list(extra) + argv)
         return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
 
@@ -338,14 +345,16 @@ def step_figures(a, name):
     return {k: med(k) for k in ("step_s", "exposed_comm_s", "tokens_per_s")}
 
 
-def train(a, cl, n, name, over, extra=()):
+def train(a, cl, n, name, over, extra=(), per_host=1, log=None):
     try:
-        r = cl.mpirun(n, [a.train] + config(a, name, **over), extra, timeout=300)
+        r = cl.mpirun(n, [a.train] + config(a, name, **over), extra, timeout=300, per_host=per_host)
     except subprocess.TimeoutExpired:
         check(False, f"{name}: {n} rank(s) did not finish in 300 s")
         return False
     check(r.returncode == 0, f"{name}: {n} rank(s) trained"
           + ("" if r.returncode == 0 else ": " + (r.stderr + r.stdout)[-1500:]))
+    if log is not None:
+        log.append(r.stderr + r.stdout)
     return r.returncode == 0
 
 
@@ -374,7 +383,7 @@ def bench(a, cl, label, extra, up_to_mb=64):
           + ("" if rows else ": " + p.stderr.read()[-1000:]))
     for r in rows:
         figures.append(f"bench {label:30s} {r['mb']:3d} MB: plain busbw {r['plain_busbw']} GB/s, "
-                       f"mlmpi bucketed busbw {r['bucketed_busbw']} GB/s")
+                       f"mlmpi bucketed busbw {r['mlmpi_busbw']} GB/s")
     figures.append(f"bench {label:30s} bytes sent out of h1/h2/h3: "
                    + " / ".join(f"{tx[h] / 1e6:.0f} MB" for h in HOSTS)
                    + f" (h1 / h2 = {tx['h1'] / max(tx['h2'], 1):.2f})")
@@ -425,6 +434,17 @@ def run(a):
             check(sent >= 0.5 * STEPS * grad_bytes,
                   f"over-tcp: h2 sent {sent / 1e6:.0f} MB over its link in {STEPS} steps "
                   f"(gradients {grad_bytes / 1e6:.1f} MB a step)")
+
+        # Two ranks a host: they sum in shared memory, then across hosts.
+        logs = []
+        ok6 = train(a, cl, 6, "six_on_three", {"data.path": data, "train.micro_batch": "2"},
+                    per_host=2, log=logs)
+        if ok1 and ok6:
+            said = "in shared memory on each node, MPI across nodes" in logs[0]
+            worst, k = compare(weights(a, "one_rank"), weights(a, "six_on_three"))
+            check(said and worst <= 1.0, f"hierarchical: 2 ranks on each of 3 hosts (shared memory "
+                  f"on each, {'as the log says' if said else 'NOT said in the log'}) vs 1 rank "
+                  f"(worst {k} at {worst:.3f} of the bound)")
 
         cl.limit(RATE)
         runs = (("three_hosts", "unlimited", None),
