@@ -388,9 +388,17 @@ static void shm_free(shm_region *g) {
  * tmpfs would kill the job with SIGBUS on first touch instead. */
 static bool shm_room(size_t bytes) {
   const char *dir = getenv("OMPI_MCA_osc_sm_backing_directory");
+  if (!dir || !*dir) dir = "/dev/shm";
   struct statvfs v;
-  if (statvfs(dir && *dir ? dir : "/dev/shm", &v) != 0) return false;
-  return (double)v.f_bavail * (double)v.f_frsize > (double)bytes * 1.05;
+  if (statvfs(dir, &v) != 0) {
+    LOG_WARN(COMM, "cannot read %s: gradients stay in private memory", dir);
+    return false;
+  }
+  double room = (double)v.f_bavail * (double)v.f_frsize;
+  if (room > (double)bytes * 1.05) return true;
+  LOG_WARN(COMM, "%s has %.0f MB free, the node's gradients need %.0f MB: they stay in private memory "
+           "(all-reduced by MPI)", dir, room / 1e6, (double)bytes / 1e6);
+  return false;
 }
 
 static status_t m_alloc_shared(comm_t *c, size_t n, float **out) {
