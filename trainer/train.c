@@ -627,10 +627,13 @@ static void log_step(run_state *s, int64_t step, const step_result *r, const dou
   if (s->tty)
     fprintf(stderr, "\rstep %lld/%lld  loss %.4f  mlm acc %.3f  lr %.2e  %.0f tok/s  ETA %.0f s   ",
             (long long)step + 1, (long long)c->steps, g[0], acc, (double)r->os.lr, tokens / step_s, eta);
-  else
-    LOG_INFO(TRAINER, "step %lld/%lld loss %.4f mlm_acc %.3f%s%.3f lr %.3g grad_norm %.3g %.0f tok/s",
-             (long long)step + 1, (long long)c->steps, g[0], acc, s->emodel ? " disc_acc " : "",
-             s->emodel ? dm[0] : 0.0, (double)r->os.lr, r->os.grad_norm, tokens / step_s);
+  else {
+    char disc[32] = "";
+    if (s->emodel) snprintf(disc, sizeof disc, " disc_acc %.3f", dm[0]);
+    LOG_INFO(TRAINER, "step %lld/%lld loss %.4f mlm_acc %.3f%s lr %.3g grad_norm %.3g %.0f tok/s",
+             (long long)step + 1, (long long)c->steps, g[0], acc, disc, (double)r->os.lr,
+             r->os.grad_norm, tokens / step_s);
+  }
 }
 
 /* The optimizer state in the whole layout: the optimizer's own buffers, or

@@ -18,7 +18,10 @@ SentencePiece model trained with spm_train and shards, then checks:
                  weights bit for bit; BERT TFRecords train too;
   mismatch       ranks started with different configs fail at start-up with
                  one line naming the differing rank and field;
-  loss-falls     a short run's held-out MLM loss falls.
+  loss-falls     a short run's held-out MLM loss falls;
+  example        the example config in launch/examples trains on 2 ranks as
+                 written (only the paths and the length overridden), with the
+                 gradients summed in shared memory as its log says.
 usage: test_train_mpi.py --train BIN --data BIN --workdir DIR [--only NAME,...]
 """
 import argparse
@@ -317,6 +320,24 @@ def test_mismatch(a, data):
           f"mismatch: exit {r.returncode}, message {lines}")
 
 
+def test_example(a, data):
+    ini = os.path.join(HERE, "..", "..", "launch", "examples", "kjv-bert-mini.ini")
+    run = os.path.join(a.workdir, "example")
+    over = {"data.path": data, "train.steps": "3", "train.threads": "1",
+            "ckpt.dir": os.path.join(run, "ckpt"), "log.dir": os.path.join(run, "log")}
+    args = [x for k, v in over.items() for x in ("--set", f"{k}={v}")]
+    r = mpirun(2, [a.train, "--config", ini] + args, timeout=600)
+    rows = []
+    path = os.path.join(run, "log", "metrics.jsonl")
+    if os.path.exists(path):
+        rows = [json.loads(l) for l in open(path) if '"step_s"' in l]
+    shared = "gradient all-reduce: in shared memory on each node" in r.stderr
+    check(r.returncode == 0 and len(rows) == 3 and shared,
+          f"example: {os.path.basename(ini)} on 2 ranks: exit {r.returncode}, {len(rows)} steps logged, "
+          f"shared-memory all-reduce {'logged' if shared else 'NOT logged'}"
+          + ("" if r.returncode == 0 else ": " + r.stderr[-600:]))
+
+
 def test_loss_falls(a, data):
     name = "falls"
     r = mpirun(2, [a.train] + config(a, data, name, **{
@@ -357,7 +378,8 @@ def main():
     data = make_data(a)
     fresh_runs(a)
     tests = {"same-weights": test_same_weights, "zero": test_zero, "kill-resume": test_kill_resume,
-             "signals": test_signals, "sources": test_sources, "export": test_export, "mismatch": test_mismatch, "loss-falls": test_loss_falls}
+             "signals": test_signals, "sources": test_sources, "export": test_export, "mismatch": test_mismatch, "loss-falls": test_loss_falls,
+             "example": test_example}
     only = [x for x in a.only.split(",") if x]
     for name, fn in tests.items():
         if not only or name in only:
