@@ -59,7 +59,10 @@ typedef struct {
   _Alignas(64) _Atomic uint64_t gathered;
 } shm_ctl;
 
-enum { SHM_DATA_OFFSET = 4096 }; /* the floats start a page after the control page */
+/* A segment: slack to the next page boundary (the window's own header may
+ * come first), the control page, then the floats, page-aligned. Page
+ * offsets are the same in every process that maps it. */
+enum { SHM_PAGE = 4096, SHM_DATA_OFFSET = 2 * SHM_PAGE };
 
 typedef struct {
   MPI_Win win;
@@ -435,8 +438,9 @@ static status_t m_alloc_shared(comm_t *c, size_t n, float **out) {
     int du;
     void *ptr;
     MPI_Win_shared_query(g->win, r, &sz, &du, &ptr);
-    g->ctl[r] = ptr;
-    g->buf[r] = (float *)((char *)ptr + SHM_DATA_OFFSET);
+    uintptr_t page = ((uintptr_t)ptr + SHM_PAGE - 1) & ~(uintptr_t)(SHM_PAGE - 1);
+    g->ctl[r] = (shm_ctl *)page;
+    g->buf[r] = (float *)(page + SHM_PAGE);
   }
   g->n = n;
   g->p = p;

@@ -4,7 +4,8 @@
 #   MLMPI_SANITIZE=address,undefined tests/run.sh   build and test with sanitizers
 #   tests/run.sh -L unit                            extra arguments go to ctest
 # Without MLMPI_SANITIZE, after the full suite the parsers of untrusted input
-# (safetensors, shards, TFRecords, the service, tokenizer files) are built
+# (safetensors, shards, TFRecords, the service, tokenizer files) and the
+# shared-memory all-reduce are built
 # again with AddressSanitizer and UBSan and their unit tests run there too
 # (MLMPI_SAN_PASS=0 skips that).
 set -euo pipefail
@@ -34,9 +35,11 @@ if [ -z "$sanitize" ] && [ "${MLMPI_SAN_PASS:-1}" != 0 ] && [ $# -eq 0 ]; then
   echo "tests/run.sh: corruption and fuzz-style tests again under AddressSanitizer + UBSan"
   cmake -S "$root" -B "$san" -DCMAKE_BUILD_TYPE=Release -DMLMPI_SANITIZE=address,undefined >/dev/null
   cmake --build "$san" -j"$(nproc)" --target test_core test_shard test_tfexample test_service \
-    test_spm test_wordpiece test_dataset mlmpi-data >/dev/null
+    test_spm test_wordpiece test_dataset test_comm_mpi mlmpi-data >/dev/null
   export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0} UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
   (cd "$san" && ctest --output-on-failure -L unit \
      -R '^(Crc32c|Philox|Rng|Safetensors|Status|Mem|ParamTable|ParamIo|TfRecord|Shard|TfExample|TfSource|TfDump|Service|Spm|Wordpiece|DataPermute|Dataset)') || rc=$?
+  # The shared-memory all-reduce, every rank instrumented, under mpirun.
+  (cd "$san" && ctest --output-on-failure -R '^comm\.mpi\.') || rc=$?
 fi
 exit $rc
