@@ -90,6 +90,20 @@ static void remove_tree(const char *path) {
   rmdir(path);
 }
 
+/* Removes what writers killed mid-checkpoint left: .step-N.tmpPID. */
+static void remove_partial(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return;
+  char p[4096 + 256];
+  for (struct dirent *e; (e = readdir(d));) {
+    if (strncmp(e->d_name, ".step-", 6) != 0 || !strstr(e->d_name, ".tmp")) continue;
+    snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+    LOG_INFO(TRAINER, "removing %s, a checkpoint whose writing was cut off", p);
+    remove_tree(p);
+  }
+  closedir(d);
+}
+
 static status_t write_optimizer(const char *path, const param_table *t, const ckpt_optim *o) {
   st_writer *w = st_writer_init();
   if (!w) return STATUS_NOMEM;
@@ -164,6 +178,7 @@ status_t ckpt_save(const char *dir, const ckpt_info *info, const param_table *t,
     remove_tree(tmp);
     return st;
   }
+  remove_partial(dir);
   int64_t *steps;
   int n = list_steps(dir, &steps);
   for (int i = (int)keep; i < n; i++) {

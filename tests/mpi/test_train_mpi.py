@@ -12,6 +12,12 @@ SentencePiece model trained with spm_train and shards, then checks:
   kill-resume    kill -9 of one rank mid-run ends the job (no hang), and
                  ckpt.resume = auto then finishes with weights bit-identical
                  to an uninterrupted run;
+  kill-in-checkpoint
+                 kill -9 of the writing rank while a checkpoint is being
+                 written (its temporary directory exists): the previous
+                 checkpoint stays intact, resume = auto starts from it,
+                 removes the partial one and ends bit-identical to a run
+                 never stopped;
   signals        SIGUSR1 (to mpirun) and SIGTERM (to the ranks) make the ranks
                  checkpoint and exit 0;
   sources        training through the dataset service gives the in-process
@@ -28,6 +34,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -216,6 +223,57 @@ def test_kill_resume(a, data):
         check(same, "kill-resume: weights after resuming are bit-identical to the uninterrupted run")
 
 
+def test_kill_in_checkpoint(a, data):
+    # BERT-mini: a checkpoint large enough that writing it takes a while.
+    over = {"model.preset": "bert-mini", "train.steps": "80", "ckpt.every_steps": "10",
+            "comm.timeout_s": "20"}
+    ref = mpirun(2, [a.train] + config(a, data, "ckpt_uninterrupted", **over), timeout=900)
+    check(ref.returncode == 0, "kill-in-checkpoint: the uninterrupted run finished"
+          + ("" if ref.returncode == 0 else ": " + ref.stderr[-600:]))
+    name = "ckpt_killed"
+    ck = os.path.join(a.workdir, name, "ckpt")
+    args = ["mpirun", "-np", "2", "--oversubscribe", "--bind-to", "none", a.train] + \
+        config(a, data, name, **over)
+    p = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(os.path.join(ck, "step-10"), p, 300)
+    killed, t0 = None, time.time()
+    # The writer's temporary directory is .step-N.tmp<its pid>: kill it there.
+    while killed is None and p.poll() is None and time.time() - t0 < 300:
+        for e in os.listdir(ck) if os.path.isdir(ck) else []:
+            m = re.match(r"\.step-(\d+)\.tmp(\d+)$", e)
+            if m and int(m.group(1)) > 10:
+                try:
+                    os.kill(int(m.group(2)), signal.SIGKILL)
+                    killed = int(m.group(1))
+                except ProcessLookupError:
+                    pass
+                break
+        time.sleep(0.0005)
+    try:
+        p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+    before = sorted(int(e[5:]) for e in os.listdir(ck) if re.match(r"step-\d+$", e))
+    partial = [e for e in os.listdir(ck) if ".tmp" in e]
+    check(killed is not None and p.returncode != 0 and before and before[-1] == killed - 10
+          and partial,
+          f"kill-in-checkpoint: writer killed while writing step {killed} (exit {p.returncode}); "
+          f"complete checkpoints left {before}, partial {partial}")
+    r = mpirun(2, [a.train] + config(a, data, name, **over, **{"ckpt.resume": "auto"}),
+               timeout=900)
+    resumed = re.search(r"resuming from \S*step-(\d+)", r.stderr)
+    check(r.returncode == 0 and resumed and killed and int(resumed.group(1)) == killed - 10
+          and not [e for e in os.listdir(ck) if ".tmp" in e],
+          f"kill-in-checkpoint: resumed from step {resumed.group(1) if resumed else None}, "
+          f"the partial checkpoint removed" + ("" if r.returncode == 0 else ": " + r.stderr[-800:]))
+    if r.returncode == 0 and ref.returncode == 0:
+        w1, w2 = weights(a, "ckpt_uninterrupted", 80), weights(a, name, 80)
+        same = all(np.array_equal(w1[k], w2[k]) for k in w1)
+        check(same, "kill-in-checkpoint: weights at the end are bit-identical to the "
+              "uninterrupted run")
+
+
 def test_signals(a, data):
     """SIGUSR1 to mpirun (which forwards it) and SIGTERM to each rank (as
     srun and Slurm deliver it): the ranks checkpoint and exit 0."""
@@ -378,6 +436,7 @@ def main():
     data = make_data(a)
     fresh_runs(a)
     tests = {"same-weights": test_same_weights, "zero": test_zero, "kill-resume": test_kill_resume,
+             "kill-in-checkpoint": test_kill_in_checkpoint,
              "signals": test_signals, "sources": test_sources, "export": test_export, "mismatch": test_mismatch, "loss-falls": test_loss_falls,
              "example": test_example}
     only = [x for x in a.only.split(",") if x]
