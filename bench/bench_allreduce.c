@@ -119,12 +119,13 @@ int main(int argc, char **argv) {
     }
     double bytes = (double)n * sizeof(float), f = 2.0 * (size - 1) / size;
     if (rank == 0)
-      printf("{\"ranks\":%d,\"mb\":%zu,\"bucket_mb\":%g,\"plain_busbw\":%.3f,"
-             "\"mpi_buckets_busbw\":%.3f,\"mlmpi_busbw\":%.3f,\"mlmpi_algbw\":%.3f,"
-             "\"shared_memory\":%s,\"ratio_vs_plain\":%.2f,\"copy_gbs\":%.2f}\n",
-             size, sizes_mb[s], bucket_mb, bytes / tp / 1e9 * f, bytes / tm / 1e9 * f,
-             bytes / ts / 1e9 * f, bytes / ts / 1e9, shared ? "true" : "false", tp / ts,
-             2 * bytes / tc / 1e9);
+      printf(
+          "{\"ranks\":%d,\"mb\":%zu,\"bucket_mb\":%g,\"plain_busbw\":%.3f,"
+          "\"mpi_buckets_busbw\":%.3f,\"mlmpi_busbw\":%.3f,\"mlmpi_algbw\":%.3f,"
+          "\"shared_memory\":%s,\"ratio_vs_plain\":%.2f,\"copy_gbs\":%.2f}\n",
+          size, sizes_mb[s], bucket_mb, bytes / tp / 1e9 * f, bytes / tm / 1e9 * f,
+          bytes / ts / 1e9 * f, bytes / ts / 1e9, shared ? "true" : "false", tp / ts,
+          2 * bytes / tc / 1e9);
   }
   free(priv);
   free(tmp);

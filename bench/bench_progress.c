@@ -88,7 +88,8 @@ static void step(const setup *s, int mode, bool use_comm, double out[2]) {
         p.n = next + 1;
         pthread_mutex_unlock(&p.mu);
       } else if (use_comm) {
-        if (s->c->ops->iallreduce(s->c, s->grads + lo, len, &q[next])) comm_fail(s->c, status_message());
+        if (s->c->ops->iallreduce(s->c, s->grads + lo, len, &q[next]))
+          comm_fail(s->c, status_message());
       }
       next++;
     }
@@ -162,12 +163,16 @@ int main(int argc, char **argv) {
     const char *name;
     int mode;
     float *mem;
-  } runs[] = {{"none", 0, priv}, {"test", 1, priv}, {"thread", 2, priv},
-              {"none/shared", 0, shared}, {"test/shared", 1, shared}};
+  } runs[] = {{"none", 0, priv},
+              {"test", 1, priv},
+              {"thread", 2, priv},
+              {"none/shared", 0, shared},
+              {"test/shared", 1, shared}};
   for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
     if (!runs[i].mem) continue;
     if (runs[i].mode == 2 && prov < MPI_THREAD_MULTIPLE) {
-      if (rank == 0) fprintf(stderr, "bench_progress: no MPI_THREAD_MULTIPLE: thread mode skipped\n");
+      if (rank == 0)
+        fprintf(stderr, "bench_progress: no MPI_THREAD_MULTIPLE: thread mode skipped\n");
       continue;
     }
     s.grads = runs[i].mem;
@@ -179,10 +184,12 @@ int main(int argc, char **argv) {
       if (o[0] < best[0]) best[0] = o[0], best[1] = o[1];
     }
     if (rank == 0)
-      printf("{\"ranks\":%d,\"mode\":\"%s\",\"grad_mb\":%g,\"buckets\":%d,\"compute_ms\":%.2f,"
-             "\"step_ms\":%.2f,\"exposed_ms\":%.2f,\"exposed_frac\":%.3f,\"overhead_vs_compute\":%.3f}\n",
-             size, runs[i].name, total_mb, s.nb, compute * 1e3, best[0] * 1e3, best[1] * 1e3,
-             best[1] / best[0], best[0] / compute - 1);
+      printf(
+          "{\"ranks\":%d,\"mode\":\"%s\",\"grad_mb\":%g,\"buckets\":%d,\"compute_ms\":%.2f,"
+          "\"step_ms\":%.2f,\"exposed_ms\":%.2f,\"exposed_frac\":%.3f,\"overhead_vs_compute\":%.3f}"
+          "\n",
+          size, runs[i].name, total_mb, s.nb, compute * 1e3, best[0] * 1e3, best[1] * 1e3,
+          best[1] / best[0], best[0] / compute - 1);
   }
   free(priv);
   free(s.A);

@@ -79,8 +79,8 @@ __attribute__((noreturn)) void comm_fail(comm_t *c, const char *what);
  * announcement also tests the pending ones so MPI makes progress while
  * backward runs. reducer_finish waits for all. Not thread-safe. */
 typedef struct reducer reducer;
-status_t reducer_init(reducer **out, comm_t *c, const param_table *t, float *grads,
-                      double first_mb, double bucket_mb);
+status_t reducer_init(reducer **out, comm_t *c, const param_table *t, float *grads, double first_mb,
+                      double bucket_mb);
 void reducer_free(reducer *r);
 void reducer_begin(reducer *r, bool communicate, uint64_t step); /* before backward */
 void reducer_ready(reducer *r, int tensor);                      /* from backward */

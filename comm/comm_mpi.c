@@ -39,7 +39,7 @@ typedef struct shm_op shm_op;
 struct shm_op {
   uint64_t seq; /* counter value at issue */
   size_t off, len;
-  int state;    /* OP_* */
+  int state;     /* OP_* */
   MPI_Request r; /* the cross-node step */
   comm_req *owner;
   shm_op *next; /* the unfinished ones, in issue order */
@@ -66,12 +66,12 @@ enum { SHM_PAGE = 4096, SHM_DATA_OFFSET = 2 * SHM_PAGE };
 
 typedef struct {
   MPI_Win win;
-  size_t n;       /* floats in every rank's buffer */
-  int p, me;      /* ranks sharing memory, and this one among them */
-  float **buf;    /* [p] every rank's buffer, mapped here */
-  shm_ctl **ctl;  /* [p] */
-  bool cross;     /* several nodes: step 2 over mpi_impl.cross */
-  size_t chunk;    /* floats an op at most */
+  size_t n;      /* floats in every rank's buffer */
+  int p, me;     /* ranks sharing memory, and this one among them */
+  float **buf;   /* [p] every rank's buffer, mapped here */
+  shm_ctl **ctl; /* [p] */
+  bool cross;    /* several nodes: step 2 over mpi_impl.cross */
+  size_t chunk;  /* floats an op at most */
   uint64_t issued;
   shm_op *head, *tail;
 } shm_region;
@@ -125,10 +125,10 @@ static status_t wait_req(comm_t *c, MPI_Request *r, const char *what) {
   }
 }
 
-#define ISSUE(call, what)                                       \
-  do {                                                          \
-    int rc_ = (call);                                           \
-    if (rc_ != MPI_SUCCESS) return mpi_err(rc_, what);          \
+#define ISSUE(call, what)                              \
+  do {                                                 \
+    int rc_ = (call);                                  \
+    if (rc_ != MPI_SUCCESS) return mpi_err(rc_, what); \
   } while (0)
 
 static status_t m_allreduce(comm_t *c, float *buf, size_t n) {
@@ -165,12 +165,14 @@ static bool all_past(const shm_region *g, size_t field, uint64_t seq) {
 /* Raises one of this rank's counters to v; they never go down. */
 static void publish(shm_region *g, size_t field, uint64_t v) {
   _Atomic uint64_t *x = (_Atomic uint64_t *)((char *)g->ctl[g->me] + field);
-  if (atomic_load_explicit(x, memory_order_relaxed) < v) atomic_store_explicit(x, v, memory_order_release);
+  if (atomic_load_explicit(x, memory_order_relaxed) < v)
+    atomic_store_explicit(x, v, memory_order_release);
 }
 
 /* Step 1: this rank's slice, summed over the group in local rank order. */
 static void reduce_slice(const shm_region *g, const shm_op *q) {
-  size_t lo = q->off + slice_at(q->len, g->p, g->me), hi = q->off + slice_at(q->len, g->p, g->me + 1);
+  size_t lo = q->off + slice_at(q->len, g->p, g->me),
+         hi = q->off + slice_at(q->len, g->p, g->me + 1);
   float *d = g->buf[g->me];
   const float *a = g->buf[0], *b = g->buf[1];
   if (g->p == 2) { /* d is a or b: in place is safe */
@@ -343,7 +345,8 @@ static status_t m_allgather(comm_t *c, float *buf, const int *counts) {
   if (!displs) return status_set(STATUS_NOMEM, "out of memory in allgather");
   for (int i = 0, o = 0; i < c->size; i++) displs[i] = o, o += counts[i];
   MPI_Request r;
-  int rc = MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts, displs, MPI_FLOAT, W(c), &r);
+  int rc =
+      MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts, displs, MPI_FLOAT, W(c), &r);
   status_t st = rc == MPI_SUCCESS ? wait_req(c, &r, "allgather") : mpi_err(rc, "allgather");
   free(displs);
   return st;
@@ -351,7 +354,8 @@ static status_t m_allgather(comm_t *c, float *buf, const int *counts) {
 
 static status_t m_allgather_bytes(comm_t *c, const void *mine, void *all, size_t bytes) {
   MPI_Request r;
-  ISSUE(MPI_Iallgather(mine, (int)bytes, MPI_BYTE, all, (int)bytes, MPI_BYTE, W(c), &r), "allgather");
+  ISSUE(MPI_Iallgather(mine, (int)bytes, MPI_BYTE, all, (int)bytes, MPI_BYTE, W(c), &r),
+        "allgather");
   return wait_req(c, &r, "allgather");
 }
 
@@ -399,8 +403,10 @@ static bool shm_room(size_t bytes) {
   }
   double room = (double)v.f_bavail * (double)v.f_frsize;
   if (room > (double)bytes * 1.05) return true;
-  LOG_WARN(COMM, "%s has %.0f MB free, the node's gradients need %.0f MB: they stay in private memory "
-           "(all-reduced by MPI)", dir, room / 1e6, (double)bytes / 1e6);
+  LOG_WARN(COMM,
+           "%s has %.0f MB free, the node's gradients need %.0f MB: they stay in private memory "
+           "(all-reduced by MPI)",
+           dir, room / 1e6, (double)bytes / 1e6);
   return false;
 }
 
@@ -416,7 +422,8 @@ static status_t m_alloc_shared(comm_t *c, size_t n, float **out) {
   ISSUE(MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_INT, MPI_MIN, m->world), "allreduce");
   if (!v[0] || v[1] != -v[2]) return STATUS_OK; /* the caller keeps its own memory */
   shm_region *g = calloc(1, sizeof *g);
-  if (!g || !(g->buf = calloc((size_t)p, sizeof *g->buf)) || !(g->ctl = calloc((size_t)p, sizeof *g->ctl))) {
+  if (!g || !(g->buf = calloc((size_t)p, sizeof *g->buf)) ||
+      !(g->ctl = calloc((size_t)p, sizeof *g->ctl))) {
     shm_free(g);
     return status_set(STATUS_NOMEM, "out of memory mapping the shared gradients");
   }

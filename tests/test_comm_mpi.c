@@ -34,7 +34,9 @@ static void check(int rank, int ok, const char *what) {
 }
 
 /* Rank r's value at index i: integers small enough to sum exactly. */
-static float int_val(int r, size_t i) { return (float)((int)((i * 7 + (size_t)r * 13) % 101) - 50); }
+static float int_val(int r, size_t i) {
+  return (float)((int)((i * 7 + (size_t)r * 13) % 101) - 50);
+}
 
 /* A random-looking value of rank r at i (no RNG state: reproducible). */
 static float rnd_val(int r, size_t i) {
