@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 #include <mpi.h>
 #include <nccl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -170,6 +171,30 @@ static const comm_ops nccl_ops = {
     .free = n_free,
 };
 
+/* NCCL refuses two ranks of one communicator on the same GPU with a bare
+ * "invalid usage". Compare the PCI bus ids of the node's ranks first (by
+ * bus id, not device number: with CUDA_VISIBLE_DEVICES each rank may see its
+ * own GPU as device 0), so every rank fails alike, naming the two ranks. */
+static status_t check_one_gpu_per_rank(comm_t *c, MPI_Comm node, int dev, int ndev) {
+  enum { ID = 32 };
+  char mine[ID] = {0};
+  if (cudaDeviceGetPCIBusId(mine, ID, dev) != cudaSuccess) snprintf(mine, ID, "device %d", dev);
+  char *all = calloc((size_t)c->local_size, ID);
+  if (!all) return status_set(STATUS_NOMEM, "out of memory checking the GPUs of this node");
+  MPI_Allgather(mine, ID, MPI_CHAR, all, ID, MPI_CHAR, node);
+  status_t st = STATUS_OK;
+  for (int a = 0; a < c->local_size && st == STATUS_OK; a++)
+    for (int b = a + 1; b < c->local_size && st == STATUS_OK; b++)
+      if (memcmp(all + (size_t)a * ID, all + (size_t)b * ID, ID) == 0)
+        st = status_set(STATUS_COMM,
+                        "local ranks %d and %d both use the GPU at %s: the NCCL backend needs one GPU "
+                        "per rank (%d ranks on this node, %d GPU%s visible to rank %d)",
+                        a, b, all + (size_t)a * ID, c->local_size, ndev, ndev == 1 ? "" : "s",
+                        c->local_rank);
+  free(all);
+  return st;
+}
+
 status_t comm_nccl_init(comm_t **out, double timeout_s) {
   *out = NULL;
   int ndev = 0;
@@ -193,10 +218,16 @@ status_t comm_nccl_init(comm_t **out, double timeout_s) {
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
   MPI_Comm_rank(node, &c->local_rank);
   MPI_Comm_size(node, &c->local_size);
-  MPI_Comm_free(&node);
   status_t st = STATUS_OK;
-  if ((e = cudaSetDevice(c->local_rank % ndev)) != cudaSuccess ||
-      (e = cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking)) != cudaSuccess ||
+  if ((e = cudaSetDevice(c->local_rank % ndev)) != cudaSuccess) {
+    MPI_Comm_free(&node);
+    st = cuda_err(e, "CUDA set-up");
+    goto fail;
+  }
+  st = check_one_gpu_per_rank(c, node, c->local_rank % ndev, ndev);
+  MPI_Comm_free(&node);
+  if (st != STATUS_OK) goto fail;
+  if ((e = cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking)) != cudaSuccess ||
       (e = cudaMalloc((void **)&m->one, sizeof(float))) != cudaSuccess) {
     st = cuda_err(e, "CUDA set-up");
     goto fail;
