@@ -75,11 +75,13 @@ static status_t finish(comm_t *c, ncclResult_t r, const char *what) {
 }
 
 static status_t n_allreduce(comm_t *c, float *buf, size_t n) {
-  return finish(c, ncclAllReduce(buf, buf, n, ncclFloat, ncclSum, I(c)->nccl, I(c)->stream), "allreduce");
+  return finish(c, ncclAllReduce(buf, buf, n, ncclFloat, ncclSum, I(c)->nccl, I(c)->stream),
+                "allreduce");
 }
 
 static status_t n_allreduce_f64(comm_t *c, double *buf, size_t n) {
-  return finish(c, ncclAllReduce(buf, buf, n, ncclDouble, ncclSum, I(c)->nccl, I(c)->stream), "allreduce");
+  return finish(c, ncclAllReduce(buf, buf, n, ncclDouble, ncclSum, I(c)->nccl, I(c)->stream),
+                "allreduce");
 }
 
 static status_t n_iallreduce(comm_t *c, float *buf, size_t n, comm_req **req) {
@@ -123,24 +125,29 @@ static bool equal_counts(const comm_t *c, const int *counts) {
 static status_t n_reduce_scatter(comm_t *c, const float *in, float *out, const int *counts) {
   if (!equal_counts(c, counts))
     return status_set(STATUS_ARG, "the NCCL backend needs equal reduce-scatter slices");
-  return finish(c, ncclReduceScatter(in, out, (size_t)counts[0], ncclFloat, ncclSum, I(c)->nccl, I(c)->stream),
-                "reduce_scatter");
+  return finish(
+      c,
+      ncclReduceScatter(in, out, (size_t)counts[0], ncclFloat, ncclSum, I(c)->nccl, I(c)->stream),
+      "reduce_scatter");
 }
 
 static status_t n_allgather(comm_t *c, float *buf, const int *counts) {
   if (!equal_counts(c, counts))
     return status_set(STATUS_ARG, "the NCCL backend needs equal all-gather slices");
   size_t n = (size_t)counts[0];
-  return finish(c, ncclAllGather(buf + n * (size_t)c->rank, buf, n, ncclFloat, I(c)->nccl, I(c)->stream),
-                "allgather");
+  return finish(
+      c, ncclAllGather(buf + n * (size_t)c->rank, buf, n, ncclFloat, I(c)->nccl, I(c)->stream),
+      "allgather");
 }
 
 static status_t n_allgather_bytes(comm_t *c, const void *mine, void *all, size_t bytes) {
-  return finish(c, ncclAllGather(mine, all, bytes, ncclChar, I(c)->nccl, I(c)->stream), "allgather");
+  return finish(c, ncclAllGather(mine, all, bytes, ncclChar, I(c)->nccl, I(c)->stream),
+                "allgather");
 }
 
 static status_t n_broadcast(comm_t *c, void *buf, size_t bytes, int root) {
-  return finish(c, ncclBroadcast(buf, buf, bytes, ncclChar, root, I(c)->nccl, I(c)->stream), "broadcast");
+  return finish(c, ncclBroadcast(buf, buf, bytes, ncclChar, root, I(c)->nccl, I(c)->stream),
+                "broadcast");
 }
 
 static status_t n_barrier(comm_t *c) { return n_allreduce(c, I(c)->one, 1); }
@@ -186,11 +193,11 @@ static status_t check_one_gpu_per_rank(comm_t *c, MPI_Comm node, int dev, int nd
   for (int a = 0; a < c->local_size && st == STATUS_OK; a++)
     for (int b = a + 1; b < c->local_size && st == STATUS_OK; b++)
       if (memcmp(all + (size_t)a * ID, all + (size_t)b * ID, ID) == 0)
-        st = status_set(STATUS_COMM,
-                        "local ranks %d and %d both use the GPU at %s: the NCCL backend needs one GPU "
-                        "per rank (%d ranks on this node, %d GPU%s visible to rank %d)",
-                        a, b, all + (size_t)a * ID, c->local_size, ndev, ndev == 1 ? "" : "s",
-                        c->local_rank);
+        st = status_set(
+            STATUS_COMM,
+            "local ranks %d and %d both use the GPU at %s: the NCCL backend needs one GPU "
+            "per rank (%d ranks on this node, %d GPU%s visible to rank %d)",
+            a, b, all + (size_t)a * ID, c->local_size, ndev, ndev == 1 ? "" : "s", c->local_rank);
   free(all);
   return st;
 }

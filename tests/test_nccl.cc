@@ -21,8 +21,8 @@ bool have_gpu() {
   return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
 }
 
-#define NEED_GPU()                                                                          \
-  if (!have_gpu())                                                                          \
+#define NEED_GPU()                                                                         \
+  if (!have_gpu())                                                                         \
   GTEST_SKIP() << "no CUDA GPU on this machine: the NCCL backend is compiled and linked, " \
                   "but cannot run here"
 
@@ -63,7 +63,8 @@ class Nccl : public ::testing::Test {
   comm_t *c = nullptr;
   void SetUp() override {
     NEED_GPU();
-    if (gpu_shared()) GTEST_SKIP() << "more ranks than GPUs on this node: NCCL needs one GPU per rank";
+    if (gpu_shared())
+      GTEST_SKIP() << "more ranks than GPUs on this node: NCCL needs one GPU per rank";
     ASSERT_EQ(comm_nccl_init(&c, 60), STATUS_OK) << status_message();
     ASSERT_STREQ(c->ops->name, "nccl");
   }
@@ -83,11 +84,13 @@ TEST(NcclNoGpu, InitWithoutGpuNamesTheMissingGpu) {
 // NCCL itself would only say "invalid usage".
 TEST(NcclShared, RanksSharingAGpuAreNamed) {
   NEED_GPU();
-  if (!gpu_shared()) GTEST_SKIP() << "each rank has its own GPU: run more ranks than GPUs for this test";
+  if (!gpu_shared())
+    GTEST_SKIP() << "each rank has its own GPU: run more ranks than GPUs for this test";
   comm_t *c = nullptr;
   EXPECT_EQ(comm_nccl_init(&c, 10), STATUS_COMM);
   EXPECT_EQ(c, nullptr);
-  EXPECT_NE(std::string(status_message()).find("local ranks 0 and 1 both use the GPU"), std::string::npos)
+  EXPECT_NE(std::string(status_message()).find("local ranks 0 and 1 both use the GPU"),
+            std::string::npos)
       << status_message();
 }
 
@@ -125,7 +128,8 @@ TEST_F(Nccl, BroadcastFromTheLastRank) {
   std::vector<float> h(n);
   for (size_t i = 0; i < n; i++) h[i] = value(i, c->rank) * (c->rank == c->size - 1 ? 1.0f : -7.0f);
   Dev<float> d(h);
-  ASSERT_EQ(c->ops->broadcast(c, d.p, n * sizeof(float), c->size - 1), STATUS_OK) << status_message();
+  ASSERT_EQ(c->ops->broadcast(c, d.p, n * sizeof(float), c->size - 1), STATUS_OK)
+      << status_message();
   std::vector<float> r = d.host();
   for (size_t i = 0; i < n; i++) ASSERT_EQ(r[i], value(i, c->size - 1)) << "at " << i;
 }
@@ -149,7 +153,8 @@ TEST_F(Nccl, ReduceScatterThenAllgatherIsTheAllreduce) {
   Dev<float> all(g);
   ASSERT_EQ(c->ops->allgather(c, all.p, counts.data()), STATUS_OK) << status_message();
   std::vector<float> r = all.host();
-  for (size_t i = 0; i < n; i++) ASSERT_EQ(r[i], (float)c->size * value(i, 0) + rank_sum()) << "at " << i;
+  for (size_t i = 0; i < n; i++)
+    ASSERT_EQ(r[i], (float)c->size * value(i, 0) + rank_sum()) << "at " << i;
 }
 
 TEST_F(Nccl, UnequalSlicesAreRefused) {
@@ -168,7 +173,8 @@ TEST_F(Nccl, AllgatherBytesAndBarrier) {
   ASSERT_EQ(c->ops->allgather_bytes(c, dm.p, all.p, mine.size()), STATUS_OK) << status_message();
   std::vector<char> r = all.host();
   for (int k = 0; k < c->size; k++)
-    for (size_t i = 0; i < mine.size(); i++) ASSERT_EQ(r[(size_t)k * mine.size() + i], (char)('a' + k % 26));
+    for (size_t i = 0; i < mine.size(); i++)
+      ASSERT_EQ(r[(size_t)k * mine.size() + i], (char)('a' + k % 26));
   ASSERT_EQ(c->ops->barrier(c), STATUS_OK) << status_message();
   float dummy = 0;
   float *shared = &dummy;
