@@ -188,10 +188,10 @@ cat >"$T/run.ini" <<EOF
 [model]
 preset = bert-tiny
 [data]
-seq_len = 64
-max_predictions = 10
+seq_len = 128
+max_predictions = 20
 [train]
-global_batch = 8
+global_batch = 32
 steps = $steps
 seed = 3
 [optim]
@@ -298,11 +298,16 @@ cut_job() { # cut_job NAME WHAT SCANCEL-ARGS...
   id=$(submit "$name") || { show_logs; exit 1; }
   m=$T/$name/log/metrics.jsonl
   out=$T/$name.out
-  for _ in $(seq 1200); do
+  # Steps take a tenth of a second or more (4096 tokens each): poll the
+  # metrics often and ask Slurm for the job's state only now and then, so the
+  # signal lands between the step-20 checkpoint and the end.
+  for i in $(seq 6000); do
     rows=$({ wc -l <"$m"; } 2>/dev/null || echo 0)
-    [ "$rows" -ge 25 ] && break
-    case $(field "$id" JobState) in COMPLETED | FAILED | CANCELLED) break ;; esac
-    sleep 0.1
+    [ "$rows" -ge 22 ] && break
+    if [ $((i % 50)) = 0 ]; then
+      case $(field "$id" JobState) in COMPLETED | FAILED | CANCELLED) break ;; esac
+    fi
+    sleep 0.02
   done
   scancel "$@" "$id"
   echo "job $id: $what after $rows logged steps (scancel $*)"
