@@ -4,7 +4,9 @@
 # per rank), and the share of the step spent in communication backward did
 # not hide (exposed_comm_s / step_s), from metrics.jsonl medians; the 2-rank
 # run with the gradients in shared memory (the default) and without
-# (comm.shared_memory=false: MPI's non-blocking all-reduce).
+# (comm.shared_memory=false: MPI's non-blocking all-reduce); then both again
+# with ZeRO-1 (optim.zero=1: in shared memory the all-reduce under backward,
+# over MPI a reduce-scatter after it; then the parameter all-gather).
 #   bench/weak_scaling.sh [--build DIR] [--shards DIR] [--preset bert-mini] [--steps N]
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,12 +31,12 @@ if [ -z "$shards" ]; then
   shards=$work/shards
 fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-run() { # ranks [shared_memory] -> prints "tokens_per_s_per_rank step_s exposed_s"
-  local n=$1 shm=${2:-true} dir=$work/run$1${2:-}
+run() { # ranks [shared_memory [zero]] -> prints "tokens_per_s_per_rank step_s exposed_s"
+  local n=$1 shm=${2:-true} zero=${3:-0} dir=$work/run$1${2:-}${3:-}
   mpirun -np "$n" --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 "$build/bin/mlmpi-train" \
     --set model.preset="$preset" --set data.path="$shards" --set data.seq_len=128 \
     --set train.global_batch=$((per_rank * n)) --set train.steps="$steps" --set train.threads=1 \
-    --set comm.shared_memory="$shm" --set log.dir="$dir" >/dev/null 2>&1
+    --set comm.shared_memory="$shm" --set optim.zero="$zero" --set log.dir="$dir" >/dev/null 2>&1
   /usr/bin/python3 - "$dir/metrics.jsonl" "$n" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"step"' in l][2:]  # skip warm-up
@@ -45,16 +47,22 @@ PY
 read -r t1 s1 e1 < <(run 1)
 read -r t2 s2 e2 < <(run 2)
 read -r t3 s3 e3 < <(run 2 false)
-/usr/bin/python3 - "$t1" "$s1" "$e1" "$t2" "$s2" "$e2" "$t3" "$s3" "$e3" "$preset" <<'PY'
+read -r t4 s4 e4 < <(run 2 true 1)
+read -r t5 s5 e5 < <(run 2 false 1)
+/usr/bin/python3 - "$t1" "$s1" "$e1" "$t2" "$s2" "$e2" "$t3" "$s3" "$e3" "$t4" "$s4" "$e4" \
+  "$t5" "$s5" "$e5" "$preset" <<'PY'
 import sys
-t1, s1, e1, t2, s2, e2, t3, s3, e3 = map(float, sys.argv[1:10])
-sys.argv[7] = sys.argv[10]
-print(f"{sys.argv[7]}, 16 sequences of 128 per rank, 1 thread per rank")
+t1, s1, e1, t2, s2, e2, t3, s3, e3, t4, s4, e4, t5, s5, e5 = map(float, sys.argv[1:16])
+preset = sys.argv[16]
+print(f"{preset}, 16 sequences of 128 per rank, 1 thread per rank")
 print(f"1 rank : {t1:8.0f} tok/s per rank, step {s1*1e3:7.1f} ms, exposed comm {e1*1e3:6.1f} ms")
 print(f"2 ranks: {t2:8.0f} tok/s per rank, step {s2*1e3:7.1f} ms, exposed comm {e2*1e3:6.1f} ms "
       f"({100*e2/s2:.1f}% of the step)")
 print(f"2 ranks, comm.shared_memory=false: {t3:8.0f} tok/s per rank, step {s3*1e3:7.1f} ms, "
       f"exposed comm {e3*1e3:6.1f} ms ({100*e3/s3:.1f}% of the step)")
+for what, t, s, e in (("ZeRO-1, shared memory", t4, s4, e4), ("ZeRO-1, comm.shared_memory=false", t5, s5, e5)):
+    print(f"2 ranks, {what}: {t:8.0f} tok/s per rank, step {s*1e3:7.1f} ms, "
+          f"exposed comm {e*1e3:6.1f} ms ({100*e/s:.1f}% of the step)")
 print(f"weak-scaling efficiency (per-rank tokens/s, 2 ranks / 1 rank): {t2/t1:.2f} "
       f"(without shared memory {t3/t1:.2f})")
 PY

@@ -95,7 +95,9 @@ typedef struct {
   /* ZeRO-1: this rank updates floats [lo, hi) of the layout. */
   size_t lo, hi;
   int *counts; /* every rank's slice size */
-  float *gslice;
+  float *gslice;      /* the reduce-scattered slice (ZeRO-1 over MPI) */
+  bool shared_grads;  /* gradients in the node's shared window: all-reduced
+                         during backward, also under ZeRO-1 */
   data_batch *mb; /* accum micro-batches of this rank's slice */
   FILE *metrics;
   tb_writer *tb;
@@ -287,15 +289,20 @@ static status_t setup_model(run_state *s) {
                    threads);
   if (st) return st;
   const param_table *t = model_params(s);
-  if (c->shared_memory && !c->zero) {
+  /* ZeRO-1 shards the optimizer state, not the gradients: in shared memory
+   * the full gradient is all-reduced under backward as without ZeRO, and each
+   * rank reads its slice of it; over MPI a reduce-scatter after backward
+   * moves half the bytes of an all-reduce. */
+  if (c->shared_memory) {
     float *shared = NULL;
     if ((st = comm_alloc_shared(s->comm, t->total, &shared))) return st;
     if (shared && s->emodel) electra_use_grad_buf(s->emodel, shared);
     if (shared && s->model) bert_use_grad_buf(s->model, shared);
-    if (s->rank == 0)
-      LOG_INFO(TRAINER, "gradient all-reduce: %s", shared ? "in shared memory on each node, MPI across nodes"
-                                                          : "MPI");
+    s->shared_grads = shared != NULL;
   }
+  if (s->rank == 0)
+    LOG_INFO(TRAINER, "gradient %s: %s", c->zero && !s->shared_grads ? "reduce-scatter" : "all-reduce",
+             s->shared_grads ? "in shared memory on each node, MPI across nodes" : "MPI");
   if (c->zero) {
     s->counts = calloc((size_t)s->world, sizeof *s->counts);
     if (!s->counts) return status_set(STATUS_NOMEM, "out of memory");
@@ -304,8 +311,10 @@ static status_t setup_model(run_state *s) {
                            t->total * (size_t)r / (size_t)s->world);
     s->lo = t->total * (size_t)s->rank / (size_t)s->world;
     s->hi = s->lo + (size_t)s->counts[s->rank];
-    s->gslice = mem_alloc((s->hi - s->lo + 1) * sizeof(float), "the gradient shard");
-    if (!s->gslice) return STATUS_NOMEM;
+    if (!s->shared_grads) {
+      s->gslice = mem_alloc((s->hi - s->lo + 1) * sizeof(float), "the gradient shard");
+      if (!s->gslice) return STATUS_NOMEM;
+    }
     st = optim_init_shard(&s->opt, &c->optim, t, s->lo, s->hi, sum_across_ranks, s->comm);
   } else {
     s->lo = 0;
@@ -401,7 +410,7 @@ static status_t electra_micro_step(run_state *s, int64_t step, int64_t k, const 
   run.disc_denominator = den[1];
   electra_losses ls;
   electra_forward(s->emodel, &eb, &run, &ls);
-  reducer_begin(s->red, !c->zero && k == s->accum - 1, (uint64_t)step);
+  reducer_begin(s->red, (!c->zero || s->shared_grads) && k == s->accum - 1, (uint64_t)step);
   electra_backward(s->emodel);
   r->loss += ls.loss;
   r->mlm_loss += ls.mlm_loss;
@@ -457,7 +466,7 @@ static status_t train_step(run_state *s, int64_t step, step_result *r) {
     run.nsp_denominator = (double)c->global_batch;
     bert_losses ls;
     bert_forward(m, &bb, &run, &ls);
-    reducer_begin(s->red, !c->zero && k == s->accum - 1, (uint64_t)step);
+    reducer_begin(s->red, (!c->zero || s->shared_grads) && k == s->accum - 1, (uint64_t)step);
     bert_backward(m);
     r->loss += ls.loss;
     r->mlm_loss += ls.mlm_loss;
@@ -470,14 +479,18 @@ static status_t train_step(run_state *s, int64_t step, step_result *r) {
   r->exposed_s = reducer_exposed_s(s->red);
   float lr = (float)lr_at(&c->sched, step);
   if (c->zero) {
-    /* Reduce-scatter the gradient, update this rank's slice, gather the
-     * parameters. */
+    /* Reduce-scatter the gradient (unless backward all-reduced it in shared
+     * memory), update this rank's slice, gather the parameters. */
     double tc = now_s();
-    comm_set_context(s->comm, "step %lld gradient reduce-scatter", (long long)step);
-    if (s->comm->ops->reduce_scatter(s->comm, model_grad_buf(s), s->gslice, s->counts))
-      comm_fail(s->comm, status_message());
+    const float *g = model_grad_buf(s) + s->lo;
+    if (!s->shared_grads) {
+      comm_set_context(s->comm, "step %lld gradient reduce-scatter", (long long)step);
+      if (s->comm->ops->reduce_scatter(s->comm, model_grad_buf(s), s->gslice, s->counts))
+        comm_fail(s->comm, status_message());
+      g = s->gslice;
+    }
     r->exposed_s += now_s() - tc;
-    optim_step(s->opt, model_param_buf(s), s->gslice, lr, &r->os);
+    optim_step(s->opt, model_param_buf(s), g, lr, &r->os);
     tc = now_s();
     comm_set_context(s->comm, "step %lld parameter all-gather", (long long)step);
     if (s->comm->ops->allgather(s->comm, model_param_buf(s), s->counts)) comm_fail(s->comm, status_message());

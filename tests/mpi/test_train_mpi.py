@@ -3,8 +3,9 @@
 
 Builds a small real corpus (Genesis and Exodus from Debian's bible-kjv), a
 SentencePiece model trained with spm_train and shards, then checks:
-  zero           ZeRO-1 on 2 ranks == unsharded on 1; its checkpoint resumes
-                 on 4 ranks;
+  zero           ZeRO-1 on 2 ranks == unsharded on 1, gradients all-reduced in
+                 shared memory and reduce-scattered over MPI; its checkpoint
+                 resumes on 4 ranks;
   same-weights   1 rank x accumulation 4 == 2 ranks x 2 == 4 ranks x 1
                  (oversubscribed) after several LAMB steps, within 1e-5 of
                  each tensor's scale (attention key biases, whose true
@@ -169,17 +170,26 @@ def test_same_weights(a, data):
 
 
 def test_zero(a, data):
-    """ZeRO-1 equals the unsharded run; a ZeRO checkpoint resumes on another
-    number of ranks (state gathered and re-sliced)."""
+    """ZeRO-1 equals the unsharded run, with the gradients all-reduced in
+    shared memory (the default) and reduce-scattered over MPI; a ZeRO
+    checkpoint resumes on another number of ranks (state gathered and
+    re-sliced)."""
     base = mpirun(1, [a.train] + config(a, data, "zero_ref", **{"train.micro_batch": "2"}), timeout=600)
-    z = mpirun(2, [a.train] + config(a, data, "zero_2", **{"optim.zero": "1", "ckpt.every_steps": "3"}),
-               timeout=600)
-    check(base.returncode == 0 and z.returncode == 0, "zero: runs finished"
-          + ("" if z.returncode == 0 else ": " + z.stderr[-800:]))
-    if base.returncode or z.returncode:
+    check(base.returncode == 0, "zero: the unsharded 1-rank run finished"
+          + ("" if base.returncode == 0 else ": " + base.stderr[-800:]))
+    paths = (("zero_2", {}, "gradient all-reduce: in shared memory"),
+             ("zero_2mpi", {"comm.shared_memory": "false"}, "gradient reduce-scatter: MPI"))
+    for name, over, line in paths:
+        z = mpirun(2, [a.train] + config(a, data, name, **{"optim.zero": "1", "ckpt.every_steps": "3", **over}),
+                   timeout=600)
+        check(z.returncode == 0 and line in z.stderr, f"zero: {name} ran, its log saying '{line}'"
+              + ("" if z.returncode == 0 else ": " + z.stderr[-800:]))
+        if base.returncode == 0 and z.returncode == 0:
+            worst, k = compare(weights(a, "zero_ref", 6), weights(a, name, 6))
+            check(worst <= 1.0, f"zero: 2 ranks with ZeRO-1 ({line}) vs 1 rank unsharded "
+                  f"(worst {k} at {worst:.3f} of the bound)")
+    if base.returncode or not os.path.isdir(os.path.join(a.workdir, "zero_2", "ckpt", "step-6")):
         return
-    worst, k = compare(weights(a, "zero_ref", 6), weights(a, "zero_2", 6))
-    check(worst <= 1.0, f"zero: 2 ranks with ZeRO-1 vs 1 rank unsharded (worst {k} at {worst:.3f} of the bound)")
     shutil.rmtree(os.path.join(a.workdir, "zero_2", "ckpt", "step-6"))
     r = mpirun(4, [a.train] + config(a, data, "zero_2", **{"optim.zero": "1", "ckpt.resume": "auto",
                                                           "train.micro_batch": "2"}), timeout=600)
