@@ -33,7 +33,12 @@ fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 run() { # ranks [shared_memory [zero]] -> prints "tokens_per_s_per_rank step_s exposed_s"
   local n=$1 shm=${2:-true} zero=${3:-0} dir=$work/run$1${2:-}${3:-}
-  mpirun -np "$n" --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 "$build/bin/mlmpi-train" \
+  # One thread per rank: each rank on a core of its own while they fit (an
+  # unbound rank here was sometimes ~10% slower for a whole run, and the other
+  # waited for it in every all-reduce); more ranks than cores share them.
+  local bind=core
+  [ "$n" -le "$(nproc)" ] || bind="none --oversubscribe"
+  mpirun -np "$n" --bind-to $bind --mca mpi_yield_when_idle 1 "$build/bin/mlmpi-train" \
     --set model.preset="$preset" --set data.path="$shards" --set data.seq_len=128 \
     --set train.global_batch=$((per_rank * n)) --set train.steps="$steps" --set train.threads=1 \
     --set comm.shared_memory="$shm" --set optim.zero="$zero" --set log.dir="$dir" >/dev/null 2>&1
