@@ -26,8 +26,8 @@ struct reducer {
   double exposed;
 };
 
-status_t reducer_init(reducer **out, comm_t *c, const param_table *t, float *grads,
-                      double first_mb, double bucket_mb) {
+status_t reducer_init(reducer **out, comm_t *c, const param_table *t, float *grads, double first_mb,
+                      double bucket_mb) {
   *out = NULL;
   reducer *r = calloc(1, sizeof *r);
   if (!r) return status_set(STATUS_NOMEM, "out of memory creating the reducer");

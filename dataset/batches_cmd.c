@@ -42,17 +42,25 @@ static void print_rows_f(const char *key, const float *v, int n, int w) {
 }
 
 int data_batches_main(int argc, char **argv) {
-  static const struct option opts[] = {
-      {"data", required_argument, 0, 'd'},         {"seq-len", required_argument, 0, 'T'},
-      {"global-batch", required_argument, 0, 'B'}, {"world", required_argument, 0, 'W'},
-      {"rank", required_argument, 0, 'R'},         {"step", required_argument, 0, 'S'},
-      {"seed", required_argument, 0, 's'},         {"count", required_argument, 0, 'n'},
-      {"split", required_argument, 0, 'p'},        {"max-predictions", required_argument, 0, 'P'},
-      {"mask-prob", required_argument, 0, 'm'},    {"masking", required_argument, 0, 'M'},
-      {"whole-word", no_argument, 0, 'w'},         {"instances", required_argument, 0, 'i'},
-      {"short-seq-prob", required_argument, 0, 'q'}, {"help", no_argument, 0, 'h'},
-      {"service", required_argument, 0, 'V'},      {"token-file", required_argument, 0, 'K'},
-      {0, 0, 0, 0}};
+  static const struct option opts[] = {{"data", required_argument, 0, 'd'},
+                                       {"seq-len", required_argument, 0, 'T'},
+                                       {"global-batch", required_argument, 0, 'B'},
+                                       {"world", required_argument, 0, 'W'},
+                                       {"rank", required_argument, 0, 'R'},
+                                       {"step", required_argument, 0, 'S'},
+                                       {"seed", required_argument, 0, 's'},
+                                       {"count", required_argument, 0, 'n'},
+                                       {"split", required_argument, 0, 'p'},
+                                       {"max-predictions", required_argument, 0, 'P'},
+                                       {"mask-prob", required_argument, 0, 'm'},
+                                       {"masking", required_argument, 0, 'M'},
+                                       {"whole-word", no_argument, 0, 'w'},
+                                       {"instances", required_argument, 0, 'i'},
+                                       {"short-seq-prob", required_argument, 0, 'q'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {"service", required_argument, 0, 'V'},
+                                       {"token-file", required_argument, 0, 'K'},
+                                       {0, 0, 0, 0}};
   data_config cfg = data_config_default();
   const char *dir = NULL, *split = "train", *service = NULL, *token_file = NULL;
   long long B = 0, W = 1, R = 0, S = -1, count = 1;
@@ -78,7 +86,10 @@ int data_batches_main(int argc, char **argv) {
       case 'M': key = "masking"; break;
       case 'i': key = "instances"; break;
       case 'q': key = "short_seq_prob"; break;
-      case 'w': key = "whole_word"; optarg = "true"; break;
+      case 'w':
+        key = "whole_word";
+        optarg = "true";
+        break;
       case 'h': fputs(batches_usage, stdout); return 0;
       default:
         fprintf(stderr, "mlmpi-data batches: unknown or incomplete option '%s' (see --help)\n",
@@ -95,12 +106,14 @@ int data_batches_main(int argc, char **argv) {
     }
   }
   if ((!dir && !service) || B < 1 || S < 0 || W < 1 || R < 0 || R >= W || count < 1) {
-    fprintf(stderr, "mlmpi-data batches: --data, --global-batch >= 1, --step >= 0 and "
-                    "0 <= --rank < --world are required (see --help)\n");
+    fprintf(stderr,
+            "mlmpi-data batches: --data, --global-batch >= 1, --step >= 0 and "
+            "0 <= --rank < --world are required (see --help)\n");
     return 2;
   }
   if (B % W) {
-    fprintf(stderr, "mlmpi-data batches: --global-batch %lld is not divisible by --world %lld\n", B, W);
+    fprintf(stderr, "mlmpi-data batches: --global-batch %lld is not divisible by --world %lld\n", B,
+            W);
     return 2;
   }
   dataset *d = NULL;

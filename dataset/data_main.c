@@ -209,7 +209,8 @@ static int cmd_decode(int argc, char **argv) {
     out.n = 0;
     if (st == STATUS_OK) st = tok_decode(t, ids.v, ids.n, &out);
     if (st == STATUS_OK) st = tok_str_append(&out, "\n", 1);
-    if (st == STATUS_OK) fwrite(out.s, 1, out.n, stdout);
+    if (st == STATUS_OK)
+      fwrite(out.s, 1, out.n, stdout);
     else if (strncmp(status_message(), "line ", 5) != 0)
       status_prefix("line %zu", lineno);
   }

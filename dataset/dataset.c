@@ -15,8 +15,8 @@
 enum { STREAM_PERM = 1, STREAM_NSP = 2, STREAM_TRUNC = 3, STREAM_MASK = 4 };
 
 typedef struct {
-  uint64_t doc;     /* global document index */
-  uint32_t tok;     /* token offset in it */
+  uint64_t doc; /* global document index */
+  uint32_t tok; /* token offset in it */
 } inst_start;
 
 typedef struct {
@@ -38,8 +38,12 @@ struct dataset {
 };
 
 data_config data_config_default(void) {
-  return (data_config){.seq_len = 128, .max_predictions = 20, .mask_prob = 0.15f,
-                       .masking = MASK_BERT, .instances = INST_PACKED, .short_seq_prob = 0.1f,
+  return (data_config){.seq_len = 128,
+                       .max_predictions = 20,
+                       .mask_prob = 0.15f,
+                       .masking = MASK_BERT,
+                       .instances = INST_PACKED,
+                       .short_seq_prob = 0.1f,
                        .seed = 12345};
 }
 
@@ -51,9 +55,12 @@ status_t data_set_key(data_config *c, const char *key, const char *v) {
     if (!*v || *end || *v == '-' || (!seed && (x < 1 || x > 65536)))
       return status_set(STATUS_CONFIG, "data.%s: '%s' is not a valid %s", key, v,
                         seed ? "seed" : "count (1..65536)");
-    if (seed) c->seed = x;
-    else if (!strcmp(key, "seq_len")) c->seq_len = (int)x;
-    else c->max_predictions = (int)x;
+    if (seed)
+      c->seed = x;
+    else if (!strcmp(key, "seq_len"))
+      c->seq_len = (int)x;
+    else
+      c->max_predictions = (int)x;
     return STATUS_OK;
   }
   if (!strcmp(key, "mask_prob") || !strcmp(key, "short_seq_prob")) {
@@ -64,19 +71,26 @@ status_t data_set_key(data_config *c, const char *key, const char *v) {
     return STATUS_OK;
   }
   if (!strcmp(key, "masking")) {
-    if (!strcmp(v, "bert")) c->masking = MASK_BERT;
-    else if (!strcmp(v, "electra")) c->masking = MASK_ELECTRA;
-    else return status_set(STATUS_CONFIG, "data.masking: '%s' is not bert or electra", v);
+    if (!strcmp(v, "bert"))
+      c->masking = MASK_BERT;
+    else if (!strcmp(v, "electra"))
+      c->masking = MASK_ELECTRA;
+    else
+      return status_set(STATUS_CONFIG, "data.masking: '%s' is not bert or electra", v);
     return STATUS_OK;
   }
   if (!strcmp(key, "instances")) {
-    if (!strcmp(v, "packed")) c->instances = INST_PACKED;
-    else if (!strcmp(v, "nsp")) c->instances = INST_NSP;
-    else return status_set(STATUS_CONFIG, "data.instances: '%s' is not packed or nsp", v);
+    if (!strcmp(v, "packed"))
+      c->instances = INST_PACKED;
+    else if (!strcmp(v, "nsp"))
+      c->instances = INST_NSP;
+    else
+      return status_set(STATUS_CONFIG, "data.instances: '%s' is not packed or nsp", v);
     return STATUS_OK;
   }
   if (!strcmp(key, "whole_word")) {
-    if (!core_parse_bool(v, &c->whole_word)) return status_set(STATUS_CONFIG, "data.whole_word: '%s' is not true or false", v);
+    if (!core_parse_bool(v, &c->whole_word))
+      return status_set(STATUS_CONFIG, "data.whole_word: '%s' is not true or false", v);
     return STATUS_OK;
   }
   return status_set(STATUS_CONFIG, "unknown config key 'data.%s'", key);
@@ -157,8 +171,10 @@ uint64_t data_permute(uint64_t i, uint64_t n, uint64_t key) {
     uint64_t l = x >> lo_bits, r = x & lo_mask;
     for (uint32_t round = 0; round < 6; round++) {
       /* Alternate the halves' roles; keep widths fixed by masking. */
-      if (round % 2 == 0) l = (l ^ feistel_f(key, round, (uint32_t)r)) & hi_mask;
-      else r = (r ^ feistel_f(key, round, (uint32_t)l)) & lo_mask;
+      if (round % 2 == 0)
+        l = (l ^ feistel_f(key, round, (uint32_t)r)) & hi_mask;
+      else
+        r = (r ^ feistel_f(key, round, (uint32_t)l)) & lo_mask;
     }
     x = l << lo_bits | r;
   } while (x >= n);
@@ -170,8 +186,10 @@ static status_t doc_locate(const dataset *d, uint64_t g, const shard_reader **r,
   int lo = 0, hi = d->n_shards - 1;
   while (lo < hi) {
     int mid = (lo + hi + 1) / 2;
-    if (d->doc_base[mid] <= g) lo = mid;
-    else hi = mid - 1;
+    if (d->doc_base[mid] <= g)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   *r = d->shards[lo];
   *local = g - d->doc_base[lo];
@@ -219,14 +237,14 @@ static status_t cut_packed(dataset *d, uint64_t n_docs) {
   uint64_t last_doc = UINT64_MAX;
   bool empty = true;
   status_t st = STATUS_OK;
-#define START(D, T)                                                        \
-  do {                                                                     \
-    inst_start *s = vec_push(&v);                                          \
-    if (!s) {                                                              \
-      st = status_set(STATUS_NOMEM, "out of memory cutting instances");    \
-      goto out;                                                            \
-    }                                                                      \
-    *s = (inst_start){(D), (T)};                                           \
+#define START(D, T)                                                     \
+  do {                                                                  \
+    inst_start *s = vec_push(&v);                                       \
+    if (!s) {                                                           \
+      st = status_set(STATUS_NOMEM, "out of memory cutting instances"); \
+      goto out;                                                         \
+    }                                                                   \
+    *s = (inst_start){(D), (T)};                                        \
   } while (0)
   for (uint64_t g = 0; g < n_docs; g++) {
     shard_doc doc;
@@ -274,7 +292,9 @@ static status_t cut_pairs(dataset *d, uint64_t n_docs) {
   shard_doc doc = {0}, other = {0};
   for (uint64_t g = 0; g < n_docs && st == STATUS_OK; g++) {
     if ((st = read_doc(d, g, &doc))) break;
-    rng_seq rs = {.key = {.seed = d->cfg.seed, .sample = (uint32_t)g, .step = (uint32_t)(g >> 32),
+    rng_seq rs = {.key = {.seed = d->cfg.seed,
+                          .sample = (uint32_t)g,
+                          .step = (uint32_t)(g >> 32),
                           .stream = STREAM_NSP}};
     uint64_t target = max_tokens;
     if (seq_u(&rs) < d->cfg.short_seq_prob) target = seq_int(&rs, 2, max_tokens);
@@ -354,7 +374,8 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n) {
 status_t dataset_open(dataset **out, const char *dir, const char *split, const data_config *cfg) {
   *out = NULL;
   if (cfg->seq_len < 8 || cfg->max_predictions < 1 || cfg->max_predictions > cfg->seq_len)
-    return status_set(STATUS_CONFIG, "data: seq_len must be >= 8 and max_predictions in [1, seq_len]");
+    return status_set(STATUS_CONFIG,
+                      "data: seq_len must be >= 8 and max_predictions in [1, seq_len]");
   char pattern[4096];
   snprintf(pattern, sizeof pattern, "%s/%s-*.mlms", dir, split);
   glob_t gl;
@@ -381,7 +402,8 @@ status_t dataset_open(dataset **out, const char *dir, const char *split, const d
     if ((st = shard_open(gl.gl_pathv[i], &d->shards[i]))) goto fail;
     d->n_shards++;
     const shard_reader *r = d->shards[i];
-    if (i == 0) d->meta = r->meta;
+    if (i == 0)
+      d->meta = r->meta;
     else if (r->meta.tokenizer_fingerprint != d->meta.tokenizer_fingerprint) {
       st = status_set(STATUS_FORMAT, "%s: made with another tokenizer than %s", gl.gl_pathv[i],
                       gl.gl_pathv[0]);
@@ -406,8 +428,8 @@ status_t dataset_open(dataset **out, const char *dir, const char *split, const d
     goto fail;
   }
   h = fnv(h, &d->n_inst, 8);
-  const int32_t cfgv[] = {cfg->seq_len, cfg->max_predictions, (int32_t)cfg->masking, cfg->whole_word,
-                          (int32_t)cfg->instances};
+  const int32_t cfgv[] = {cfg->seq_len, cfg->max_predictions, (int32_t)cfg->masking,
+                          cfg->whole_word, (int32_t)cfg->instances};
   const float cfgf[] = {cfg->mask_prob, cfg->short_seq_prob};
   h = fnv(h, cfgv, sizeof cfgv);
   h = fnv(h, cfgf, sizeof cfgf);
@@ -456,8 +478,7 @@ static void row_push(row *r, int32_t id, int32_t seg, uint8_t word) {
 
 static void row_push_doc(row *r, const shard_doc *doc, uint32_t a, uint32_t b, int32_t seg) {
   for (uint32_t t = a; t < b; t++)
-    row_push(r, doc->ids[t], seg,
-             doc->word_starts ? (doc->word_starts[t / 8] >> (t % 8)) & 1 : 1);
+    row_push(r, doc->ids[t], seg, doc->word_starts ? (doc->word_starts[t / 8] >> (t % 8)) & 1 : 1);
 }
 
 static status_t fill_packed(const dataset *d, uint64_t inst, row *r) {
@@ -531,17 +552,23 @@ static status_t fill_pair(const dataset *d, uint64_t inst, row *r, int32_t *labe
       (st = gather_range(d, p->b_doc, p->b0, p->b1, &b, 1)))
     goto out;
   {
-    rng_seq rs = {.key = {.seed = d->cfg.seed, .sample = (uint32_t)inst,
-                          .step = (uint32_t)(inst >> 32), .stream = STREAM_TRUNC}};
+    rng_seq rs = {.key = {.seed = d->cfg.seed,
+                          .sample = (uint32_t)inst,
+                          .step = (uint32_t)(inst >> 32),
+                          .stream = STREAM_TRUNC}};
     int a0 = 0, a1 = a.n, b0 = 0, b1 = b.n, max = cap - 3;
     while ((a1 - a0) + (b1 - b0) > max) {
       bool take_a = (a1 - a0) > (b1 - b0);
       if (seq_u(&rs) < 0.5f) {
-        if (take_a) a0++;
-        else b0++;
+        if (take_a)
+          a0++;
+        else
+          b0++;
       } else {
-        if (take_a) a1--;
-        else b1--;
+        if (take_a)
+          a1--;
+        else
+          b1--;
       }
     }
     row_push(r, d->meta.cls_id, 0, 0);
@@ -591,7 +618,9 @@ static void mask_row(const dataset *d, uint64_t step, uint64_t j, row *r, int32_
   int want = (int)nearbyint((double)r->n * (double)c->mask_prob);
   if (want < 1) want = 1;
   if (want > P) want = P;
-  rng_seq rs = {.key = {.seed = c->seed, .step = (uint32_t)step, .sample = (uint32_t)j,
+  rng_seq rs = {.key = {.seed = c->seed,
+                        .step = (uint32_t)step,
+                        .sample = (uint32_t)j,
                         .stream = STREAM_MASK | (uint32_t)(step >> 32) << 8}};
   /* Fisher-Yates over the groups. */
   for (int i = ng - 1; i > 0; i--) {
@@ -634,8 +663,10 @@ static void mask_row(const dataset *d, uint64_t step, uint64_t j, row *r, int32_
 status_t dataset_get_batch(const dataset *d, uint64_t global_batch, uint64_t step, uint64_t first,
                            int count, data_batch *out) {
   const int T = d->cfg.seq_len, P = d->cfg.max_predictions;
-  if (out->T != T || out->P != P || count > out->n || count < 0 || first + (uint64_t)count > global_batch)
-    return status_set(STATUS_ARG, "batch request: instances %llu..%llu of %llu (T %d, P %d) do not fit",
+  if (out->T != T || out->P != P || count > out->n || count < 0 ||
+      first + (uint64_t)count > global_batch)
+    return status_set(STATUS_ARG,
+                      "batch request: instances %llu..%llu of %llu (T %d, P %d) do not fit",
                       (unsigned long long)first, (unsigned long long)(first + (uint64_t)count),
                       (unsigned long long)global_batch, T, P);
   int32_t *tmp = malloc((size_t)4 * T * sizeof(int32_t));
@@ -649,10 +680,12 @@ status_t dataset_get_batch(const dataset *d, uint64_t global_batch, uint64_t ste
   for (int k = 0; k < count && st == STATUS_OK; k++) {
     uint64_t j = first + (uint64_t)k, g = step * global_batch + j;
     uint64_t epoch = g / d->n_inst;
-    uint64_t inst = data_permute(g % d->n_inst, d->n_inst, d->cfg.seed ^ (epoch * 0x9e3779b97f4a7c15ull));
+    uint64_t inst =
+        data_permute(g % d->n_inst, d->n_inst, d->cfg.seed ^ (epoch * 0x9e3779b97f4a7c15ull));
     row r = {out->input_ids + (size_t)k * T, out->segment_ids + (size_t)k * T, word, 0, T};
     int32_t label = 0;
-    st = d->cfg.instances == INST_PACKED ? fill_packed(d, inst, &r) : fill_pair(d, inst, &r, &label);
+    st =
+        d->cfg.instances == INST_PACKED ? fill_packed(d, inst, &r) : fill_pair(d, inst, &r, &label);
     if (st) break;
     int32_t *mask = out->input_mask + (size_t)k * T;
     for (int i = 0; i < T; i++) mask[i] = i < r.n;

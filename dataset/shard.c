@@ -190,7 +190,8 @@ static status_t read_index(shard_reader *r) {
   r->offsets = malloc((ix->n_offsets + 1) * sizeof *r->offsets);
   if (r->offsets) memcpy(r->offsets, ix->offsets, ix->n_offsets * sizeof *r->offsets);
   for (size_t i = 0; r->offsets && i < ix->n_offsets; i++)
-    if (ix->offsets[i] >= at) st = status_set(STATUS_FORMAT, "%s: index entry %zu points past the documents", f->path, i);
+    if (ix->offsets[i] >= at)
+      st = status_set(STATUS_FORMAT, "%s: index entry %zu points past the documents", f->path, i);
   mlmpi__shard__shard_index__free_unpacked(ix, NULL);
   if (!r->offsets) return status_set(STATUS_NOMEM, "out of memory reading %s", f->path);
   return st;
@@ -228,8 +229,8 @@ void shard_doc_free(shard_doc *d) {
 status_t shard_read_doc(const shard_reader *r, uint64_t i, shard_doc *out) {
   memset(out, 0, sizeof *out);
   if (i >= r->n_docs)
-    return status_set(STATUS_ARG, "%s: document %llu of %llu", r->file.path,
-                      (unsigned long long)i, (unsigned long long)r->n_docs);
+    return status_set(STATUS_ARG, "%s: document %llu of %llu", r->file.path, (unsigned long long)i,
+                      (unsigned long long)r->n_docs);
   uint64_t o = r->offsets[i];
   const uint8_t *p;
   size_t n;
@@ -241,7 +242,8 @@ status_t shard_read_doc(const shard_reader *r, uint64_t i, shard_doc *out) {
                       r->file.path, (unsigned long long)r->offsets[i]);
   bool ok = d->word_starts.len == 0 || d->word_starts.len == (d->n_ids + 7) / 8;
   for (size_t s = 0; ok && s < d->n_sentence_ends; s++)
-    ok = d->sentence_ends[s] <= d->n_ids && (s == 0 || d->sentence_ends[s] > d->sentence_ends[s - 1]);
+    ok = d->sentence_ends[s] <= d->n_ids &&
+         (s == 0 || d->sentence_ends[s] > d->sentence_ends[s - 1]);
   if (!ok) {
     mlmpi__shard__document__free_unpacked(d, NULL);
     return status_set(STATUS_FORMAT, "%s: document at byte %llu is inconsistent", r->file.path,
@@ -280,8 +282,9 @@ status_t shard_verify(const shard_reader *r) {
     st = tfr_read_at(&r->file, &o, &p, &n);
     if (st == STATUS_OK && at > 0 && docs < r->n_docs) {
       if (r->offsets[docs] != at)
-        st = status_set(STATUS_FORMAT, "%s: index entry %llu does not match the record at byte %llu",
-                        r->file.path, (unsigned long long)docs, (unsigned long long)at);
+        st =
+            status_set(STATUS_FORMAT, "%s: index entry %llu does not match the record at byte %llu",
+                       r->file.path, (unsigned long long)docs, (unsigned long long)at);
       docs++;
     }
   }

@@ -18,10 +18,10 @@
 
 /* One document: its sentences as text, then as token ids. */
 typedef struct {
-  tok_str text;      /* sentences separated by '\n' */
-  tok_ids ids;       /* all tokens */
-  tok_ids ends;      /* sentence ends (as int32) */
-  tok_str wordbits;  /* (n+7)/8 bytes */
+  tok_str text;     /* sentences separated by '\n' */
+  tok_ids ids;      /* all tokens */
+  tok_ids ends;     /* sentence ends (as int32) */
+  tok_str wordbits; /* (n+7)/8 bytes */
 } doc_slot;
 
 typedef struct {
@@ -171,7 +171,8 @@ int data_shard_main(int argc, char **argv) {
     }
   }
   if (!tk || !out || optind >= argc) {
-    fprintf(stderr, "mlmpi-data shard: --tokenizer, --out and at least one input FILE are needed\n");
+    fprintf(stderr,
+            "mlmpi-data shard: --tokenizer, --out and at least one input FILE are needed\n");
     return 2;
   }
   if (threads) omp_set_num_threads((int)threads);
@@ -187,7 +188,10 @@ int data_shard_main(int argc, char **argv) {
   tok_specials sp = tok_get_specials(t);
   shard_meta meta = {.tokenizer_fingerprint = tok_fingerprint(t),
                      .vocab_size = (uint32_t)tok_vocab_size(t),
-                     .cls_id = sp.cls, .sep_id = sp.sep, .mask_id = sp.mask, .pad_id = sp.pad,
+                     .cls_id = sp.cls,
+                     .sep_id = sp.sep,
+                     .mask_id = sp.mask,
+                     .pad_id = sp.pad,
                      .unk_id = sp.unk};
   static const char *kinds[] = {"sentencepiece", "gpt2", "wordpiece"};
   snprintf(meta.tokenizer_kind, sizeof meta.tokenizer_kind, "%s", kinds[tok_get_kind(t)]);
@@ -273,9 +277,10 @@ int data_shard_main(int argc, char **argv) {
 /* ---- inspect and dump -------------------------------------------------------- */
 int data_inspect_main(int argc, char **argv) {
   if (argc < 2 || !strcmp(argv[1], "--help")) {
-    fputs("usage: mlmpi-data inspect FILE...\n  Prints each shard's header and counts and checks "
-          "every record's CRC; damage is reported with the file and byte offset.\n",
-          argc < 2 ? stderr : stdout);
+    fputs(
+        "usage: mlmpi-data inspect FILE...\n  Prints each shard's header and counts and checks "
+        "every record's CRC; damage is reported with the file and byte offset.\n",
+        argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
   int bad = 0;
@@ -289,12 +294,13 @@ int data_inspect_main(int argc, char **argv) {
       if (r) shard_close(r);
       continue;
     }
-    printf("%s: split %s, tokenizer %s (fingerprint %016llx, vocab %u), ids cls %d sep %d mask %d "
-           "pad %d unk %d; %llu documents, %llu tokens, %zu bytes; all checksums ok\n",
-           argv[i], r->meta.split, r->meta.tokenizer_kind,
-           (unsigned long long)r->meta.tokenizer_fingerprint, r->meta.vocab_size, r->meta.cls_id,
-           r->meta.sep_id, r->meta.mask_id, r->meta.pad_id, r->meta.unk_id,
-           (unsigned long long)r->n_docs, (unsigned long long)r->n_tokens, r->file.size);
+    printf(
+        "%s: split %s, tokenizer %s (fingerprint %016llx, vocab %u), ids cls %d sep %d mask %d "
+        "pad %d unk %d; %llu documents, %llu tokens, %zu bytes; all checksums ok\n",
+        argv[i], r->meta.split, r->meta.tokenizer_kind,
+        (unsigned long long)r->meta.tokenizer_fingerprint, r->meta.vocab_size, r->meta.cls_id,
+        r->meta.sep_id, r->meta.mask_id, r->meta.pad_id, r->meta.unk_id,
+        (unsigned long long)r->n_docs, (unsigned long long)r->n_tokens, r->file.size);
     shard_close(r);
   }
   return bad;
@@ -308,10 +314,11 @@ static void print_ints(const char *key, const int32_t *v, size_t n, bool first) 
 
 int data_dump_main(int argc, char **argv) {
   if (argc != 2 || !strcmp(argv[1], "--help")) {
-    fputs("usage: mlmpi-data dump FILE\n  Prints the shard's header and then every document as "
-          "one JSON object per line; a TFRecord file of tf.train.Example prints each record's\n"
-          "  feature map: {\"record\":i,\"offset\":byte,\"features\":{name: values}}.\n",
-          argc != 2 ? stderr : stdout);
+    fputs(
+        "usage: mlmpi-data dump FILE\n  Prints the shard's header and then every document as "
+        "one JSON object per line; a TFRecord file of tf.train.Example prints each record's\n"
+        "  feature map: {\"record\":i,\"offset\":byte,\"features\":{name: values}}.\n",
+        argc != 2 ? stderr : stdout);
     return argc != 2 ? 2 : 0;
   }
   shard_reader *r;
@@ -323,12 +330,14 @@ int data_dump_main(int argc, char **argv) {
     fprintf(stderr, "mlmpi-data dump: %s\n", status_message());
     return 1;
   }
-  printf("{\"header\":{\"split\":\"%s\",\"tokenizer_kind\":\"%s\",\"tokenizer_fingerprint\":\"%016llx\","
-         "\"vocab_size\":%u,\"cls_id\":%d,\"sep_id\":%d,\"mask_id\":%d,\"pad_id\":%d,\"unk_id\":%d,"
-         "\"documents\":%llu,\"tokens\":%llu}}\n",
-         r->meta.split, r->meta.tokenizer_kind, (unsigned long long)r->meta.tokenizer_fingerprint,
-         r->meta.vocab_size, r->meta.cls_id, r->meta.sep_id, r->meta.mask_id, r->meta.pad_id,
-         r->meta.unk_id, (unsigned long long)r->n_docs, (unsigned long long)r->n_tokens);
+  printf(
+      "{\"header\":{\"split\":\"%s\",\"tokenizer_kind\":\"%s\",\"tokenizer_fingerprint\":\"%"
+      "016llx\","
+      "\"vocab_size\":%u,\"cls_id\":%d,\"sep_id\":%d,\"mask_id\":%d,\"pad_id\":%d,\"unk_id\":%d,"
+      "\"documents\":%llu,\"tokens\":%llu}}\n",
+      r->meta.split, r->meta.tokenizer_kind, (unsigned long long)r->meta.tokenizer_fingerprint,
+      r->meta.vocab_size, r->meta.cls_id, r->meta.sep_id, r->meta.mask_id, r->meta.pad_id,
+      r->meta.unk_id, (unsigned long long)r->n_docs, (unsigned long long)r->n_tokens);
   int rc = 0;
   for (uint64_t i = 0; i < r->n_docs; i++) {
     shard_doc d;
@@ -343,7 +352,8 @@ int data_dump_main(int argc, char **argv) {
     print_ints("sentence_ends", (const int32_t *)d.sentence_ends, d.n_sentences, false);
     if (d.word_starts) {
       printf(",\"word_starts\":[");
-      for (size_t k = 0; k < d.n_ids; k++) printf(k ? ",%d" : "%d", (d.word_starts[k / 8] >> (k % 8)) & 1);
+      for (size_t k = 0; k < d.n_ids; k++)
+        printf(k ? ",%d" : "%d", (d.word_starts[k / 8] >> (k % 8)) & 1);
       putchar(']');
     }
     puts("}");

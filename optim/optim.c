@@ -34,7 +34,7 @@ struct optim {
   float *sorted;           /* per tensor, scratch for the median */
   int64_t steps;
   uint64_t skipped;
-  size_t lo, hi;  /* the floats of the layout this optimizer updates */
+  size_t lo, hi;    /* the floats of the layout this optimizer updates */
   optim_sum_fn sum; /* ZeRO-1: sums partial norms across ranks */
   void *sum_ctx;
 };

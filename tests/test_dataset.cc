@@ -1,11 +1,11 @@
 // test_dataset.cc: the batch function on synthetic shards: instances, epoch
 // permutation, rank slices, determinism, masking statistics, NSP pairs.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <map>
 #include <set>
 #include <string>
-#include <sys/stat.h>
 #include <vector>
 
 #include "dataset.h"
@@ -16,7 +16,8 @@ const int kV = 500, kCLS = 1, kSEP = 2, kMASK = 3, kPAD = 0;
 
 // Writes `docs` documents of random sentences into dir/train-0000{0,1}.mlms
 // (two shards); tokens are drawn from [10, kV). Returns the token count.
-uint64_t make_corpus(const std::string &dir, int docs, uint32_t seed, bool short_sentences = false) {
+uint64_t make_corpus(const std::string &dir, int docs, uint32_t seed,
+                     bool short_sentences = false) {
   mkdir(dir.c_str(), 0755);
   shard_meta m = {};
   m.tokenizer_fingerprint = 42;
@@ -135,7 +136,8 @@ TEST(Dataset, RankSlicesUnionToTheWholeBatchAndRepeat) {
         ASSERT_EQ(dataset_get_batch(o.d, B, step, (uint64_t)r * (B / W), B / W, &part), STATUS_OK);
         size_t off = (size_t)r * (B / W);
         EXPECT_EQ(0, memcmp(part.input_ids, whole.input_ids + off * 32, (B / W) * 32 * 4));
-        EXPECT_EQ(0, memcmp(part.masked_lm_positions, whole.masked_lm_positions + off * 5, (B / W) * 5 * 4));
+        EXPECT_EQ(0, memcmp(part.masked_lm_positions, whole.masked_lm_positions + off * 5,
+                            (B / W) * 5 * 4));
         EXPECT_EQ(0, memcmp(part.masked_lm_ids, whole.masked_lm_ids + off * 5, (B / W) * 5 * 4));
       }
       data_batch_free(&part);
@@ -186,9 +188,12 @@ void mask_stats(mask_style style, double mask_share, double keep_share) {
         ASSERT_NE(o_id, kPAD);
         ASSERT_LT(at, len);
         masked++;
-        if (now == kMASK) as_mask++;
-        else if (now == o_id) kept++;
-        else random++;
+        if (now == kMASK)
+          as_mask++;
+        else if (now == o_id)
+          kept++;
+        else
+          random++;
       }
     }
   }
@@ -261,8 +266,8 @@ TEST(Dataset, NspPairsHaveSegmentsAndBalancedLabels) {
         if (first_sep < 0) first_sep = i;
       }
     ASSERT_EQ(seps, 2);
-    ASSERT_GE(first_sep, 2);           // A is not empty
-    ASSERT_LE(first_sep, len - 3);     // B is not empty
+    ASSERT_GE(first_sep, 2);        // A is not empty
+    ASSERT_LE(first_sep, len - 3);  // B is not empty
     for (int i = 0; i <= first_sep; i++) ASSERT_EQ(seg[i], 0);
     for (int i = first_sep + 1; i < len; i++) ASSERT_EQ(seg[i], 1);
     random += b.next_sentence_labels[k];

@@ -75,7 +75,8 @@ std::vector<Doc> make_docs(int n) {
   for (int d = 0; d < n; d++) {
     Doc doc;
     int len = 1 + (int)((s = s * 1103515245u + 12345u) >> 16) % 300;
-    for (int i = 0; i < len; i++) doc.ids.push_back((int32_t)((s = s * 1103515245u + 12345u) >> 16) % 1000);
+    for (int i = 0; i < len; i++)
+      doc.ids.push_back((int32_t)((s = s * 1103515245u + 12345u) >> 16) % 1000);
     for (int e = 17; e < len; e += 17) doc.ends.push_back((uint32_t)e);
     doc.ends.push_back((uint32_t)len);
     doc.words.assign((len + 7) / 8, 0x55);

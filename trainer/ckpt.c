@@ -123,7 +123,8 @@ out:
 }
 
 status_t ckpt_save(const char *dir, const ckpt_info *info, const param_table *t,
-                   const float *params, const ckpt_optim *o, const char *config_text, int64_t keep) {
+                   const float *params, const ckpt_optim *o, const char *config_text,
+                   int64_t keep) {
   char tmp[4096], final[4096], p[4096 + 64];
   if (mkdir(dir, 0755) != 0 && errno != EEXIST)
     return status_set(STATUS_IO, "cannot create checkpoint directory %s: %s", dir, strerror(errno));
@@ -206,8 +207,8 @@ static status_t read_meta(const char *path, ckpt_info *info, uint32_t *crc_model
   cJSON *j = text ? cJSON_Parse(text) : NULL;
   free(text);
   const cJSON *s = cJSON_GetObjectItem(j, "step"), *w = cJSON_GetObjectItem(j, "world_size"),
-              *fp = cJSON_GetObjectItem(j, "data_fingerprint"), *cs = cJSON_GetObjectItem(j, "crc32c"),
-              *sd = cJSON_GetObjectItem(j, "seed");
+              *fp = cJSON_GetObjectItem(j, "data_fingerprint"),
+              *cs = cJSON_GetObjectItem(j, "crc32c"), *sd = cJSON_GetObjectItem(j, "seed");
   const cJSON *cm = cJSON_GetObjectItem(cs, "model.safetensors"),
               *co = cJSON_GetObjectItem(cs, "optimizer.safetensors");
   status_t st = STATUS_OK;
@@ -233,11 +234,14 @@ static status_t verify(const char *path, ckpt_info *info) {
   char p[4096 + 64];
   snprintf(p, sizeof p, "%s/model.safetensors", path);
   if ((st = file_crc(p, &got))) return st;
-  if (got != cm) return status_set(STATUS_FORMAT, "checkpoint %s: model.safetensors is damaged (checksum)", path);
+  if (got != cm)
+    return status_set(STATUS_FORMAT, "checkpoint %s: model.safetensors is damaged (checksum)",
+                      path);
   snprintf(p, sizeof p, "%s/optimizer.safetensors", path);
   if ((st = file_crc(p, &got))) return st;
   if (got != co)
-    return status_set(STATUS_FORMAT, "checkpoint %s: optimizer.safetensors is damaged (checksum)", path);
+    return status_set(STATUS_FORMAT, "checkpoint %s: optimizer.safetensors is damaged (checksum)",
+                      path);
   return STATUS_OK;
 }
 
@@ -287,7 +291,8 @@ status_t ckpt_load(const char *path, ckpt_info *info, const param_table *t, floa
   }
   if (st == STATUS_OK) {
     cJSON *meta = f->metadata_json ? cJSON_Parse(f->metadata_json) : NULL;
-    const cJSON *a = cJSON_GetObjectItem(meta, "steps_taken"), *b = cJSON_GetObjectItem(meta, "steps_skipped");
+    const cJSON *a = cJSON_GetObjectItem(meta, "steps_taken"),
+                *b = cJSON_GetObjectItem(meta, "steps_skipped");
     if (cJSON_IsString(a) && cJSON_IsString(b)) {
       o->taken = strtoll(a->valuestring, NULL, 10);
       o->skipped = strtoull(b->valuestring, NULL, 10);

@@ -114,8 +114,8 @@ void electra_free(electra_model *m); /* NULL is a no-op */
 
 const electra_config *electra_get_config(const electra_model *m);
 const param_table *electra_params(const electra_model *m);
-float *electra_param_buf(electra_model *m); /* owned by the model */
-float *electra_grad_buf(electra_model *m);  /* owned by the model */
+float *electra_param_buf(electra_model *m);              /* owned by the model */
+float *electra_grad_buf(electra_model *m);               /* owned by the model */
 void electra_use_grad_buf(electra_model *m, float *buf); /* as bert_use_grad_buf */
 /* Backward announces every tensor once, in descending index order. */
 void electra_set_grad_ready(electra_model *m, bert_grad_ready_fn fn, void *ctx);

@@ -224,8 +224,8 @@ static status_t add_grads_and_steps(st_writer *w, const param_table *t, const fl
 /* The logits are step 0's: with --steps the model has run more forwards
  * since, so the caller passes copies. */
 static status_t write_outputs(bert_model *m, const bert_batch *b, const bert_losses *ls,
-                              const float *mlm_logits, const float *nsp_logits,
-                              const float *grads, const step_extra *x, const char *path) {
+                              const float *mlm_logits, const float *nsp_logits, const float *grads,
+                              const step_extra *x, const char *path) {
   const bert_config *c = bert_get_config(m);
   const param_table *t = bert_params(m);
   float loss = (float)ls->loss, mlm = (float)ls->mlm_loss, nsp = (float)ls->nsp_loss;
@@ -437,7 +437,8 @@ int trainer_step_main(int argc, char **argv) {
   step_run x = {0};
   if (a.steps > 0) {
     size_t nm = (size_t)b.B * b.P * (size_t)cfg.vocab_size, nn = (size_t)b.B * 2;
-    float *ml = mem_alloc(nm * sizeof(float), "step-0 logits"), *nl = mem_alloc(nn * sizeof(float), "step-0 logits");
+    float *ml = mem_alloc(nm * sizeof(float), "step-0 logits"),
+          *nl = mem_alloc(nn * sizeof(float), "step-0 logits");
     st = ml && nl ? STATUS_OK : STATUS_NOMEM;
     if (st == STATUS_OK) {
       memcpy(ml, bert_mlm_logits(m), nm * sizeof(float));

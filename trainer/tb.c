@@ -28,7 +28,8 @@ static status_t write_record(tb_writer *w, const Mlmpi__Tb__Event *e) {
   if (!buf) return status_set(STATUS_NOMEM, "out of memory writing %s", w->path);
   mlmpi__tb__event__pack(e, buf + 12);
   for (int i = 0; i < 8; i++) buf[i] = (uint8_t)((uint64_t)n >> (8 * i));
-  uint32_t lc = crc32c_mask(crc32c_update(0, buf, 8)), dc = crc32c_mask(crc32c_update(0, buf + 12, n));
+  uint32_t lc = crc32c_mask(crc32c_update(0, buf, 8)),
+           dc = crc32c_mask(crc32c_update(0, buf + 12, n));
   for (int i = 0; i < 4; i++) {
     buf[8 + i] = (uint8_t)(lc >> (8 * i));
     buf[12 + n + i] = (uint8_t)(dc >> (8 * i));
@@ -44,7 +45,8 @@ status_t tb_open(tb_writer **out, const char *dir) {
   if (!w) return status_set(STATUS_NOMEM, "out of memory opening an event file");
   char host[256] = "localhost";
   gethostname(host, sizeof host - 1);
-  snprintf(w->path, sizeof w->path, "%s/events.out.tfevents.%lld.%s", dir, (long long)time(NULL), host);
+  snprintf(w->path, sizeof w->path, "%s/events.out.tfevents.%lld.%s", dir, (long long)time(NULL),
+           host);
   w->f = fopen(w->path, "ab");
   if (!w->f) {
     status_t st = status_set(STATUS_IO, "cannot create %s: %s", w->path, strerror(errno));
@@ -65,7 +67,8 @@ status_t tb_open(tb_writer **out, const char *dir) {
   return STATUS_OK;
 }
 
-status_t tb_scalars(tb_writer *w, int64_t step, const char *const *tags, const float *values, int n) {
+status_t tb_scalars(tb_writer *w, int64_t step, const char *const *tags, const float *values,
+                    int n) {
   Mlmpi__Tb__SummaryValue v[32], *pv[32];
   if (n > 32) n = 32;
   for (int i = 0; i < n; i++) {
@@ -86,7 +89,8 @@ status_t tb_scalars(tb_writer *w, int64_t step, const char *const *tags, const f
 }
 
 status_t tb_flush(tb_writer *w) {
-  if (fflush(w->f) != 0) return status_set(STATUS_IO, "cannot write %s: %s", w->path, strerror(errno));
+  if (fflush(w->f) != 0)
+    return status_set(STATUS_IO, "cannot write %s: %s", w->path, strerror(errno));
   return STATUS_OK;
 }
 

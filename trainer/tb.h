@@ -10,7 +10,8 @@ typedef struct tb_writer tb_writer;
 /* Creates dir/events.out.tfevents.<time>.<host> with its version record. */
 status_t tb_open(tb_writer **out, const char *dir);
 /* Appends one event holding the n scalars tags[i] = values[i] at step. */
-status_t tb_scalars(tb_writer *w, int64_t step, const char *const *tags, const float *values, int n);
+status_t tb_scalars(tb_writer *w, int64_t step, const char *const *tags, const float *values,
+                    int n);
 /* Flushes (the file is appended to as the run goes, and stays readable). */
 status_t tb_flush(tb_writer *w);
 void tb_close(tb_writer *w);

@@ -7,11 +7,11 @@
  * same gradient. */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <sched.h>
 #include <getopt.h>
 #include <math.h>
 #include <mpi.h>
 #include <omp.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,11 +94,11 @@ typedef struct {
   bool uniform; /* a failure now is the same on every rank */
   /* ZeRO-1: this rank updates floats [lo, hi) of the layout. */
   size_t lo, hi;
-  int *counts; /* every rank's slice size */
-  float *gslice;      /* the reduce-scattered slice (ZeRO-1 over MPI) */
-  bool shared_grads;  /* gradients in the node's shared window: all-reduced
-                         during backward, also under ZeRO-1 */
-  data_batch *mb; /* accum micro-batches of this rank's slice */
+  int *counts;       /* every rank's slice size */
+  float *gslice;     /* the reduce-scattered slice (ZeRO-1 over MPI) */
+  bool shared_grads; /* gradients in the node's shared window: all-reduced
+                        during backward, also under ZeRO-1 */
+  data_batch *mb;    /* accum micro-batches of this rank's slice */
   FILE *metrics;
   tb_writer *tb;
   bool tty;
@@ -178,7 +178,8 @@ static status_t parse_args(int argc, char **argv, train_config *c, const char **
       *help = true;
       return STATUS_OK;
     } else if (o == '?') {
-      return status_set(STATUS_ARG, "unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
+      return status_set(STATUS_ARG, "unknown or incomplete option '%s' (see --help)",
+                        argv[optind - 1]);
     }
   }
   optind = 1;
@@ -198,7 +199,8 @@ static status_t parse_args(int argc, char **argv, train_config *c, const char **
   if (c->sched.total_steps == 0) c->sched.total_steps = c->steps;
   /* data.masking defaults to the model's scheme: ELECTRA's (85% [MASK],
    * 15% kept) for an ELECTRA model, BERT's (80/10/10) otherwise. */
-  if (c->data.masking == MASKING_UNSET) c->data.masking = wants_electra(c) ? MASK_ELECTRA : MASK_BERT;
+  if (c->data.masking == MASKING_UNSET)
+    c->data.masking = wants_electra(c) ? MASK_ELECTRA : MASK_BERT;
   return train_config_check(c);
 }
 
@@ -208,18 +210,21 @@ static status_t bert_model_config(run_state *s, const shard_meta *meta) {
   if (c->model_config[0]) {
     if ((st = bert_config_load(c->model_config, &s->mcfg))) return st;
     if (meta && (uint32_t)s->mcfg.vocab_size < meta->vocab_size)
-      return status_set(STATUS_CONFIG, "%s: vocab_size %d is smaller than the data's tokenizer (%u)",
+      return status_set(STATUS_CONFIG,
+                        "%s: vocab_size %d is smaller than the data's tokenizer (%u)",
                         c->model_config, s->mcfg.vocab_size, meta->vocab_size);
   } else if (!meta) {
-    return status_set(STATUS_CONFIG, "model.config (a config.json with vocab_size) is needed when "
-                                     "the data are not shards (a preset takes its vocabulary from them)");
+    return status_set(STATUS_CONFIG,
+                      "model.config (a config.json with vocab_size) is needed when "
+                      "the data are not shards (a preset takes its vocabulary from them)");
   } else {
     if ((st = bert_preset(c->model_preset, &s->mcfg))) return st;
     s->mcfg.vocab_size = (int)meta->vocab_size;
   }
   if (!s->data.tfx) s->mcfg.nsp = c->data.instances == INST_NSP;
   if (s->mcfg.max_position_embeddings < c->data.seq_len)
-    return status_set(STATUS_CONFIG, "data.seq_len %d exceeds the model's max_position_embeddings %d",
+    return status_set(STATUS_CONFIG,
+                      "data.seq_len %d exceeds the model's max_position_embeddings %d",
                       c->data.seq_len, s->mcfg.max_position_embeddings);
   return STATUS_OK;
 }
@@ -232,18 +237,21 @@ static status_t electra_model_config(run_state *s, const shard_meta *meta) {
   if (c->model_config[0]) {
     if ((st = electra_config_load(c->model_config, &s->ecfg))) return st;
     if (meta && (uint32_t)s->ecfg.vocab_size < meta->vocab_size)
-      return status_set(STATUS_CONFIG, "%s: vocab_size %d is smaller than the data's tokenizer (%u)",
+      return status_set(STATUS_CONFIG,
+                        "%s: vocab_size %d is smaller than the data's tokenizer (%u)",
                         c->model_config, s->ecfg.vocab_size, meta->vocab_size);
   } else if (!meta) {
-    return status_set(STATUS_CONFIG, "model.config (a config.json with vocab_size) is needed when "
-                                     "the data are not shards (a preset takes its vocabulary from them)");
+    return status_set(STATUS_CONFIG,
+                      "model.config (a config.json with vocab_size) is needed when "
+                      "the data are not shards (a preset takes its vocabulary from them)");
   } else {
     if ((st = electra_preset(c->model_preset, &s->ecfg))) return st;
     s->ecfg.vocab_size = (int)meta->vocab_size;
     if ((st = electra_config_check(&s->ecfg))) return st;
   }
   if (s->ecfg.max_position_embeddings < c->data.seq_len)
-    return status_set(STATUS_CONFIG, "data.seq_len %d exceeds the model's max_position_embeddings %d",
+    return status_set(STATUS_CONFIG,
+                      "data.seq_len %d exceeds the model's max_position_embeddings %d",
                       c->data.seq_len, s->ecfg.max_position_embeddings);
   return STATUS_OK;
 }
@@ -301,7 +309,8 @@ static status_t setup_model(run_state *s) {
     s->shared_grads = shared != NULL;
   }
   if (s->rank == 0)
-    LOG_INFO(TRAINER, "gradient %s: %s", c->zero && !s->shared_grads ? "reduce-scatter" : "all-reduce",
+    LOG_INFO(TRAINER, "gradient %s: %s",
+             c->zero && !s->shared_grads ? "reduce-scatter" : "all-reduce",
              s->shared_grads ? "in shared memory on each node, MPI across nodes" : "MPI");
   if (c->zero) {
     s->counts = calloc((size_t)s->world, sizeof *s->counts);
@@ -349,7 +358,8 @@ static status_t setup_batches(run_state *s) {
   s->mb = calloc((size_t)s->accum, sizeof *s->mb);
   if (!s->mb) return status_set(STATUS_NOMEM, "out of memory");
   for (int64_t k = 0; k < s->accum; k++) {
-    status_t st = data_batch_alloc(&s->mb[k], (int)s->micro, c->data.seq_len, c->data.max_predictions);
+    status_t st =
+        data_batch_alloc(&s->mb[k], (int)s->micro, c->data.seq_len, c->data.max_predictions);
     if (st) return st;
   }
   return STATUS_OK;
@@ -363,8 +373,8 @@ typedef struct {
 } job_hash;
 
 static status_t check_same_job(run_state *s) {
-  job_hash mine = {fnv_str(s->cfg_text), param_table_hash(model_params(s)),
-                   s->data.fingerprint, s->world};
+  job_hash mine = {fnv_str(s->cfg_text), param_table_hash(model_params(s)), s->data.fingerprint,
+                   s->world};
   job_hash *all = calloc((size_t)s->world, sizeof *all);
   if (!all) return status_set(STATUS_NOMEM, "out of memory");
   status_t st = s->comm->ops->allgather_bytes(s->comm, &mine, all, sizeof mine);
@@ -374,8 +384,9 @@ static status_t check_same_job(run_state *s) {
                         : all[r].data != all[0].data     ? "data fingerprint"
                                                          : NULL;
     if (field)
-      st = status_set(STATUS_CONFIG, "rank %d differs from rank 0 in its %s: every rank must run the same job",
-                      r, field);
+      st = status_set(STATUS_CONFIG,
+                      "rank %d differs from rank 0 in its %s: every rank must run the same job", r,
+                      field);
   }
   free(all);
   return st;
@@ -398,8 +409,16 @@ static status_t electra_micro_step(run_state *s, int64_t step, int64_t k, const 
                                    step_result *r) {
   const train_config *c = &s->cfg;
   const data_batch *b = &s->mb[k];
-  electra_batch eb = {b->n, b->T, b->P, b->input_ids, b->input_mask, b->segment_ids,
-                      b->masked_lm_positions, b->masked_lm_ids, b->masked_lm_weights, NULL};
+  electra_batch eb = {b->n,
+                      b->T,
+                      b->P,
+                      b->input_ids,
+                      b->input_mask,
+                      b->segment_ids,
+                      b->masked_lm_positions,
+                      b->masked_lm_ids,
+                      b->masked_lm_weights,
+                      NULL};
   status_t st = electra_check_batch(s->emodel, &eb);
   if (st) return st;
   electra_run run = electra_run_default();
@@ -433,10 +452,11 @@ static status_t train_step(run_state *s, int64_t step, step_result *r) {
   double wsum[2] = {0, 0}; /* Σ masked_lm_weights; real tokens (ELECTRA) */
   for (int64_t k = 0; k < s->accum; k++) {
     uint64_t first = (uint64_t)(s->rank * s->per_rank + k * s->micro);
-    status_t st = src_get(&s->data, (uint64_t)c->global_batch, (uint64_t)step, first,
-                          (int)s->micro, &s->mb[k]);
+    status_t st = src_get(&s->data, (uint64_t)c->global_batch, (uint64_t)step, first, (int)s->micro,
+                          &s->mb[k]);
     if (st) return st;
-    for (int64_t i = 0; i < s->micro * c->data.max_predictions; i++) wsum[0] += s->mb[k].masked_lm_weights[i];
+    for (int64_t i = 0; i < s->micro * c->data.max_predictions; i++)
+      wsum[0] += s->mb[k].masked_lm_weights[i];
     if (s->emodel)
       for (int64_t i = 0; i < s->micro * c->data.seq_len; i++) wsum[1] += s->mb[k].input_mask[i];
   }
@@ -454,8 +474,15 @@ static status_t train_step(run_state *s, int64_t step, step_result *r) {
       continue;
     }
     const data_batch *b = &s->mb[k];
-    bert_batch bb = {b->n, b->T, b->P, b->input_ids, b->input_mask, b->segment_ids,
-                     b->masked_lm_positions, b->masked_lm_ids, b->masked_lm_weights,
+    bert_batch bb = {b->n,
+                     b->T,
+                     b->P,
+                     b->input_ids,
+                     b->input_mask,
+                     b->segment_ids,
+                     b->masked_lm_positions,
+                     b->masked_lm_ids,
+                     b->masked_lm_weights,
                      b->next_sentence_labels};
     if ((st = bert_check_batch(m, &bb))) return st;
     bert_run run = bert_run_default();
@@ -493,7 +520,8 @@ static status_t train_step(run_state *s, int64_t step, step_result *r) {
     optim_step(s->opt, model_param_buf(s), g, lr, &r->os);
     tc = now_s();
     comm_set_context(s->comm, "step %lld parameter all-gather", (long long)step);
-    if (s->comm->ops->allgather(s->comm, model_param_buf(s), s->counts)) comm_fail(s->comm, status_message());
+    if (s->comm->ops->allgather(s->comm, model_param_buf(s), s->counts))
+      comm_fail(s->comm, status_message());
     r->exposed_s += now_s() - tc;
   } else {
     optim_step(s->opt, model_param_buf(s), model_grad_buf(s), lr, &r->os);
@@ -507,8 +535,16 @@ static status_t train_step(run_state *s, int64_t step, step_result *r) {
 static void electra_eval_micro(run_state *s, int64_t e, int64_t k, const double den[2],
                                double acc[6]) {
   const data_batch *b = &s->mb[k];
-  electra_batch eb = {b->n, b->T, b->P, b->input_ids, b->input_mask, b->segment_ids,
-                      b->masked_lm_positions, b->masked_lm_ids, b->masked_lm_weights, NULL};
+  electra_batch eb = {b->n,
+                      b->T,
+                      b->P,
+                      b->input_ids,
+                      b->input_mask,
+                      b->segment_ids,
+                      b->masked_lm_positions,
+                      b->masked_lm_ids,
+                      b->masked_lm_weights,
+                      NULL};
   electra_run run = electra_run_default();
   run.train = false;
   run.seed = (uint64_t)s->cfg.seed;
@@ -540,7 +576,8 @@ static status_t evaluate(run_state *s, double out[4]) {
       status_t st = dataset_get_batch(s->holdout, (uint64_t)c->global_batch, (uint64_t)e, first,
                                       (int)s->micro, &s->mb[k]);
       if (st) return st;
-      for (int64_t i = 0; i < s->micro * c->data.max_predictions; i++) wsum[0] += s->mb[k].masked_lm_weights[i];
+      for (int64_t i = 0; i < s->micro * c->data.max_predictions; i++)
+        wsum[0] += s->mb[k].masked_lm_weights[i];
       if (s->emodel)
         for (int64_t i = 0; i < s->micro * c->data.seq_len; i++) wsum[1] += s->mb[k].input_mask[i];
     }
@@ -552,8 +589,15 @@ static status_t evaluate(run_state *s, double out[4]) {
         continue;
       }
       const data_batch *b = &s->mb[k];
-      bert_batch bb = {b->n, b->T, b->P, b->input_ids, b->input_mask, b->segment_ids,
-                       b->masked_lm_positions, b->masked_lm_ids, b->masked_lm_weights,
+      bert_batch bb = {b->n,
+                       b->T,
+                       b->P,
+                       b->input_ids,
+                       b->input_mask,
+                       b->segment_ids,
+                       b->masked_lm_positions,
+                       b->masked_lm_ids,
+                       b->masked_lm_weights,
                        b->next_sentence_labels};
       bert_run run = bert_run_default();
       run.train = false;
@@ -621,10 +665,12 @@ static void log_step(run_state *s, int64_t step, const step_result *r, const dou
             tokens / step_s, step_s, r->data_s, r->compute_s, r->exposed_s, peak_rss_mb());
   if (s->metrics) fflush(s->metrics);
   if (s->tb) {
-    static const char *const tags[] = {"train/loss", "train/mlm_accuracy", "train/learning_rate",
-                                       "train/grad_norm", "train/tokens_per_s", "train/trust_ratio_median"};
-    const float v[] = {(float)g[0], (float)acc, r->os.lr, (float)r->os.grad_norm,
-                       (float)(tokens / step_s), r->os.trust_median};
+    static const char *const tags[] = {"train/loss",          "train/mlm_accuracy",
+                                       "train/learning_rate", "train/grad_norm",
+                                       "train/tokens_per_s",  "train/trust_ratio_median"};
+    const float v[] = {
+        (float)g[0],       (float)acc, r->os.lr, (float)r->os.grad_norm, (float)(tokens / step_s),
+        r->os.trust_median};
     static const char *const etags[] = {"train/mlm_loss", "train/disc_loss", "train/disc_accuracy",
                                         "train/disc_precision", "train/disc_recall"};
     const float ev[] = {(float)g[1], (float)g[7], (float)dm[0], (float)dm[1], (float)dm[2]};
@@ -639,7 +685,8 @@ static void log_step(run_state *s, int64_t step, const step_result *r, const dou
   double eta = step_s * (double)(c->steps - step - 1);
   if (s->tty)
     fprintf(stderr, "\rstep %lld/%lld  loss %.4f  mlm acc %.3f  lr %.2e  %.0f tok/s  ETA %.0f s   ",
-            (long long)step + 1, (long long)c->steps, g[0], acc, (double)r->os.lr, tokens / step_s, eta);
+            (long long)step + 1, (long long)c->steps, g[0], acc, (double)r->os.lr, tokens / step_s,
+            eta);
   else {
     char disc[32] = "";
     if (s->emodel) snprintf(disc, sizeof disc, " disc_acc %.3f", dm[0]);
@@ -668,7 +715,8 @@ static status_t gather_optim(run_state *s, ckpt_optim *o, bool *owned) {
   memcpy(o->m + s->lo, optim_moment1(s->opt), (s->hi - s->lo) * sizeof(float));
   memcpy(o->v + s->lo, optim_moment2(s->opt), (s->hi - s->lo) * sizeof(float));
   comm_set_context(s->comm, "gathering optimizer state");
-  if (s->comm->ops->allgather(s->comm, o->m, s->counts) || s->comm->ops->allgather(s->comm, o->v, s->counts))
+  if (s->comm->ops->allgather(s->comm, o->m, s->counts) ||
+      s->comm->ops->allgather(s->comm, o->v, s->counts))
     comm_fail(s->comm, status_message());
   return STATUS_OK;
 }
@@ -680,9 +728,10 @@ static status_t save(run_state *s, int64_t steps_done) {
   status_t st = gather_optim(s, &o, &owned);
   if (st == STATUS_OK && s->rank == 0) {
     ckpt_info info = {steps_done, s->world, s->data.fingerprint, s->cfg.seed};
-    st = ckpt_save(s->cfg.ckpt_dir, &info, model_params(s), model_param_buf(s), &o,
-                   s->cfg_text, s->cfg.ckpt_keep);
-    if (st == STATUS_OK) LOG_INFO(TRAINER, "checkpoint: %s/step-%lld", s->cfg.ckpt_dir, (long long)steps_done);
+    st = ckpt_save(s->cfg.ckpt_dir, &info, model_params(s), model_param_buf(s), &o, s->cfg_text,
+                   s->cfg.ckpt_keep);
+    if (st == STATUS_OK)
+      LOG_INFO(TRAINER, "checkpoint: %s/step-%lld", s->cfg.ckpt_dir, (long long)steps_done);
   }
   if (owned) {
     mem_free(o.m);
@@ -710,8 +759,10 @@ static status_t init_weights(run_state *s, const char *init_from, int64_t *start
   *start = 0;
   if (s->rank == 0) {
     if (!strcmp(c->ckpt_resume, "auto")) {
-      if (!c->ckpt_dir[0]) st = status_set(STATUS_CONFIG, "ckpt.resume = auto needs ckpt.dir");
-      else st = ckpt_find_latest(c->ckpt_dir, path, sizeof path);
+      if (!c->ckpt_dir[0])
+        st = status_set(STATUS_CONFIG, "ckpt.resume = auto needs ckpt.dir");
+      else
+        st = ckpt_find_latest(c->ckpt_dir, path, sizeof path);
     } else if (strcmp(c->ckpt_resume, "none")) {
       snprintf(path, sizeof path, "%s", c->ckpt_resume);
     }
@@ -721,7 +772,8 @@ static status_t init_weights(run_state *s, const char *init_from, int64_t *start
       o.v = mem_alloc(bytes, "checkpoint moments");
       st = !o.m || !o.v ? STATUS_NOMEM : ckpt_load(path, &info, t, model_param_buf(s), &o);
       if (st == STATUS_OK && info.data_fingerprint != s->data.fingerprint)
-        st = status_set(STATUS_CONFIG, "checkpoint %s was made on other data or data settings", path);
+        st = status_set(STATUS_CONFIG, "checkpoint %s was made on other data or data settings",
+                        path);
       if (st == STATUS_OK) {
         head[1] = 1;
         head[2] = (double)info.step;
@@ -732,7 +784,8 @@ static status_t init_weights(run_state *s, const char *init_from, int64_t *start
       }
     } else if (st == STATUS_OK && init_from) {
       st = ckpt_load(init_from, &info, t, model_param_buf(s), NULL);
-      if (st == STATUS_OK) LOG_INFO(TRAINER, "weights from %s; fresh optimizer and schedule", init_from);
+      if (st == STATUS_OK)
+        LOG_INFO(TRAINER, "weights from %s; fresh optimizer and schedule", init_from);
     } else if (st == STATUS_OK) {
       if (s->emodel)
         electra_init_weights(s->emodel, (uint64_t)c->seed);
@@ -786,7 +839,8 @@ static status_t open_source(run_state *s) {
     b->instances = tfx_records(b->tfx);
   }
   if (c->data_service[0]) {
-    if (b->tfx) return status_set(STATUS_CONFIG, "data.service serves shards, not TFRecords (data.path)");
+    if (b->tfx)
+      return status_set(STATUS_CONFIG, "data.service serves shards, not TFRecords (data.path)");
     svc_client_options o = svc_client_options_default();
     o.addresses = c->data_service;
     o.config = c->data;
@@ -809,7 +863,8 @@ static void plan_step(run_state *s, int64_t step) {
   svc_key keys[64];
   int n = 0;
   for (int64_t k = 0; k < s->accum && n < 64; k++)
-    keys[n++] = (svc_key){(uint64_t)step, (uint64_t)(s->rank * s->per_rank + k * s->micro), (int)s->micro};
+    keys[n++] =
+        (svc_key){(uint64_t)step, (uint64_t)(s->rank * s->per_rank + k * s->micro), (int)s->micro};
   svc_client_plan(s->data.svc, keys, (size_t)n);
 }
 
@@ -820,8 +875,9 @@ static status_t run(run_state *s, const char *init_from) {
   if ((st = open_source(s))) return st;
   if (c->eval_every) {
     if (!s->data.ds)
-      return status_set(STATUS_CONFIG, "train.eval_every needs data.path to be a directory of shards "
-                                       "with a holdout split");
+      return status_set(STATUS_CONFIG,
+                        "train.eval_every needs data.path to be a directory of shards "
+                        "with a holdout split");
     if ((st = dataset_open(&s->holdout, c->data_path, "holdout", &c->data))) return st;
   }
   if ((st = setup_model(s))) return st;
@@ -832,7 +888,8 @@ static status_t run(run_state *s, const char *init_from) {
   if ((st = init_weights(s, init_from, &start))) return st;
   if (s->rank == 0) {
     fprintf(stderr, "effective config:\n%s", s->cfg_text);
-    LOG_INFO(TRAINER, "%zu parameters; %llu training instances; global batch %lld = %d rank(s) x %lld "
+    LOG_INFO(TRAINER,
+             "%zu parameters; %llu training instances; global batch %lld = %d rank(s) x %lld "
              "micro-batch(es) of %lld; %d gradient bucket(s)",
              model_params(s)->total, (unsigned long long)s->data.instances,
              (long long)c->global_batch, s->world, (long long)s->accum, (long long)s->micro,
@@ -856,11 +913,19 @@ static status_t run(run_state *s, const char *init_from) {
     if ((st = train_step(s, step, &r))) return st;
     /* One reduction carries the metrics and the stop flag. */
     bool out_of_time = c->time_limit_s > 0 && now_s() - t_start >= c->time_limit_s;
-    double g[13] = {r.loss,        r.mlm_loss,     r.mlm_correct,
-                    r.mlm_wsum,    r.nsp_correct,  r.nsp_loss,
+    double g[13] = {r.loss,
+                    r.mlm_loss,
+                    r.mlm_correct,
+                    r.mlm_wsum,
+                    r.nsp_correct,
+                    r.nsp_loss,
                     (double)(stop_requested || out_of_time),
-                    r.disc_loss,   r.disc_tokens,  r.disc_correct,
-                    r.replaced,    r.predicted,    r.true_positive};
+                    r.disc_loss,
+                    r.disc_tokens,
+                    r.disc_correct,
+                    r.replaced,
+                    r.predicted,
+                    r.true_positive};
     comm_set_context(s->comm, "step %lld metrics", (long long)step);
     if (s->comm->ops->allreduce_f64(s->comm, g, 13)) comm_fail(s->comm, status_message());
     if (s->rank == 0) log_step(s, step, &r, g, now_s() - t0);
@@ -870,10 +935,15 @@ static status_t run(run_state *s, const char *init_from) {
       if ((st = evaluate(s, e))) return st;
       if (s->rank == 0) {
         if (s->metrics && s->emodel)
-          fprintf(s->metrics, "{\"eval_step\":%lld,\"eval_loss\":%.6f,\"eval_mlm_acc\":%.5f,\"eval_disc_acc\":%.5f,"
-                  "\"eval_replaced_frac\":%.5f}\n", (long long)step + 1, e[0], e[1], e[2], e[3]);
+          fprintf(
+              s->metrics,
+              "{\"eval_step\":%lld,\"eval_loss\":%.6f,\"eval_mlm_acc\":%.5f,\"eval_disc_acc\":%.5f,"
+              "\"eval_replaced_frac\":%.5f}\n",
+              (long long)step + 1, e[0], e[1], e[2], e[3]);
         else if (s->metrics)
-          fprintf(s->metrics, "{\"eval_step\":%lld,\"eval_loss\":%.6f,\"eval_mlm_acc\":%.5f,\"eval_nsp_acc\":%.5f}\n",
+          fprintf(s->metrics,
+                  "{\"eval_step\":%lld,\"eval_loss\":%.6f,\"eval_mlm_acc\":%.5f,\"eval_nsp_acc\":%."
+                  "5f}\n",
                   (long long)step + 1, e[0], e[1], e[2]);
         if (s->tb) {
           static const char *const tags[] = {"eval/loss", "eval/mlm_accuracy"};
@@ -881,8 +951,8 @@ static status_t run(run_state *s, const char *init_from) {
           tb_scalars(s->tb, step + 1, tags, v, 2);
         }
         if (s->tty) fputc('\n', stderr);
-        LOG_INFO(TRAINER, "eval at step %lld: held-out loss %.4f, MLM accuracy %.4f", (long long)step + 1,
-                 e[0], e[1]);
+        LOG_INFO(TRAINER, "eval at step %lld: held-out loss %.4f, MLM accuracy %.4f",
+                 (long long)step + 1, e[0], e[1]);
       }
     }
     bool periodic = c->ckpt_every && (step + 1) % c->ckpt_every == 0;

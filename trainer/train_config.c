@@ -32,7 +32,8 @@ static status_t set_i64(int64_t *dst, const char *key, const char *v, int64_t lo
   char *e;
   long long x = strtoll(v, &e, 10);
   if (!*v || *e || x < lo)
-    return status_set(STATUS_CONFIG, "%s: '%s' is not a whole number >= %lld", key, v, (long long)lo);
+    return status_set(STATUS_CONFIG, "%s: '%s' is not a whole number >= %lld", key, v,
+                      (long long)lo);
   *dst = x;
   return STATUS_OK;
 }
@@ -135,8 +136,9 @@ status_t train_config_load(train_config *c, const char *path) {
 
 status_t train_config_check(const train_config *c) {
   if (!c->data_path[0] && !c->data_service[0])
-    return status_set(STATUS_CONFIG, "data.path (a directory of shards, or TFRecord files) or "
-                                     "data.service is not set");
+    return status_set(STATUS_CONFIG,
+                      "data.path (a directory of shards, or TFRecord files) or "
+                      "data.service is not set");
   return STATUS_OK;
 }
 
@@ -151,8 +153,8 @@ char *train_config_dump(const train_config *c) {
           c->data_path, c->data_service, c->data_token_file, c->data.seq_len);
   fprintf(f, "data.max_predictions = %d\n", c->data.max_predictions);
   fprintf(f, "data.mask_prob = %g\ndata.masking = %s\ndata.whole_word = %s\ndata.instances = %s\n",
-          (double)c->data.mask_prob, masking[c->data.masking], c->data.whole_word ? "true" : "false",
-          inst[c->data.instances]);
+          (double)c->data.mask_prob, masking[c->data.masking],
+          c->data.whole_word ? "true" : "false", inst[c->data.instances]);
   fprintf(f, "data.short_seq_prob = %g\ndata.seed = %llu\n", (double)c->data.short_seq_prob,
           (unsigned long long)c->data.seed);
   fprintf(f, "train.global_batch = %lld\ntrain.micro_batch = %lld\ntrain.steps = %lld\n",
@@ -164,8 +166,8 @@ char *train_config_dump(const train_config *c) {
   fprintf(f, "optim.name = %s\noptim.lr = %g\noptim.schedule = %s\noptim.warmup = %g\n",
           c->optim.kind == OPTIM_LAMB ? "lamb" : "adamw", c->sched.lr,
           c->sched.kind == SCHED_POLY ? "poly" : "constant", c->sched.warmup);
-  fprintf(f, "optim.decay_power = %g\noptim.end_lr = %g\noptim.total_steps = %lld\n", c->sched.power,
-          c->sched.end_lr, (long long)c->sched.total_steps);
+  fprintf(f, "optim.decay_power = %g\noptim.end_lr = %g\noptim.total_steps = %lld\n",
+          c->sched.power, c->sched.end_lr, (long long)c->sched.total_steps);
   fprintf(f, "optim.beta1 = %g\noptim.beta2 = %g\noptim.eps = %g\noptim.weight_decay = %g\n",
           (double)c->optim.beta1, (double)c->optim.beta2, (double)c->optim.eps,
           (double)c->optim.weight_decay);
@@ -185,7 +187,8 @@ char *train_config_dump(const train_config *c) {
 }
 
 static const char help[] =
-    "[model]  config = PATH (a Hugging Face config.json: BERT, or ELECTRA with model_type electra)\n"
+    "[model]  config = PATH (a Hugging Face config.json: BERT, or ELECTRA with model_type "
+    "electra)\n"
     "         | preset = bert-tiny|bert-mini|bert-small|bert-medium|bert-base|bert-large|\n"
     "         electra-small|electra-base (bert-mini)\n"
     "         with a preset, vocab_size comes from the shards' tokenizer\n"
@@ -198,7 +201,8 @@ static const char help[] =
     "[train]  global_batch = 32, micro_batch = 0 (global_batch / ranks), steps = 100, seed = 42,\n"
     "         eval_every = 0 (off), eval_batches = 4, log_every = 1, threads = 0 (cores/ranks),\n"
     "         time_limit_s = 0 (none: else checkpoint and stop after this many seconds)\n"
-    "[optim]  name = lamb|adamw, lr, schedule, warmup, decay_power, end_lr, total_steps (0: train.steps),\n"
+    "[optim]  name = lamb|adamw, lr, schedule, warmup, decay_power, end_lr, total_steps (0: "
+    "train.steps),\n"
     "         beta1, beta2, eps, weight_decay, bias_correction, adapt_all, trust_min, trust_max,\n"
     "         max_grad_norm, zero = 0\n"
     "[comm]   bucket_mb = 25, first_bucket_mb = 1, timeout_s = 300,\n"
@@ -213,12 +217,9 @@ status_t bert_preset(const char *name, bert_config *out) {
   static const struct {
     const char *name;
     int L, H, A, I;
-  } presets[] = {{"bert-tiny", 2, 128, 2, 512},
-                 {"bert-mini", 4, 256, 4, 1024},
-                 {"bert-small", 4, 512, 8, 2048},
-                 {"bert-medium", 8, 512, 8, 2048},
-                 {"bert-base", 12, 768, 12, 3072},
-                 {"bert-large", 24, 1024, 16, 4096}};
+  } presets[] = {{"bert-tiny", 2, 128, 2, 512},    {"bert-mini", 4, 256, 4, 1024},
+                 {"bert-small", 4, 512, 8, 2048},  {"bert-medium", 8, 512, 8, 2048},
+                 {"bert-base", 12, 768, 12, 3072}, {"bert-large", 24, 1024, 16, 4096}};
   for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
     if (!strcmp(name, presets[i].name)) {
       bert_config c = bert_config_default();
@@ -229,6 +230,8 @@ status_t bert_preset(const char *name, bert_config *out) {
       *out = c;
       return STATUS_OK;
     }
-  return status_set(STATUS_CONFIG, "model.preset: unknown preset '%s' (bert-tiny, bert-mini, "
-                                   "bert-small, bert-medium, bert-base, bert-large)", name);
+  return status_set(STATUS_CONFIG,
+                    "model.preset: unknown preset '%s' (bert-tiny, bert-mini, "
+                    "bert-small, bert-medium, bert-base, bert-large)",
+                    name);
 }

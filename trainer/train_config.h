@@ -16,8 +16,8 @@ typedef struct {
   char model_config[CFG_PATH]; /* a config.json, or empty for the preset */
   char model_preset[32];       /* bert-tiny, bert-mini, bert-small, bert-base */
   /* [data] */
-  char data_path[CFG_PATH];    /* a directory of shards */
-  char data_service[CFG_PATH]; /* host:port[,host:port]: fetch from the service */
+  char data_path[CFG_PATH];       /* a directory of shards */
+  char data_service[CFG_PATH];    /* host:port[,host:port]: fetch from the service */
   char data_token_file[CFG_PATH]; /* the service's shared secret, when it has one */
   data_config data;
   /* [train] */
