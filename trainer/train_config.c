@@ -232,6 +232,6 @@ status_t bert_preset(const char *name, bert_config *out) {
     }
   return status_set(STATUS_CONFIG,
                     "model.preset: unknown preset '%s' (bert-tiny, bert-mini, "
-                    "bert-small, bert-medium, bert-base, bert-large)",
+                    "bert-small, bert-medium, bert-base, bert-large, electra-small, electra-base)",
                     name);
 }
