@@ -402,6 +402,13 @@ typedef struct {
   optim_stats os;
 } step_result;
 
+/* Whether backward all-reduces the gradient (bucket by bucket) during
+ * micro-batch k: on the last micro-batch of a step, unless ZeRO-1 reduce-
+ * scatters it over MPI afterwards. */
+static bool allreduce_in_backward(const run_state *s, int64_t k) {
+  return (!s->cfg.zero || s->shared_grads) && k == s->accum - 1;
+}
+
 /* One ELECTRA micro-batch k of this rank: forward (samples keyed by the
  * global sample index), backward into the reducer. den: the global batch's
  * Σ masked_lm_weights and real-token count. */
@@ -429,7 +436,7 @@ static status_t electra_micro_step(run_state *s, int64_t step, int64_t k, const 
   run.disc_denominator = den[1];
   electra_losses ls;
   electra_forward(s->emodel, &eb, &run, &ls);
-  reducer_begin(s->red, (!c->zero || s->shared_grads) && k == s->accum - 1, (uint64_t)step);
+  reducer_begin(s->red, allreduce_in_backward(s, k), (uint64_t)step);
   electra_backward(s->emodel);
   r->loss += ls.loss;
   r->mlm_loss += ls.mlm_loss;
@@ -493,7 +500,7 @@ static status_t train_step(run_state *s, int64_t step, step_result *r) {
     run.nsp_denominator = (double)c->global_batch;
     bert_losses ls;
     bert_forward(m, &bb, &run, &ls);
-    reducer_begin(s->red, (!c->zero || s->shared_grads) && k == s->accum - 1, (uint64_t)step);
+    reducer_begin(s->red, allreduce_in_backward(s, k), (uint64_t)step);
     bert_backward(m);
     r->loss += ls.loss;
     r->mlm_loss += ls.mlm_loss;
