@@ -402,6 +402,33 @@ typedef struct {
   optim_stats os;
 } step_result;
 
+/* The model's view of a micro-batch (the same arrays). */
+static bert_batch bert_batch_of(const data_batch *b) {
+  return (bert_batch){b->n,
+                      b->T,
+                      b->P,
+                      b->input_ids,
+                      b->input_mask,
+                      b->segment_ids,
+                      b->masked_lm_positions,
+                      b->masked_lm_ids,
+                      b->masked_lm_weights,
+                      b->next_sentence_labels};
+}
+
+static electra_batch electra_batch_of(const data_batch *b) {
+  return (electra_batch){b->n,
+                         b->T,
+                         b->P,
+                         b->input_ids,
+                         b->input_mask,
+                         b->segment_ids,
+                         b->masked_lm_positions,
+                         b->masked_lm_ids,
+                         b->masked_lm_weights,
+                         NULL};
+}
+
 /* Whether backward all-reduces the gradient (bucket by bucket) during
  * micro-batch k: on the last micro-batch of a step, unless ZeRO-1 reduce-
  * scatters it over MPI afterwards. */
@@ -416,16 +443,7 @@ static status_t electra_micro_step(run_state *s, int64_t step, int64_t k, const 
                                    step_result *r) {
   const train_config *c = &s->cfg;
   const data_batch *b = &s->mb[k];
-  electra_batch eb = {b->n,
-                      b->T,
-                      b->P,
-                      b->input_ids,
-                      b->input_mask,
-                      b->segment_ids,
-                      b->masked_lm_positions,
-                      b->masked_lm_ids,
-                      b->masked_lm_weights,
-                      NULL};
+  electra_batch eb = electra_batch_of(b);
   status_t st = electra_check_batch(s->emodel, &eb);
   if (st) return st;
   electra_run run = electra_run_default();
@@ -481,16 +499,7 @@ static status_t train_step(run_state *s, int64_t step, step_result *r) {
       continue;
     }
     const data_batch *b = &s->mb[k];
-    bert_batch bb = {b->n,
-                     b->T,
-                     b->P,
-                     b->input_ids,
-                     b->input_mask,
-                     b->segment_ids,
-                     b->masked_lm_positions,
-                     b->masked_lm_ids,
-                     b->masked_lm_weights,
-                     b->next_sentence_labels};
+    bert_batch bb = bert_batch_of(b);
     if ((st = bert_check_batch(m, &bb))) return st;
     bert_run run = bert_run_default();
     run.seed = (uint64_t)c->seed;
@@ -542,16 +551,7 @@ static status_t train_step(run_state *s, int64_t step, step_result *r) {
 static void electra_eval_micro(run_state *s, int64_t e, int64_t k, const double den[2],
                                double acc[6]) {
   const data_batch *b = &s->mb[k];
-  electra_batch eb = {b->n,
-                      b->T,
-                      b->P,
-                      b->input_ids,
-                      b->input_mask,
-                      b->segment_ids,
-                      b->masked_lm_positions,
-                      b->masked_lm_ids,
-                      b->masked_lm_weights,
-                      NULL};
+  electra_batch eb = electra_batch_of(b);
   electra_run run = electra_run_default();
   run.train = false;
   run.seed = (uint64_t)s->cfg.seed;
@@ -596,16 +596,7 @@ static status_t evaluate(run_state *s, double out[4]) {
         continue;
       }
       const data_batch *b = &s->mb[k];
-      bert_batch bb = {b->n,
-                       b->T,
-                       b->P,
-                       b->input_ids,
-                       b->input_mask,
-                       b->segment_ids,
-                       b->masked_lm_positions,
-                       b->masked_lm_ids,
-                       b->masked_lm_weights,
-                       b->next_sentence_labels};
+      bert_batch bb = bert_batch_of(b);
       bert_run run = bert_run_default();
       run.train = false;
       run.mlm_denominator = wsum[0];
