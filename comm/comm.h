@@ -59,6 +59,10 @@ status_t comm_mpi_init(comm_t **out, double timeout_s);
  * only with CUDA and NCCL (MLMPI_HAVE_NCCL); STATUS_COMM naming the missing
  * GPU where there is none. */
 status_t comm_nccl_init(comm_t **out, double timeout_s);
+/* The CUDA stream (a cudaStream_t) the NCCL backend's collectives run on, so
+ * device work can be ordered with them; NULL when c is not an NCCL
+ * communicator. In NCCL builds only, as comm_nccl_init. */
+void *comm_nccl_stream(comm_t *c);
 void comm_free(comm_t *c); /* NULL is a no-op */
 /* ops->alloc_shared where the backend has it, else *out = NULL. */
 status_t comm_alloc_shared(comm_t *c, size_t n, float **out);

@@ -1,8 +1,9 @@
 /* comm_nccl.c: the NCCL backend of comm.h, for gradients in GPU memory:
  * every buffer passed to its operations is a device pointer. Collectives
  * run on one CUDA stream; waits poll the stream (and NCCL's asynchronous
- * error) against the deadline and abort the communicator when it passes,
- * so a dead peer never leaves a rank spinning inside NCCL. The NCCL unique
+ * error) against the deadline and return STATUS_TIMEOUT when it passes, so
+ * a dead peer never leaves a rank spinning inside NCCL (comm_fail then ends
+ * the job; comm_free aborts a failed communicator). The NCCL unique
  * id travels over MPI, which the trainer has initialised. Built only when
  * CUDA and NCCL are found. */
 #include <cuda_runtime.h>
@@ -22,7 +23,8 @@ struct comm_req {
 typedef struct {
   ncclComm_t nccl;
   cudaStream_t stream;
-  float *one; /* a device float for the barrier */
+  float *one;  /* a device float for the barrier */
+  bool failed; /* a wait timed out or NCCL reported an error: no more calls */
 } nccl_impl;
 
 static nccl_impl *I(comm_t *c) { return c->impl; }
@@ -42,7 +44,7 @@ static status_t cuda_err(cudaError_t e, const char *what) {
 }
 
 /* Polls an event until it completes, NCCL reports an error, or the deadline
- * passes (then the communicator is aborted). */
+ * passes; the last two mark the communicator failed. */
 static status_t wait_event(comm_t *c, cudaEvent_t ev, const char *what) {
   double deadline = now_s() + c->timeout_s;
   for (;;) {
@@ -50,11 +52,15 @@ static status_t wait_event(comm_t *c, cudaEvent_t ev, const char *what) {
     if (e == cudaSuccess) return STATUS_OK;
     if (e != cudaErrorNotReady) return cuda_err(e, what);
     ncclResult_t async;
-    if (ncclCommGetAsyncError(I(c)->nccl, &async) == ncclSuccess && async != ncclSuccess)
+    if (ncclCommGetAsyncError(I(c)->nccl, &async) == ncclSuccess && async != ncclSuccess) {
+      I(c)->failed = true;
       return nccl_err(async, what);
+    }
+    /* Past the deadline return at once: aborting the communicator here can
+     * block until the stream drains (it frees device memory), so that waits
+     * for comm_free, after comm_fail has ended the job. */
     if (now_s() > deadline) {
-      ncclCommAbort(I(c)->nccl);
-      I(c)->nccl = NULL;
+      I(c)->failed = true;
       return status_set(STATUS_TIMEOUT, "%s did not complete within %.0f s (%s)", what,
                         c->timeout_s, c->context[0] ? c->context : "no context");
     }
@@ -62,6 +68,14 @@ static status_t wait_event(comm_t *c, cudaEvent_t ev, const char *what) {
     nanosleep(&ts, NULL);
   }
 }
+
+static status_t failed_before(const char *what) {
+  return status_set(STATUS_COMM, "%s: the NCCL communicator failed earlier (a timeout or an error)",
+                    what);
+}
+
+/* Issues a collective unless the communicator has failed, then waits for it. */
+#define COLLECTIVE(c, what, call) (I(c)->failed ? failed_before(what) : finish((c), (call), (what)))
 
 static status_t finish(comm_t *c, ncclResult_t r, const char *what) {
   if (r != ncclSuccess) return nccl_err(r, what);
@@ -75,16 +89,17 @@ static status_t finish(comm_t *c, ncclResult_t r, const char *what) {
 }
 
 static status_t n_allreduce(comm_t *c, float *buf, size_t n) {
-  return finish(c, ncclAllReduce(buf, buf, n, ncclFloat, ncclSum, I(c)->nccl, I(c)->stream),
-                "allreduce");
+  return COLLECTIVE(c, "allreduce",
+                    ncclAllReduce(buf, buf, n, ncclFloat, ncclSum, I(c)->nccl, I(c)->stream));
 }
 
 static status_t n_allreduce_f64(comm_t *c, double *buf, size_t n) {
-  return finish(c, ncclAllReduce(buf, buf, n, ncclDouble, ncclSum, I(c)->nccl, I(c)->stream),
-                "allreduce");
+  return COLLECTIVE(c, "allreduce",
+                    ncclAllReduce(buf, buf, n, ncclDouble, ncclSum, I(c)->nccl, I(c)->stream));
 }
 
 static status_t n_iallreduce(comm_t *c, float *buf, size_t n, comm_req **req) {
+  if (I(c)->failed) return failed_before("allreduce");
   comm_req *q = malloc(sizeof *q);
   if (!q) return status_set(STATUS_NOMEM, "out of memory starting an all-reduce");
   ncclResult_t r = ncclAllReduce(buf, buf, n, ncclFloat, ncclSum, I(c)->nccl, I(c)->stream);
@@ -125,29 +140,28 @@ static bool equal_counts(const comm_t *c, const int *counts) {
 static status_t n_reduce_scatter(comm_t *c, const float *in, float *out, const int *counts) {
   if (!equal_counts(c, counts))
     return status_set(STATUS_ARG, "the NCCL backend needs equal reduce-scatter slices");
-  return finish(
-      c,
-      ncclReduceScatter(in, out, (size_t)counts[0], ncclFloat, ncclSum, I(c)->nccl, I(c)->stream),
-      "reduce_scatter");
+  return COLLECTIVE(
+      c, "reduce_scatter",
+      ncclReduceScatter(in, out, (size_t)counts[0], ncclFloat, ncclSum, I(c)->nccl, I(c)->stream));
 }
 
 static status_t n_allgather(comm_t *c, float *buf, const int *counts) {
   if (!equal_counts(c, counts))
     return status_set(STATUS_ARG, "the NCCL backend needs equal all-gather slices");
   size_t n = (size_t)counts[0];
-  return finish(
-      c, ncclAllGather(buf + n * (size_t)c->rank, buf, n, ncclFloat, I(c)->nccl, I(c)->stream),
-      "allgather");
+  return COLLECTIVE(
+      c, "allgather",
+      ncclAllGather(buf + n * (size_t)c->rank, buf, n, ncclFloat, I(c)->nccl, I(c)->stream));
 }
 
 static status_t n_allgather_bytes(comm_t *c, const void *mine, void *all, size_t bytes) {
-  return finish(c, ncclAllGather(mine, all, bytes, ncclChar, I(c)->nccl, I(c)->stream),
-                "allgather");
+  return COLLECTIVE(c, "allgather",
+                    ncclAllGather(mine, all, bytes, ncclChar, I(c)->nccl, I(c)->stream));
 }
 
 static status_t n_broadcast(comm_t *c, void *buf, size_t bytes, int root) {
-  return finish(c, ncclBroadcast(buf, buf, bytes, ncclChar, root, I(c)->nccl, I(c)->stream),
-                "broadcast");
+  return COLLECTIVE(c, "broadcast",
+                    ncclBroadcast(buf, buf, bytes, ncclChar, root, I(c)->nccl, I(c)->stream));
 }
 
 static status_t n_barrier(comm_t *c) { return n_allreduce(c, I(c)->one, 1); }
@@ -155,7 +169,7 @@ static status_t n_barrier(comm_t *c) { return n_allreduce(c, I(c)->one, 1); }
 static void n_free(comm_t *c) {
   nccl_impl *m = c->impl;
   if (m) {
-    if (m->nccl) ncclCommDestroy(m->nccl);
+    if (m->nccl) (m->failed ? ncclCommAbort : ncclCommDestroy)(m->nccl);
     if (m->one) cudaFree(m->one);
     if (m->stream) cudaStreamDestroy(m->stream);
     free(m);
@@ -177,6 +191,8 @@ static const comm_ops nccl_ops = {
     .barrier = n_barrier,
     .free = n_free,
 };
+
+void *comm_nccl_stream(comm_t *c) { return c && c->ops == &nccl_ops ? (void *)I(c)->stream : NULL; }
 
 /* NCCL refuses two ranks of one communicator on the same GPU with a bare
  * "invalid usage". Compare the PCI bus ids of the node's ranks first (by

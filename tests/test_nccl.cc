@@ -7,7 +7,9 @@
 #include <gtest/gtest.h>
 #define OMPI_SKIP_MPICXX 1
 #include <mpi.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -180,6 +182,36 @@ TEST_F(Nccl, AllgatherBytesAndBarrier) {
   float *shared = &dummy;
   EXPECT_EQ(comm_alloc_shared(c, 1024, &shared), STATUS_OK);
   EXPECT_EQ(shared, nullptr) << "device buffers are never in a host shared-memory window";
+}
+
+void CUDART_CB sleep_on_stream(void *us) { usleep(*static_cast<useconds_t *>(us)); }
+
+// A collective queued behind 2.5 s of other work on the stream passes a 1 s
+// deadline: the wait returns STATUS_TIMEOUT naming the context without
+// waiting for the stream, and the communicator refuses further calls (it is
+// aborted when freed).
+TEST_F(Nccl, WaitPastTheDeadlineTimesOut) {
+  if (c->size != 1) GTEST_SKIP() << "one rank only: the other ranks' collectives would hang";
+  c->timeout_s = 1;
+  comm_set_context(c, "step 7 bucket 2");
+  static useconds_t busy = 2500000;
+  ASSERT_EQ(
+      cudaLaunchHostFunc(static_cast<cudaStream_t>(comm_nccl_stream(c)), sleep_on_stream, &busy),
+      cudaSuccess);
+  Dev<float> d(std::vector<float>(1024, 1.0f));
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(c->ops->allreduce(c, d.p, 1024), STATUS_TIMEOUT);
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_GE(s, 1.0);
+  EXPECT_LT(s, 2.4) << "the wait ended only when the stream did";
+  EXPECT_NE(std::string(status_message()).find("within 1 s (step 7 bucket 2)"), std::string::npos)
+      << status_message();
+  EXPECT_EQ(c->ops->barrier(c), STATUS_COMM);
+  EXPECT_NE(std::string(status_message()).find("failed earlier"), std::string::npos)
+      << status_message();
+  comm_req *q = nullptr;
+  EXPECT_EQ(c->ops->iallreduce(c, d.p, 1024, &q), STATUS_COMM);
+  EXPECT_EQ(q, nullptr);
 }
 
 }  // namespace
