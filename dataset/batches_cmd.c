@@ -43,20 +43,13 @@ static void print_rows_f(const char *key, const float *v, int n, int w) {
 
 int data_batches_main(int argc, char **argv) {
   static const struct option opts[] = {{"data", required_argument, 0, 'd'},
-                                       {"seq-len", required_argument, 0, 'T'},
                                        {"global-batch", required_argument, 0, 'B'},
                                        {"world", required_argument, 0, 'W'},
                                        {"rank", required_argument, 0, 'R'},
                                        {"step", required_argument, 0, 'S'},
-                                       {"seed", required_argument, 0, 's'},
                                        {"count", required_argument, 0, 'n'},
                                        {"split", required_argument, 0, 'p'},
-                                       {"max-predictions", required_argument, 0, 'P'},
-                                       {"mask-prob", required_argument, 0, 'm'},
-                                       {"masking", required_argument, 0, 'M'},
-                                       {"whole-word", no_argument, 0, 'w'},
-                                       {"instances", required_argument, 0, 'i'},
-                                       {"short-seq-prob", required_argument, 0, 'q'},
+                                       DATA_GETOPT_OPTIONS,
                                        {"help", no_argument, 0, 'h'},
                                        {"service", required_argument, 0, 'V'},
                                        {"token-file", required_argument, 0, 'K'},
@@ -68,7 +61,7 @@ int data_batches_main(int argc, char **argv) {
   optind = 1;
   for (int c, li = 0; (c = getopt_long(argc, argv, "", opts, &li)) != -1;) {
     char *e = NULL;
-    const char *key = NULL;
+    const char *value = optarg, *key = NULL;
     switch (c) {
       case 'd': dir = optarg; break;
       case 'p': split = optarg; break;
@@ -79,19 +72,9 @@ int data_batches_main(int argc, char **argv) {
       case 'R': R = strtoll(optarg, &e, 10); break;
       case 'S': S = strtoll(optarg, &e, 10); break;
       case 'n': count = strtoll(optarg, &e, 10); break;
-      case 'T': key = "seq_len"; break;
-      case 's': key = "seed"; break;
-      case 'P': key = "max_predictions"; break;
-      case 'm': key = "mask_prob"; break;
-      case 'M': key = "masking"; break;
-      case 'i': key = "instances"; break;
-      case 'q': key = "short_seq_prob"; break;
-      case 'w':
-        key = "whole_word";
-        optarg = "true";
-        break;
       case 'h': fputs(batches_usage, stdout); return 0;
       default:
+        if ((key = data_option_key(c, &value))) break;
         fprintf(stderr, "mlmpi-data batches: unknown or incomplete option '%s' (see --help)\n",
                 argv[optind - 1]);
         return 2;
@@ -100,7 +83,7 @@ int data_batches_main(int argc, char **argv) {
       fprintf(stderr, "mlmpi-data batches: --%s needs a number, not '%s'\n", opts[li].name, optarg);
       return 2;
     }
-    if (key && data_set_key(&cfg, key, optarg) != STATUS_OK) {
+    if (key && data_set_key(&cfg, key, value) != STATUS_OK) {
       fprintf(stderr, "mlmpi-data batches: %s\n", status_message());
       return 2;
     }

@@ -47,6 +47,20 @@ data_config data_config_default(void) {
                        .seed = 12345};
 }
 
+const char *data_option_key(int option, const char **value) {
+  switch (option) {
+    case 'T': return "seq_len";
+    case 's': return "seed";
+    case 'P': return "max_predictions";
+    case 'm': return "mask_prob";
+    case 'M': return "masking";
+    case 'i': return "instances";
+    case 'q': return "short_seq_prob";
+    case 'w': *value = "true"; return "whole_word";
+    default: return NULL;
+  }
+}
+
 status_t data_set_key(data_config *c, const char *key, const char *v) {
   char *end;
   if (!strcmp(key, "seq_len") || !strcmp(key, "max_predictions") || !strcmp(key, "seed")) {

@@ -43,6 +43,23 @@ data_config data_config_default(void);
  * mask_prob, masking (bert|electra), whole_word, instances (packed|nsp),
  * short_seq_prob, seed. STATUS_CONFIG names the key otherwise. */
 status_t data_set_key(data_config *c, const char *key, const char *value);
+/* The data options the mlmpi-data commands share, as getopt_long entries
+ * (with <getopt.h>): --seq-len, --seed, --max-predictions, --mask-prob,
+ * --masking, --whole-word, --instances, --short-seq-prob. */
+// clang-format off
+#define DATA_GETOPT_OPTIONS                           \
+  {"seq-len", required_argument, 0, 'T'},             \
+  {"seed", required_argument, 0, 's'},                \
+  {"max-predictions", required_argument, 0, 'P'},     \
+  {"mask-prob", required_argument, 0, 'm'},           \
+  {"masking", required_argument, 0, 'M'},             \
+  {"whole-word", no_argument, 0, 'w'},                \
+  {"instances", required_argument, 0, 'i'},           \
+  {"short-seq-prob", required_argument, 0, 'q'}
+// clang-format on
+/* The data.* key of one of those options, by getopt's value, with *value
+ * set to "true" for --whole-word (which takes none); NULL for others. */
+const char *data_option_key(int option, const char **value);
 
 /* A batch of n sequences, every field [n, T] or [n, P] row-major, owned. */
 typedef struct {

@@ -49,19 +49,12 @@ typedef struct {
 static int parse_export(int argc, char **argv, export_args *a) {
   static const struct option opts[] = {{"data", required_argument, 0, 'd'},
                                        {"out", required_argument, 0, 'o'},
-                                       {"seq-len", required_argument, 0, 'T'},
-                                       {"max-predictions", required_argument, 0, 'P'},
                                        {"count", required_argument, 0, 'n'},
                                        {"steps", required_argument, 0, 'S'},
                                        {"global-batch", required_argument, 0, 'B'},
                                        {"start-step", required_argument, 0, 'a'},
-                                       {"seed", required_argument, 0, 's'},
                                        {"split", required_argument, 0, 'p'},
-                                       {"mask-prob", required_argument, 0, 'm'},
-                                       {"masking", required_argument, 0, 'M'},
-                                       {"whole-word", no_argument, 0, 'w'},
-                                       {"instances", required_argument, 0, 'i'},
-                                       {"short-seq-prob", required_argument, 0, 'q'},
+                                       DATA_GETOPT_OPTIONS,
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   memset(a, 0, sizeof *a);
@@ -73,7 +66,8 @@ static int parse_export(int argc, char **argv, export_args *a) {
   optind = 1;
   for (int c, li = 0; (c = getopt_long(argc, argv, "", opts, &li)) != -1;) {
     char *e = NULL;
-    const char *key = NULL;
+    const char *value = optarg, *key = NULL;
+    have_T |= c == 'T';
     switch (c) {
       case 'd': a->dir = optarg; break;
       case 'o': a->out = optarg; break;
@@ -82,16 +76,9 @@ static int parse_export(int argc, char **argv, export_args *a) {
       case 'S': a->steps = strtoll(optarg, &e, 10); break;
       case 'B': a->batch = strtoll(optarg, &e, 10); break;
       case 'a': a->start = strtoll(optarg, &e, 10); break;
-      case 'T': key = "seq_len", have_T = true; break;
-      case 's': key = "seed"; break;
-      case 'P': key = "max_predictions"; break;
-      case 'm': key = "mask_prob"; break;
-      case 'M': key = "masking"; break;
-      case 'i': key = "instances"; break;
-      case 'q': key = "short_seq_prob"; break;
-      case 'w': key = "whole_word", optarg = "true"; break;
       case 'h': fputs(export_usage, stdout); return 1;
       default:
+        if ((key = data_option_key(c, &value))) break;
         fprintf(stderr,
                 "mlmpi-data tfrecord-export: unknown or incomplete option '%s' (see --help)\n",
                 argv[optind - 1]);
@@ -102,7 +89,7 @@ static int parse_export(int argc, char **argv, export_args *a) {
               optarg);
       return 2;
     }
-    if (key && data_set_key(&a->cfg, key, optarg) != STATUS_OK) {
+    if (key && data_set_key(&a->cfg, key, value) != STATUS_OK) {
       fprintf(stderr, "mlmpi-data tfrecord-export: %s\n", status_message());
       return 2;
     }
