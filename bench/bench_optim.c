@@ -13,29 +13,22 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "optim.h"
 #include "trainer.h"
-
-static double now_s(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 /* Best-of-reps copy bandwidth (GB/s, read + write) with the same threads. */
 static double copy_gbs(float *dst, const float *src, size_t n, int reps) {
   double best = 1e30;
   for (int r = 0; r < reps; r++) {
-    double t0 = now_s();
+    double t0 = core_now_s();
 #pragma omp parallel
     {
       int nt = omp_get_num_threads(), t = omp_get_thread_num();
       size_t b = n * (size_t)t / (size_t)nt, e = n * (size_t)(t + 1) / (size_t)nt;
       memcpy(dst + b, src + b, (e - b) * sizeof(float));
     }
-    double dt = now_s() - t0;
+    double dt = core_now_s() - t0;
     best = dt < best ? dt : best;
   }
   return 2.0 * (double)n * sizeof(float) / best / 1e9;
@@ -76,9 +69,9 @@ int main(int argc, char **argv) {
     optim_step(o, w, g, 1e-4f, &st); /* first touch of the moments */
     double best = 1e30;
     for (int s = 0; s < steps; s++) {
-      double t0 = now_s();
+      double t0 = core_now_s();
       optim_step(o, w, g, 1e-4f, &st);
-      double dt = now_s() - t0;
+      double dt = core_now_s() - t0;
       best = dt < best ? dt : best;
     }
     double gbs = runs[r].bytes * (double)n / best / 1e9;

@@ -15,10 +15,10 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "service.h"
+#include "shard.h"
 
 #ifndef MLMPI_DATA_BIN
 #define MLMPI_DATA_BIN "mlmpi-data"
@@ -30,12 +30,6 @@ typedef struct {
   double seconds, train_tok_s;
   int seq_lens[4], n_seq;
 } bench_args;
-
-static double now_s(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 static uint32_t lcg(uint32_t *s) {
   *s = *s * 1664525u + 1013904223u;
@@ -135,12 +129,12 @@ static double inprocess_rate(const bench_args *a, const char *dir, const data_co
   }
   int per_step = a->global / a->slice;
   uint64_t n = 0;
-  double t0 = now_s(), t;
+  double t0 = core_now_s(), t;
   do {
     for (int k = 0; k < per_step; k++, n++)
       dataset_get_batch(d, (uint64_t)a->global, n / (uint64_t)per_step,
                         (uint64_t)(n % (uint64_t)per_step) * (uint64_t)a->slice, a->slice, &b);
-  } while ((t = now_s() - t0) < a->seconds / 2);
+  } while ((t = core_now_s() - t0) < a->seconds / 2);
   data_batch_free(&b);
   dataset_free(d);
   return (double)n * a->slice / t;
@@ -166,9 +160,9 @@ static double service_rate(const bench_args *a, const char *addr, const data_con
     return -1;
   }
   uint64_t n = 0, planned = 0;
-  double t0 = now_s(), t = 0;
+  double t0 = core_now_s(), t = 0;
   status_t st = STATUS_OK;
-  while (st == STATUS_OK && (t = now_s() - t0) < a->seconds) {
+  while (st == STATUS_OK && (t = core_now_s() - t0) < a->seconds) {
     if (planned - n < CHUNK / 2) {
       for (int i = 0; i < CHUNK; i++, planned++)
         plan[i] = (svc_key){first_step + planned / (uint64_t)per_step,
@@ -202,11 +196,11 @@ static int service_latency(const bench_args *a, const char *addr, const data_con
   data_batch b;
   int got = 0;
   if (data_batch_alloc(&b, a->slice, cfg->seq_len, cfg->max_predictions) == STATUS_OK) {
-    double t_end = now_s() + a->seconds;
-    for (; got < N && now_s() < t_end; got++) {
-      double t0 = now_s();
+    double t_end = core_now_s() + a->seconds;
+    for (; got < N && core_now_s() < t_end; got++) {
+      double t0 = core_now_s();
       if (svc_client_get(c, first_step + (uint64_t)got, 0, a->slice, &b) != STATUS_OK) break;
-      lat[got] = (now_s() - t0) * 1e3;
+      lat[got] = (core_now_s() - t0) * 1e3;
     }
     data_batch_free(&b);
   }

@@ -19,7 +19,6 @@
  * another may still be reading. Progress is made by test and wait. */
 #include <mpi.h>
 #include <sched.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -84,12 +83,6 @@ typedef struct {
 
 static MPI_Comm W(comm_t *c) { return ((mpi_impl *)c->impl)->world; }
 
-static double now_s(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
 static status_t mpi_err(int rc, const char *what) {
   char s[MPI_MAX_ERROR_STRING];
   int n = 0;
@@ -115,12 +108,12 @@ static void poll_pause(long spin) {
 
 /* Polls until done or the deadline. */
 static status_t wait_req(comm_t *c, MPI_Request *r, const char *what) {
-  double deadline = now_s() + c->timeout_s;
+  double deadline = core_now_s() + c->timeout_s;
   for (long spin = 0;; spin++) {
     int done = 0, rc = MPI_Test(r, &done, MPI_STATUS_IGNORE);
     if (rc != MPI_SUCCESS) return mpi_err(rc, what);
     if (done) return STATUS_OK;
-    if (spin > 1000 && now_s() > deadline) return timed_out(c, what);
+    if (spin > 1000 && core_now_s() > deadline) return timed_out(c, what);
     poll_pause(spin);
   }
 }
@@ -315,11 +308,11 @@ static status_t m_wait(comm_t *c, comm_req *q) {
   if (!q) return STATUS_OK;
   status_t st = STATUS_OK;
   if (q->shm) {
-    double deadline = now_s() + c->timeout_s;
+    double deadline = core_now_s() + c->timeout_s;
     for (long spin = 0; q->ndone < q->nops; spin++) {
       if ((st = shm_progress(c))) break;
       if (q->ndone == q->nops) break;
-      if (spin > 1000 && now_s() > deadline) {
+      if (spin > 1000 && core_now_s() > deadline) {
         st = timed_out(c, "allreduce");
         break;
       }
@@ -481,6 +474,7 @@ static void m_free(comm_t *c) {
 
 static const comm_ops mpi_ops = {
     .name = "mpi",
+    .device_buffers = false,
     .allreduce = m_allreduce,
     .allreduce_f64 = m_allreduce_f64,
     .iallreduce = m_iallreduce,
@@ -536,27 +530,4 @@ status_t comm_mpi_init(comm_t **out, double timeout_s) {
   c->timeout_s = timeout_s > 0 ? timeout_s : 300;
   *out = c;
   return STATUS_OK;
-}
-
-void comm_free(comm_t *c) {
-  if (c) c->ops->free(c);
-}
-
-status_t comm_alloc_shared(comm_t *c, size_t n, float **out) {
-  *out = NULL;
-  return c->ops->alloc_shared ? c->ops->alloc_shared(c, n, out) : STATUS_OK;
-}
-
-void comm_set_context(comm_t *c, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(c->context, sizeof c->context, fmt, ap);
-  va_end(ap);
-}
-
-void comm_fail(comm_t *c, const char *what) {
-  LOG_ERROR(COMM, "%s (while waiting for %s); aborting the job", what,
-            c && c->context[0] ? c->context : "a collective");
-  MPI_Abort(MPI_COMM_WORLD, 3);
-  abort();
 }

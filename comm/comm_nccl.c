@@ -2,7 +2,7 @@
  * every buffer passed to its operations is a device pointer. Collectives
  * run on one CUDA stream; waits poll the stream (and NCCL's asynchronous
  * error) against the deadline and return STATUS_TIMEOUT when it passes, so
- * a dead peer never leaves a rank spinning inside NCCL (comm_fail then ends
+ * a dead peer never leaves a rank spinning inside NCCL (main then ends
  * the job; comm_free aborts a failed communicator). The NCCL unique
  * id travels over MPI, which the trainer has initialised. Built only when
  * CUDA and NCCL are found. */
@@ -29,12 +29,6 @@ typedef struct {
 
 static nccl_impl *I(comm_t *c) { return c->impl; }
 
-static double now_s(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
 static status_t nccl_err(ncclResult_t r, const char *what) {
   return status_set(STATUS_COMM, "%s failed: %s", what, ncclGetErrorString(r));
 }
@@ -46,7 +40,7 @@ static status_t cuda_err(cudaError_t e, const char *what) {
 /* Polls an event until it completes, NCCL reports an error, or the deadline
  * passes; the last two mark the communicator failed. */
 static status_t wait_event(comm_t *c, cudaEvent_t ev, const char *what) {
-  double deadline = now_s() + c->timeout_s;
+  double deadline = core_now_s() + c->timeout_s;
   for (;;) {
     cudaError_t e = cudaEventQuery(ev);
     if (e == cudaSuccess) return STATUS_OK;
@@ -59,7 +53,7 @@ static status_t wait_event(comm_t *c, cudaEvent_t ev, const char *what) {
     /* Past the deadline return at once: aborting the communicator here can
      * block until the stream drains (it frees device memory), so that waits
      * for comm_free, after comm_fail has ended the job. */
-    if (now_s() > deadline) {
+    if (core_now_s() > deadline) {
       I(c)->failed = true;
       return status_set(STATUS_TIMEOUT, "%s did not complete within %.0f s (%s)", what,
                         c->timeout_s, c->context[0] ? c->context : "no context");
@@ -179,6 +173,7 @@ static void n_free(comm_t *c) {
 
 static const comm_ops nccl_ops = {
     .name = "nccl",
+    .device_buffers = true,
     .allreduce = n_allreduce,
     .allreduce_f64 = n_allreduce_f64,
     .iallreduce = n_iallreduce,
@@ -222,9 +217,18 @@ status_t comm_nccl_init(comm_t **out, double timeout_s) {
   *out = NULL;
   int ndev = 0;
   cudaError_t e = cudaGetDeviceCount(&ndev);
-  if (e != cudaSuccess || ndev == 0)
+  if (e != cudaSuccess) ndev = 0;
+  /* Every rank learns whether some rank has no GPU, so that all fail alike
+   * (none is left waiting in the collectives below). */
+  int least = ndev;
+  MPI_Allreduce(&ndev, &least, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  if (ndev == 0)
     return status_set(STATUS_COMM, "no CUDA GPU on this machine (%s): the NCCL backend needs one",
                       e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+  if (least == 0)
+    return status_set(STATUS_COMM,
+                      "another rank's machine has no CUDA GPU: the NCCL backend needs one per "
+                      "rank");
   comm_t *c = calloc(1, sizeof *c);
   nccl_impl *m = calloc(1, sizeof *m);
   if (!c || !m) {

@@ -1,8 +1,8 @@
 /* reducer.c: the bucketed gradient all-reduce, overlapped with backward
  * (see comm.h). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "comm.h"
 
@@ -24,6 +24,10 @@ struct reducer {
   bool on;
   uint64_t step;
   double exposed;
+  /* The first failed collective of the step: no more are started, and
+   * reducer_finish returns it. */
+  status_t err;
+  char err_msg[512];
 };
 
 status_t reducer_init(reducer **out, comm_t *c, const param_table *t, float *grads, double first_mb,
@@ -69,11 +73,20 @@ void reducer_free(reducer *r) {
 }
 
 int reducer_buckets(const reducer *r) { return r->nb; }
+
+void reducer_bucket(const reducer *r, int k, size_t *begin, size_t *end, int *first, int *last) {
+  CORE_ASSERT(k >= 0 && k < r->nb);
+  *begin = r->b[k].begin;
+  *end = r->b[k].end;
+  *first = r->b[k].first_tensor;
+  *last = r->b[k].last_tensor;
+}
 double reducer_exposed_s(const reducer *r) { return r->exposed; }
 
 void reducer_begin(reducer *r, bool communicate, uint64_t step) {
   r->on = communicate && r->c->size > 1;
   r->step = step;
+  r->err = STATUS_OK;
   for (int k = 0; k < r->nb; k++) {
     r->b[k].pending = r->b[k].last_tensor - r->b[k].first_tensor + 1;
     r->b[k].req = NULL;
@@ -81,20 +94,30 @@ void reducer_begin(reducer *r, bool communicate, uint64_t step) {
   }
 }
 
+/* Keeps the first failure for reducer_finish and stops communicating. */
+static void fail(reducer *r, status_t st) {
+  if (r->err) return;
+  r->err = st;
+  snprintf(r->err_msg, sizeof r->err_msg, "%s", status_message());
+  r->on = false;
+}
+
 static void start_bucket(reducer *r, int k) {
   bucket *b = &r->b[k];
   comm_set_context(r->c, "step %llu bucket %d", (unsigned long long)r->step, k);
-  if (r->c->ops->iallreduce(r->c, r->grads + b->begin, b->end - b->begin, &b->req) != STATUS_OK)
-    comm_fail(r->c, status_message());
+  status_t st = comm_iallreduce(r->c, r->grads + b->begin, b->end - b->begin, &b->req);
+  if (st) fail(r, st);
 }
 
 /* Lets MPI progress the pending all-reduces. */
 static void poke(reducer *r) {
-  for (int k = 0; k < r->nb; k++) {
+  for (int k = 0; k < r->nb && r->on; k++) {
     bucket *b = &r->b[k];
     if (!b->req || b->done) continue;
     bool d = false;
-    if (r->c->ops->test(r->c, b->req, &d) != STATUS_OK) comm_fail(r->c, status_message());
+    comm_set_context(r->c, "step %llu bucket %d", (unsigned long long)r->step, k);
+    status_t st = comm_test(r->c, b->req, &d);
+    if (st) fail(r, st);
     if (!d) break; /* they complete in order */
     b->done = true;
   }
@@ -107,24 +130,19 @@ void reducer_ready(reducer *r, int tensor) {
   poke(r);
 }
 
-static double now_s(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
 status_t reducer_finish(reducer *r) {
   r->exposed = 0;
+  if (r->err) return status_set(r->err, "%s", r->err_msg);
   if (!r->on) return STATUS_OK;
-  double t0 = now_s();
+  double t0 = core_now_s();
   for (int k = 0; k < r->nb; k++) {
     bucket *b = &r->b[k];
     CORE_ASSERT(b->pending == 0); /* backward announced every tensor */
     comm_set_context(r->c, "step %llu bucket %d", (unsigned long long)r->step, k);
-    status_t st = r->c->ops->wait(r->c, b->req);
+    status_t st = comm_wait(r->c, b->req);
     b->req = NULL;
     if (st) return st;
   }
-  r->exposed = now_s() - t0;
+  r->exposed = core_now_s() - t0;
   return STATUS_OK;
 }

@@ -48,6 +48,25 @@ bool core_parse_bool(const char *v, bool *out);
   } while (0)
 __attribute__((noreturn)) void core_panic(const char *file, int line, const char *what);
 
+/* ---- Small helpers --------------------------------------------------------
+ * Used all over mlmpi; written once here. Thread-safe. */
+#define CORE_FNV_OFFSET 0xcbf29ce484222325ull
+/* 64-bit FNV-1a of n bytes, continuing from h (start with CORE_FNV_OFFSET). */
+static inline uint64_t core_fnv1a(uint64_t h, const void *data, size_t n) {
+  const unsigned char *p = (const unsigned char *)data;
+  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+  return h;
+}
+/* FNV-1a of a NUL-terminated string (NULL hashes as ""). */
+uint64_t core_fnv1a_str(const char *s);
+/* Seconds on the monotonic clock (for intervals only). */
+double core_now_s(void);
+/* Reads a whole file into *out (malloc'd, owned by the caller, with a NUL
+ * after the *len bytes). Files over max_bytes (0: no limit) are refused.
+ * Errors read "<what> <path>: <reason>" (what may be "", then "<path>: ..."). */
+status_t core_read_file(const char *what, const char *path, size_t max_bytes, char **out,
+                        size_t *len);
+
 /* ---- Logging --------------------------------------------------------------
  * Lines go to stderr as "[mlmpi r<rank> <subsys>] message". The subsystem
  * mask comes from MLMPI_LOG_SUBSYS (comma list of names, or "all"; default

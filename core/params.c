@@ -54,22 +54,16 @@ int param_table_add(param_table *t, const char *name, int ndim, const int64_t *s
   return t->n++;
 }
 
-static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
-  const unsigned char *p = data;
-  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
-  return h;
-}
-
 uint64_t param_table_hash(const param_table *t) {
-  uint64_t h = 0xcbf29ce484222325ull;
+  uint64_t h = CORE_FNV_OFFSET;
   for (int i = 0; i < t->n; i++) {
     const param_info *p = &t->p[i];
-    h = fnv1a(h, p->name, strlen(p->name) + 1);
-    h = fnv1a(h, &p->ndim, sizeof p->ndim);
-    h = fnv1a(h, p->shape, (size_t)p->ndim * sizeof p->shape[0]);
-    h = fnv1a(h, &p->offset, sizeof p->offset);
+    h = core_fnv1a(h, p->name, strlen(p->name) + 1);
+    h = core_fnv1a(h, &p->ndim, sizeof p->ndim);
+    h = core_fnv1a(h, p->shape, (size_t)p->ndim * sizeof p->shape[0]);
+    h = core_fnv1a(h, &p->offset, sizeof p->offset);
     unsigned char fl = (unsigned char)(p->decay | p->adapt << 1);
-    h = fnv1a(h, &fl, 1);
+    h = core_fnv1a(h, &fl, 1);
   }
   return h;
 }

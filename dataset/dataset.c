@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "shard.h"
+
 /* Philox streams of the data path (see core.h rng_key). */
 enum { STREAM_PERM = 1, STREAM_NSP = 2, STREAM_TRUNC = 3, STREAM_MASK = 4 };
 
@@ -379,12 +381,6 @@ static status_t cut_pairs(dataset *d, uint64_t n_docs) {
   return STATUS_OK;
 }
 
-static uint64_t fnv(uint64_t h, const void *p, size_t n) {
-  const unsigned char *b = p;
-  for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
-  return h;
-}
-
 status_t dataset_open(dataset **out, const char *dir, const char *split, const data_config *cfg) {
   *out = NULL;
   if (cfg->seq_len < 8 || cfg->max_predictions < 1 || cfg->max_predictions > cfg->seq_len)
@@ -411,7 +407,7 @@ status_t dataset_open(dataset **out, const char *dir, const char *split, const d
     st = status_set(STATUS_NOMEM, "out of memory opening %s", dir);
     goto fail;
   }
-  uint64_t h = 0xcbf29ce484222325ull;
+  uint64_t h = CORE_FNV_OFFSET;
   for (size_t i = 0; i < gl.gl_pathc; i++) {
     if ((st = shard_open(gl.gl_pathv[i], &d->shards[i]))) goto fail;
     d->n_shards++;
@@ -424,9 +420,9 @@ status_t dataset_open(dataset **out, const char *dir, const char *split, const d
       goto fail;
     }
     d->doc_base[i + 1] = d->doc_base[i] + r->n_docs;
-    h = fnv(h, &r->meta.tokenizer_fingerprint, 8);
-    h = fnv(h, &r->n_docs, 8);
-    h = fnv(h, &r->n_tokens, 8);
+    h = core_fnv1a(h, &r->meta.tokenizer_fingerprint, 8);
+    h = core_fnv1a(h, &r->n_docs, 8);
+    h = core_fnv1a(h, &r->n_tokens, 8);
   }
   if (d->meta.cls_id < 0 || d->meta.sep_id < 0 || d->meta.mask_id < 0 || d->meta.pad_id < 0) {
     st = status_set(STATUS_FORMAT,
@@ -441,13 +437,13 @@ status_t dataset_open(dataset **out, const char *dir, const char *split, const d
     st = status_set(STATUS_FORMAT, "%s: the %s shards hold no usable text", dir, split);
     goto fail;
   }
-  h = fnv(h, &d->n_inst, 8);
+  h = core_fnv1a(h, &d->n_inst, 8);
   const int32_t cfgv[] = {cfg->seq_len, cfg->max_predictions, (int32_t)cfg->masking,
                           cfg->whole_word, (int32_t)cfg->instances};
   const float cfgf[] = {cfg->mask_prob, cfg->short_seq_prob};
-  h = fnv(h, cfgv, sizeof cfgv);
-  h = fnv(h, cfgf, sizeof cfgf);
-  h = fnv(h, &cfg->seed, 8);
+  h = core_fnv1a(h, cfgv, sizeof cfgv);
+  h = core_fnv1a(h, cfgf, sizeof cfgf);
+  h = core_fnv1a(h, &cfg->seed, 8);
   d->fingerprint = h;
   globfree(&gl);
   *out = d;

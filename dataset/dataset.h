@@ -1,14 +1,14 @@
-/* dataset.h: mlmpi's data path as the trainer sees it: a data set of shards,
- * the instances cut from it, and the batch function: the batch a rank sees
- * at a global step is a pure function of (data set, seed, step, and which
- * instances of the step's global batch it asks for). Ranks, micro-batches
- * and service replicas differ only in which range they ask for. */
+/* dataset.h: mlmpi's data path as the trainer sees it: the batch source
+ * (local shards, BERT TFRecords or the dataset service, behind one table),
+ * a data set of shards, the instances cut from it, and the batch function:
+ * the batch a rank sees at a global step is a pure function of (data set,
+ * seed, step, and which instances of the step's global batch it asks for).
+ * Ranks, micro-batches and service replicas differ only in which range they
+ * ask for. The one public header of dataset/. */
 #ifndef MLMPI_DATASET_H
 #define MLMPI_DATASET_H
 
 #include "core.h"
-#include "shard.h"
-#include "tokenizer.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -35,6 +35,15 @@ typedef struct {
   float short_seq_prob; /* NSP mode: chance of a shorter target length */
   uint64_t seed;
 } data_config;
+
+/* What a shard's header records about the data. */
+typedef struct {
+  uint64_t tokenizer_fingerprint;
+  uint32_t vocab_size;
+  int32_t cls_id, sep_id, mask_id, pad_id, unk_id;
+  char tokenizer_kind[32];
+  char split[16]; /* "train" or "holdout" */
+} shard_meta;
 
 /* seq_len 128, max_predictions 20, mask_prob 0.15, BERT masking, packed,
  * short_seq_prob 0.1, seed 12345. */
@@ -71,6 +80,59 @@ typedef struct {
 } data_batch;
 status_t data_batch_alloc(data_batch *b, int n, int T, int P);
 void data_batch_free(data_batch *b);
+
+/* ---- Batch sources ----------------------------------------------------------
+ * Where a job's batches come from: shards read in-process (data.path a
+ * directory), BERT TFRecord files with their static masks (data.path files),
+ * or the dataset service (data.service, with data.path's shards, when set,
+ * checked against it). All give the batch of (step, first, count) as a pure
+ * function, so their users cannot tell them apart. One table per kind
+ * (source.c); a source is used from one thread. */
+typedef struct batch_source batch_source;
+
+typedef struct {
+  const char *path;       /* a directory of shards, or TFRecord files (file, glob or comma
+                             list); "" or NULL: none */
+  const char *service;    /* "host:port[,host:port...]" of the service; "" or NULL: none */
+  const char *token_file; /* the service's shared secret, or "" / NULL */
+  const char *split;      /* "train" (default) or "holdout" (shards only) */
+  data_config config;
+  uint64_t global_batch;
+  double timeout_s; /* the service: how long a batch may take to arrive */
+} batch_source_options;
+
+/* One slice of a step's global batch: instances first..first+count-1. */
+typedef struct {
+  uint64_t step, first;
+  int count;
+} batch_slice;
+
+/* Opens the source the options name. Errors name the file, directory or
+ * address, and say which combination is wrong (the service serves shards,
+ * not TFRecords; TFRecords have no holdout split). *out is the caller's
+ * (batch_source_free). */
+status_t batch_source_open(batch_source **out, const batch_source_options *o);
+void batch_source_free(batch_source *s); /* NULL is a no-op */
+/* As dataset_get_batch: count sequences of the step's global batch from
+ * instance first; out must have room for count rows of the config's
+ * seq_len and max_predictions. */
+status_t batch_source_get(batch_source *s, uint64_t step, uint64_t first, int count,
+                          data_batch *out);
+/* The slices the caller will ask for next, in order: fetched ahead where
+ * that helps (the service), ignored elsewhere. */
+void batch_source_plan(batch_source *s, const batch_slice *slices, size_t n);
+/* Equal fingerprints mean equal batches (0: not known before the first
+ * batch, a service without local shards). */
+uint64_t batch_source_fingerprint(const batch_source *s);
+uint64_t batch_source_instances(const batch_source *s); /* 0: not known */
+/* The data's vocabulary (the shards' tokenizer); 0 when the source does
+ * not say (TFRecords, the service alone). */
+int batch_source_vocab_size(const batch_source *s);
+/* Whether next_sentence_labels are real: 1 (NSP instances), 0 (packed: all
+ * 0), -1 (the records' own: TFRecords, where the model's config decides). */
+int batch_source_nsp(const batch_source *s);
+/* "shards", "tfrecords" or "service", for messages. */
+const char *batch_source_kind(const batch_source *s);
 
 typedef struct dataset dataset;
 /* Opens every `<split>-*.mlms` in dir (sorted by name), checks that they

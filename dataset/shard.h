@@ -5,6 +5,7 @@
 #ifndef MLMPI_SHARD_H
 #define MLMPI_SHARD_H
 
+#include "dataset.h"
 #include "tfrecord.h"
 
 #ifdef __cplusplus
@@ -15,14 +16,7 @@ extern "C" {
 #define SHARD_VERSION 1u
 #define SHARD_TRAILER_MAGIC 0x31584449534d4c4dull /* "MLMSIDX1" */
 
-/* What the header records about the data. */
-typedef struct {
-  uint64_t tokenizer_fingerprint;
-  uint32_t vocab_size;
-  int32_t cls_id, sep_id, mask_id, pad_id, unk_id;
-  char tokenizer_kind[32];
-  char split[16]; /* "train" or "holdout" */
-} shard_meta;
+/* What the header records about the data: shard_meta (dataset.h). */
 
 /* One document as read back: owned by the caller (shard_doc_free). */
 typedef struct {

@@ -270,12 +270,6 @@ static status_t expand_paths(path_list *l, const char *const *paths, int n_paths
   return st;
 }
 
-static uint64_t fnv(uint64_t h, const void *p, size_t n) {
-  const unsigned char *b = p;
-  for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
-  return h;
-}
-
 /* Walks one file's records, checking CRCs, appending offsets and hashing
  * each record's stored payload checksum. */
 static status_t index_file(tfx_source *s, const tfr_file *f) {
@@ -303,7 +297,7 @@ static status_t index_file(tfx_source *s, const tfr_file *f) {
       s->cap = cap;
     }
     s->offsets[s->n++] = at;
-    s->fingerprint = fnv(s->fingerprint, p + n, 4);
+    s->fingerprint = core_fnv1a(s->fingerprint, p + n, 4);
   }
   return STATUS_OK;
 }
@@ -322,7 +316,7 @@ status_t tfx_open(const char *const *paths, int n_paths, int T, int P, uint64_t 
   s->T = T;
   s->P = P;
   s->seed = seed;
-  s->fingerprint = 0xcbf29ce484222325ull;
+  s->fingerprint = CORE_FNV_OFFSET;
   s->files = calloc((size_t)l.n, sizeof *s->files);
   s->first = calloc((size_t)l.n + 1, sizeof *s->first);
   if (!s->files || !s->first) {
@@ -343,7 +337,7 @@ status_t tfx_open(const char *const *paths, int n_paths, int T, int P, uint64_t 
   }
   const char tag[] = "tfexample-v1";
   uint64_t shape[4] = {(uint64_t)s->T, (uint64_t)s->P, s->seed, s->n};
-  s->fingerprint = fnv(fnv(s->fingerprint, tag, sizeof tag), shape, sizeof shape);
+  s->fingerprint = core_fnv1a(core_fnv1a(s->fingerprint, tag, sizeof tag), shape, sizeof shape);
   *out = s;
 fail:
   for (int i = 0; i < l.n; i++) free(l.v[i]);

@@ -6,7 +6,6 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <pcre2.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -614,33 +613,6 @@ static const tok_ops gpt2_ops = {
 };
 
 /* ---- Loading ----------------------------------------------------------------- */
-static status_t read_file(const char *path, char **buf, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return status_set(STATUS_IO, "%s: %s", path, strerror(errno));
-  size_t cap = 1 << 20, n = 0;
-  char *b = malloc(cap + 1);
-  for (size_t r; b && (r = fread(b + n, 1, cap - n, f)) > 0;) {
-    n += r;
-    if (n == cap) {
-      char *c = realloc(b, 2 * cap + 1);
-      if (!c) free(b);
-      b = c;
-      cap *= 2;
-    }
-  }
-  bool err = ferror(f);
-  fclose(f);
-  if (!b) return status_set(STATUS_NOMEM, "%s: out of memory reading it", path);
-  if (err) {
-    free(b);
-    return status_set(STATUS_IO, "%s: read error", path);
-  }
-  b[n] = 0;
-  *buf = b;
-  *len = n;
-  return STATUS_OK;
-}
-
 /* Decodes one code point of well-formed UTF-8 (cJSON's keys are). */
 static uint32_t utf8_next(const uint8_t **p) {
   const uint8_t *s = *p;
@@ -678,7 +650,7 @@ static size_t line_of(const char *buf, const char *at) {
 static status_t load_vocab(gpt2 *g, const char *path) {
   char *buf;
   size_t len;
-  status_t s = read_file(path, &buf, &len);
+  status_t s = core_read_file("", path, 0, &buf, &len);
   if (s) return s;
   const char *end = NULL;
   cJSON *root = cJSON_ParseWithLengthOpts(buf, len, &end, false);
@@ -791,7 +763,7 @@ static status_t merge_token(const gpt2 *g, const char *path, size_t line, const 
 static status_t load_merges(gpt2 *g, const char *path) {
   char *buf, *cat = NULL;
   size_t len, cat_cap = 0, n_lines = 0;
-  status_t s = read_file(path, &buf, &len);
+  status_t s = core_read_file("", path, 0, &buf, &len);
   if (s) return s;
   for (size_t i = 0; i < len; i++) n_lines += buf[i] == '\n';
   g->merge_mask = table_size(n_lines + 1) - 1;

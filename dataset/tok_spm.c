@@ -8,7 +8,6 @@
  * reference gives up on a line (spm_encode aborts when a word or a BPE
  * symbol is spelled like a control piece), this backend emits the control
  * piece's id. */
-#include <errno.h>
 #include <float.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -1084,35 +1083,6 @@ static const tok_ops spm_ops = {
 };
 
 /* ---- Loading ---------------------------------------------------------------- */
-static status_t read_file(const char *path, uint8_t **buf, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return status_set(STATUS_IO, "tokenizer %s: %s", path, strerror(errno));
-  size_t cap = 1 << 20, n = 0;
-  uint8_t *b = malloc(cap);
-  while (b) {
-    n += fread(b + n, 1, cap - n, f);
-    if (n < cap) break;
-    uint8_t *q = realloc(b, cap * 2);
-    if (!q) {
-      free(b);
-      b = NULL;
-      break;
-    }
-    b = q;
-    cap *= 2;
-  }
-  bool err = ferror(f);
-  fclose(f);
-  if (!b) return status_set(STATUS_NOMEM, "tokenizer %s: out of memory reading it", path);
-  if (err) {
-    free(b);
-    return status_set(STATUS_IO, "tokenizer %s: read error", path);
-  }
-  *buf = b;
-  *len = n;
-  return STATUS_OK;
-}
-
 static status_t normalizer_init(spm_normalizer *nm, const Mlmpi__Spm__NormalizerSpec *spec,
                                 const char *path, const char *which) {
   nm->add_dummy_prefix = spec ? spec->add_dummy_prefix : true;
@@ -1348,11 +1318,11 @@ static status_t model_init(spm_model *m, const Mlmpi__Spm__ModelProto *mp, const
 status_t tok_spm_load(const char *path, void **impl, const tok_ops **ops) {
   *impl = NULL;
   *ops = NULL;
-  uint8_t *buf = NULL;
+  char *buf = NULL;
   size_t len = 0;
-  status_t st = read_file(path, &buf, &len);
+  status_t st = core_read_file("tokenizer", path, 0, &buf, &len);
   if (st) return st;
-  Mlmpi__Spm__ModelProto *mp = mlmpi__spm__model_proto__unpack(NULL, len, buf);
+  Mlmpi__Spm__ModelProto *mp = mlmpi__spm__model_proto__unpack(NULL, len, (const uint8_t *)buf);
   free(buf);
   if (!mp)
     return status_set(STATUS_FORMAT,

@@ -31,7 +31,6 @@
  * Thread-safe: the loaded model is immutable and encode keeps its state on
  * the stack. */
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -471,36 +470,6 @@ static const tok_ops wordpiece_ops = {
 
 /* ---- Loading ------------------------------------------------------------- */
 
-static status_t read_file(const char *path, char **data, size_t *size) {
-  *data = NULL;
-  FILE *f = fopen(path, "rb");
-  if (!f) return status_set(STATUS_IO, "tokenizer %s: %s", path, strerror(errno));
-  size_t cap = 1 << 16, n = 0;
-  char *buf = malloc(cap + 1);
-  status_t st = STATUS_OK;
-  while (buf) {
-    n += fread(buf + n, 1, cap - n, f);
-    if (n < cap) break;
-    char *q = realloc(buf, 2 * cap + 1);
-    if (!q) free(buf);
-    buf = q;
-    cap *= 2;
-  }
-  if (!buf)
-    st = status_set(STATUS_NOMEM, "tokenizer %s: out of memory reading it", path);
-  else if (ferror(f))
-    st = status_set(STATUS_IO, "tokenizer %s: %s", path, strerror(errno));
-  fclose(f);
-  if (st != STATUS_OK) {
-    free(buf);
-    return st;
-  }
-  buf[n] = 0;
-  *data = buf;
-  *size = n;
-  return STATUS_OK;
-}
-
 /* Splits the file into pieces in place and checks each is UTF-8. */
 static status_t split_lines(wordpiece *wp, size_t size, const char *path) {
   size_t lines = 0;
@@ -589,7 +558,7 @@ static status_t read_config(wordpiece *wp, const char *vocab_txt, int *lower, in
   fclose(f);
   char *text;
   size_t size;
-  status_t st = read_file(path, &text, &size);
+  status_t st = core_read_file("tokenizer", path, 0, &text, &size);
   if (st != STATUS_OK) return st;
   cJSON *root = cJSON_ParseWithLength(text, size);
   free(text);
@@ -632,7 +601,7 @@ status_t tok_wordpiece_load(const char *vocab_txt, void **impl, const tok_ops **
   strcpy(wp->unk_name, "[UNK]");
   wp->chinese = true;
   size_t size;
-  status_t st = read_file(vocab_txt, &wp->blob, &size);
+  status_t st = core_read_file("tokenizer", vocab_txt, 0, &wp->blob, &size);
   if (st != STATUS_OK) goto fail;
   if (size == 0) {
     st = status_set(STATUS_FORMAT, "tokenizer %s: the vocabulary file is empty", vocab_txt);

@@ -85,34 +85,28 @@ static void resolve_specials(tokenizer *t) {
                          find_special(t, pad), find_special(t, unk)};
 }
 
-static uint64_t fnv(uint64_t h, const void *p, size_t n) {
-  const unsigned char *b = p;
-  for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
-  return h;
-}
-
 /* Adds a file's bytes to h (a missing file adds nothing). */
 static uint64_t fnv_file(uint64_t h, const char *path) {
   FILE *f = fopen(path, "rb");
   if (!f) return h;
   unsigned char buf[1 << 15];
-  for (size_t n; (n = fread(buf, 1, sizeof buf, f)) > 0;) h = fnv(h, buf, n);
+  for (size_t n; (n = fread(buf, 1, sizeof buf, f)) > 0;) h = core_fnv1a(h, buf, n);
   fclose(f);
-  return fnv(h, "\xfe", 1);
+  return core_fnv1a(h, "\xfe", 1);
 }
 
 /* The kind, every piece in id order, and the bytes of the files the
  * tokenizer was read from: the vocabulary alone would not tell apart two
  * models with the same pieces but other normalisation, merges or casing. */
 static uint64_t compute_fingerprint(const tokenizer *t, const char *const *files, int nfiles) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  h = fnv(h, &t->kind, sizeof t->kind);
+  uint64_t h = CORE_FNV_OFFSET;
+  h = core_fnv1a(h, &t->kind, sizeof t->kind);
   int32_t n = t->ops->vocab_size(t->impl);
   for (int32_t i = 0; i < n; i++) {
     size_t len = 0;
     const char *p = t->ops->piece(t->impl, i, &len);
-    h = fnv(h, p ? p : "", p ? len : 0);
-    h = fnv(h, "\xff", 1);
+    h = core_fnv1a(h, p ? p : "", p ? len : 0);
+    h = core_fnv1a(h, "\xff", 1);
   }
   for (int i = 0; i < nfiles; i++) h = fnv_file(h, files[i]);
   return h;

@@ -238,6 +238,11 @@ void optim_range(const optim *o, size_t *lo, size_t *hi) {
 }
 float *optim_moment1(optim *o) { return o->m; }
 float *optim_moment2(optim *o) { return o->v; }
+int optim_states(optim *o, optim_state out[OPTIM_MAX_STATES]) {
+  out[0] = (optim_state){"exp_avg", o->m};
+  out[1] = (optim_state){"exp_avg_sq", o->v};
+  return 2;
+}
 int64_t optim_steps_taken(const optim *o) { return o->steps; }
 uint64_t optim_steps_skipped(const optim *o) { return o->skipped; }
 void optim_set_counters(optim *o, int64_t taken, uint64_t skipped) {

@@ -82,6 +82,19 @@ void optim_range(const optim *o, size_t *lo, size_t *hi);
 void optim_free(optim *o);      /* NULL is a no-op */
 float *optim_moment1(optim *o); /* m of floats [lo, hi) of the layout */
 float *optim_moment2(optim *o); /* v, likewise */
+
+/* The optimizer's state as checkpoints, ZeRO-1 gathering and resume see it,
+ * without knowing the optimizer: a list of buffers, each with the layout of
+ * the parameter table restricted to floats [lo, hi) (optim_range), and a
+ * name (a checkpoint stores state `name` of parameter P as "<name>.P").
+ * LAMB and AdamW: "exp_avg" (m), "exp_avg_sq" (v), as PyTorch names them. */
+#define OPTIM_MAX_STATES 8
+typedef struct {
+  const char *name; /* static */
+  float *data;      /* owned by the optimizer: floats [lo, hi) of the layout */
+} optim_state;
+/* Fills out[0..n) and returns n (<= OPTIM_MAX_STATES). */
+int optim_states(optim *o, optim_state out[OPTIM_MAX_STATES]);
 int64_t optim_steps_taken(const optim *o);
 uint64_t optim_steps_skipped(const optim *o);
 /* Restores the counters with the moments (resuming from a checkpoint). */

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "dataset.h"
+#include "shard.h" /* writes the shards it reads */
 
 namespace {
 

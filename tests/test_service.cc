@@ -24,6 +24,7 @@
 
 #include "service.h"
 #include "service.pb-c.h"
+#include "shard.h" /* writes the shards it serves */
 
 #ifndef MLMPI_DATA_BIN
 #error "MLMPI_DATA_BIN (the path of mlmpi-data) must be defined"

@@ -132,6 +132,7 @@ void bert_set_grad_ready(bert_model *m, bert_grad_ready_fn fn, void *ctx) {
 }
 void bert_use_grad_buf(bert_model *m, float *buf) { model_base_use_grad_buf(&m->base, buf); }
 void bert_zero_grad(bert_model *m) { model_base_zero_grad(&m->base); }
+model_base *bert_base(bert_model *m) { return &m->base; }
 
 /* ---- Initialisation ----------------------------------------------------------- */
 void bert_init_weights(bert_model *m, uint64_t seed) {

@@ -92,3 +92,23 @@ status_t bert_config_load(const char *path, bert_config *cfg) {
   *cfg = c;
   return STATUS_OK;
 }
+
+status_t bert_preset(const char *name, bert_config *out) {
+  static const struct {
+    const char *name;
+    int L, H, A, I;
+  } presets[] = {{"bert-tiny", 2, 128, 2, 512},    {"bert-mini", 4, 256, 4, 1024},
+                 {"bert-small", 4, 512, 8, 2048},  {"bert-medium", 8, 512, 8, 2048},
+                 {"bert-base", 12, 768, 12, 3072}, {"bert-large", 24, 1024, 16, 4096}};
+  for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
+    if (!strcmp(name, presets[i].name)) {
+      bert_config c = bert_config_default();
+      c.num_hidden_layers = presets[i].L;
+      c.hidden_size = presets[i].H;
+      c.num_attention_heads = presets[i].A;
+      c.intermediate_size = presets[i].I;
+      *out = c;
+      return STATUS_OK;
+    }
+  return status_set(STATUS_CONFIG, "model.preset: unknown preset '%s' (%s)", name, BERT_PRESETS);
+}

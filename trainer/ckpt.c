@@ -107,11 +107,13 @@ static void remove_partial(const char *dir) {
 static status_t write_optimizer(const char *path, const param_table *t, const ckpt_optim *o) {
   st_writer *w = st_writer_init();
   if (!w) return STATUS_NOMEM;
-  char num[32];
-  status_t st;
-  if ((st = param_add_to_writer(t, o->m, "exp_avg.", w)) ||
-      (st = param_add_to_writer(t, o->v, "exp_avg_sq.", w)))
-    goto out;
+  char num[32], prefix[64];
+  status_t st = STATUS_OK;
+  for (int i = 0; i < o->n && st == STATUS_OK; i++) {
+    snprintf(prefix, sizeof prefix, "%s.", o->names[i]);
+    st = param_add_to_writer(t, o->bufs[i], prefix, w);
+  }
+  if (st) goto out;
   snprintf(num, sizeof num, "%lld", (long long)o->taken);
   if ((st = st_writer_meta(w, "steps_taken", num))) goto out;
   snprintf(num, sizeof num, "%llu", (unsigned long long)o->skipped);
@@ -192,19 +194,12 @@ status_t ckpt_save(const char *dir, const ckpt_info *info, const param_table *t,
 
 static status_t read_meta(const char *path, ckpt_info *info, uint32_t *crc_model,
                           uint32_t *crc_optim) {
-  char p[4096 + 64];
-  snprintf(p, sizeof p, "%s/meta.json", path);
-  FILE *f = fopen(p, "rb");
-  if (!f) return status_set(STATUS_IO, "checkpoint %s has no meta.json", path);
-  char *text = NULL;
+  char p[4096 + 64], *text = NULL;
   size_t len = 0;
-  FILE *m = open_memstream(&text, &len);
-  char buf[4096];
-  size_t n;
-  while (m && (n = fread(buf, 1, sizeof buf, f)) > 0) fwrite(buf, 1, n, m);
-  fclose(f);
-  if (m) fclose(m);
-  cJSON *j = text ? cJSON_Parse(text) : NULL;
+  snprintf(p, sizeof p, "%s/meta.json", path);
+  if (core_read_file("", p, 64u << 20, &text, &len))
+    return status_set(STATUS_IO, "checkpoint %s has no meta.json", path);
+  cJSON *j = cJSON_Parse(text);
   free(text);
   const cJSON *s = cJSON_GetObjectItem(j, "step"), *w = cJSON_GetObjectItem(j, "world_size"),
               *fp = cJSON_GetObjectItem(j, "data_fingerprint"),
@@ -276,14 +271,12 @@ status_t ckpt_load(const char *path, ckpt_info *info, const param_table *t, floa
   if (st || !o) return st;
   snprintf(p, sizeof p, "%s/optimizer.safetensors", path);
   if ((st = st_read(p, &f))) return st;
-  /* The moments are stored under prefixed names: load each half through a
-   * table view with the prefix. */
-  for (int half = 0; half < 2 && st == STATUS_OK; half++) {
-    const char *prefix = half ? "exp_avg_sq." : "exp_avg.";
-    float *dst = half ? o->v : o->m;
-    char name[PARAM_NAME_MAX + 16];
+  /* Each state buffer is stored under its name as a prefix. */
+  for (int k = 0; k < o->n && st == STATUS_OK; k++) {
+    float *dst = o->bufs[k];
+    char name[PARAM_NAME_MAX + 48];
     for (int i = 0; i < t->n && st == STATUS_OK; i++) {
-      snprintf(name, sizeof name, "%s%s", prefix, t->p[i].name);
+      snprintf(name, sizeof name, "%s.%s", o->names[k], t->p[i].name);
       const st_tensor *x;
       st = st_expect(f, p, name, DTYPE_F32, t->p[i].ndim, t->p[i].shape, &x);
       if (st == STATUS_OK) memcpy(dst + t->p[i].offset, x->data, t->p[i].numel * sizeof(float));

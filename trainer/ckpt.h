@@ -15,9 +15,13 @@ typedef struct {
   int64_t seed;
 } ckpt_info;
 
-/* The optimizer's state in the whole layout (gathered when sharded). */
+/* The optimizer's state in the whole layout (gathered when sharded), as the
+ * optimizer lists it (optim_states): n buffers, stored in
+ * optimizer.safetensors as "<names[i]>.<parameter>". */
 typedef struct {
-  float *m, *v; /* table layout */
+  int n;
+  const char *names[OPTIM_MAX_STATES];
+  float *bufs[OPTIM_MAX_STATES]; /* table layout */
   int64_t taken;
   uint64_t skipped;
 } ckpt_optim;
@@ -28,8 +32,8 @@ status_t ckpt_save(const char *dir, const ckpt_info *info, const param_table *t,
 /* Finds the newest complete checkpoint in dir (checksums verified; damaged
  * ones are skipped with a warning). *path is set to "" when there is none. */
 status_t ckpt_find_latest(const char *dir, char *path, size_t n);
-/* Loads params (and, when o is not NULL, the optimizer state into o's
- * buffers) from a checkpoint directory. */
+/* Loads params (and, when o is not NULL, the optimizer state named by
+ * o->names into o->bufs, and the counters) from a checkpoint directory. */
 status_t ckpt_load(const char *path, ckpt_info *info, const param_table *t, float *params,
                    ckpt_optim *o);
 

@@ -4,33 +4,16 @@
  * readers. */
 #include "config_json.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 status_t cfgj_read(const char *path, cJSON **out) {
   *out = NULL;
-  FILE *f = fopen(path, "rb");
-  if (!f) return status_set(STATUS_IO, "cannot open model config %s: %s", path, strerror(errno));
   char *text = NULL;
-  size_t n = 0, cap = 0;
-  for (;;) {
-    if (n + 4096 > cap) {
-      cap = cap ? 2 * cap : 65536;
-      char *t = cap > (64u << 20) ? NULL : realloc(text, cap);
-      if (!t) {
-        free(text);
-        fclose(f);
-        return status_set(STATUS_FORMAT, "model config %s is too large", path);
-      }
-      text = t;
-    }
-    size_t r = fread(text + n, 1, cap - n, f);
-    n += r;
-    if (r == 0) break;
-  }
-  fclose(f);
+  size_t n = 0;
+  status_t st = core_read_file("model config", path, 64u << 20, &text, &n);
+  if (st) return st;
   cJSON *root = cJSON_ParseWithLength(text, n);
   free(text);
   if (!cJSON_IsObject(root)) {

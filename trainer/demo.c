@@ -1,23 +1,23 @@
-/* demo.c: `mlmpi-train demo`: builds a small BERT (or the one in a given
- * config.json), makes a synthetic masked-LM batch whose masked tokens can be
- * read off the unmasked context, and trains on it with LAMB, printing the
- * loss each step. It shows the model learning end to end before the
- * data pipeline and the distributed trainer exist. */
+/* demo.c: `mlmpi-train demo`: builds a small BERT (or the model a given
+ * config.json names, through the model table), makes a synthetic masked-LM
+ * batch whose masked tokens can be read off the unmasked context, and trains
+ * on it with LAMB, printing the loss each step. It shows a model learning
+ * end to end without the data pipeline or the distributed trainer. */
 #include <getopt.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "model.h"
 #include "optim.h"
-#include "trainer.h"
 
 static const char demo_usage[] =
     "usage: mlmpi-train demo [--model CONFIG.json] [--steps N] [--batch B] [--seq-len T]\n"
     "                        [--lr X] [--seed N] [--threads N]\n"
     "\n"
-    "Trains a BERT model (default: 2 layers, hidden 128, 2 heads, vocab 1000, NSP on) on one\n"
+    "Trains a model (default: BERT, 2 layers, hidden 128, 2 heads, vocab 1000, NSP on; or the\n"
+    "one CONFIG.json names: BERT, ELECTRA) on one\n"
     "synthetic batch with LAMB (linear warmup over 10% of the steps, then linear decay) and\n"
     "prints the loss every step. Each sequence repeats a random motif, so masked tokens are\n"
     "predictable from their context and the loss must fall.\n"
@@ -52,6 +52,51 @@ static void make_batch(demo_batch *d, int B, int T, int P, int V, uint64_t seed)
   }
 }
 
+/* Trains m on the synthetic batch for `steps` LAMB steps, printing each. */
+static status_t demo_run(model *m, demo_batch *d, int B, int T, int P, int steps, double lr,
+                         uint64_t seed, optim **opt) {
+  const model_ops *ops = m->ops;
+  size_t N = (size_t)B * T, M = (size_t)B * P;
+  *d = (demo_batch){calloc(N, 4), calloc(N, 4),         calloc(N, 4), calloc(M, 4),
+                    calloc(M, 4), calloc((size_t)B, 4), calloc(M, 4)};
+  if (!d->ids || !d->mask || !d->seg || !d->pos || !d->mids || !d->nsp || !d->w)
+    return status_set(STATUS_NOMEM, "out of memory");
+  make_batch(d, B, T, P, ops->vocab_size(m), seed);
+  model_batch b = {B, T, P, d->ids, d->mask, d->seg, d->pos, d->mids, d->w, d->nsp, NULL};
+  status_t st = ops->check_batch(m, &b);
+  if (st) return st;
+  ops->init_weights(m, seed);
+  const param_table *tab = ops->params(m);
+  char what[256];
+  ops->describe(m, what, sizeof what);
+  printf("demo: %s, %zu parameters; batch %d x %d, %d masked per sequence; LAMB lr %g\n", what,
+         tab->total, B, T, P, lr);
+  optim_config oc = optim_config_default();
+  lr_schedule sched = lr_schedule_default();
+  sched.lr = lr;
+  sched.warmup = 0.1;
+  sched.total_steps = steps;
+  if ((st = optim_init(opt, &oc, tab))) return st;
+  for (int s = 0; s < steps; s++) {
+    double t0 = core_now_s(), g[MODEL_MAX_COUNTERS] = {0}, v[MODEL_MAX_METRICS];
+    model_run run = model_run_default();
+    run.seed = seed;
+    run.step = (uint32_t)s;
+    ops->zero_grad(m);
+    ops->forward(m, &b, &run, g);
+    ops->backward(m);
+    optim_stats os;
+    optim_step(*opt, ops->param_buf(m), ops->grad_buf(m), (float)lr_at(&sched, s), &os);
+    ops->train_values(g, B, v);
+    printf("step %3d ", s + 1);
+    for (int i = 0; i < ops->n_train_metrics; i++)
+      printf(" %s %.4f", ops->train_metrics[i].key, v[i]);
+    printf("  lr %.2e  |g| %.3f  %.0f ms\n", os.lr, os.grad_norm, (core_now_s() - t0) * 1e3);
+    fflush(stdout);
+  }
+  return STATUS_OK;
+}
+
 int trainer_demo_main(int argc, char **argv) {
   static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                        {"steps", required_argument, 0, 'n'},
@@ -62,7 +107,7 @@ int trainer_demo_main(int argc, char **argv) {
                                        {"threads", required_argument, 0, 't'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
-  const char *model = NULL;
+  const char *config = NULL;
   int steps = 60, B = 16, T = 64, threads = 0;
   double lr = 0.03;
   uint64_t seed = 1;
@@ -71,7 +116,7 @@ int trainer_demo_main(int argc, char **argv) {
   for (int c, li = 0; (c = getopt_long(argc, argv, "", opts, &li)) != -1;) {
     char *end = NULL;
     switch (c) {
-      case 'm': model = optarg; break;
+      case 'm': config = optarg; break;
       case 'n': steps = (int)strtol(optarg, &end, 10); break;
       case 'b': B = (int)strtol(optarg, &end, 10); break;
       case 'T': T = (int)strtol(optarg, &end, 10); break;
@@ -95,70 +140,25 @@ int trainer_demo_main(int argc, char **argv) {
     return 2;
   }
   if (threads) omp_set_num_threads(threads);
-  bert_config cfg = bert_config_default();
-  cfg.vocab_size = 1000;
-  cfg.hidden_size = 128;
-  cfg.num_hidden_layers = 2;
-  cfg.num_attention_heads = 2;
-  cfg.intermediate_size = 512;
-  cfg.max_position_embeddings = 128;
-  cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0f;
-  status_t st = model ? bert_config_load(model, &cfg) : STATUS_OK;
   int P = (T * 15 + 99) / 100;
-  bert_model *m = NULL;
-  if (st == STATUS_OK) st = bert_init(&m, &cfg, B, T, P, threads);
-  if (st != STATUS_OK) {
-    fprintf(stderr, "mlmpi-train demo: %s\n", status_message());
-    return 1;
-  }
-  bert_init_weights(m, seed);
-  size_t N = (size_t)B * T, M = (size_t)B * P;
-  demo_batch d = {calloc(N, 4), calloc(N, 4),         calloc(N, 4), calloc(M, 4),
-                  calloc(M, 4), calloc((size_t)B, 4), calloc(M, 4)};
-  if (!d.ids || !d.mask || !d.seg || !d.pos || !d.mids || !d.nsp || !d.w) {
-    fprintf(stderr, "mlmpi-train demo: out of memory\n");
-    return 1;
-  }
-  make_batch(&d, B, T, P, cfg.vocab_size, seed);
-  bert_batch b = {B, T, P, d.ids, d.mask, d.seg, d.pos, d.mids, d.w, d.nsp};
-  const param_table *tab = bert_params(m);
-  printf(
-      "demo: BERT %d layers, hidden %d, %d heads, vocab %d, %zu parameters; batch %d x %d, "
-      "%d masked per sequence; LAMB lr %g\n",
-      cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.vocab_size, tab->total,
-      B, T, P, lr);
-  optim_config oc = optim_config_default();
-  lr_schedule sched = lr_schedule_default();
-  sched.lr = lr;
-  sched.warmup = 0.1;
-  sched.total_steps = steps;
+  /* Without --model: bert-tiny with a vocabulary of 1000, 128 positions and
+   * no dropout. */
+  model_spec spec = {.config_path = config, .preset = "bert-tiny", .nsp = -1, .seq_len = T};
+  if (!config)
+    spec = (model_spec){.preset = "bert-tiny",
+                        .vocab_size = 1000,
+                        .nsp = 1,
+                        .seq_len = T,
+                        .max_positions = 128,
+                        .no_dropout = true};
+  model *m = NULL;
   optim *opt = NULL;
-  if (optim_init(&opt, &oc, tab) != STATUS_OK) {
-    fprintf(stderr, "mlmpi-train demo: %s\n", status_message());
-    return 1;
-  }
-  for (int s = 0; s < steps; s++) {
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    bert_run run = bert_run_default();
-    run.seed = seed;
-    run.step = (uint32_t)s;
-    bert_losses ls;
-    bert_zero_grad(m);
-    bert_forward(m, &b, &run, &ls);
-    bert_backward(m);
-    optim_stats os;
-    optim_step(opt, bert_param_buf(m), bert_grad_buf(m), (float)lr_at(&sched, s), &os);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
-    printf("step %3d  loss %.4f  (mlm %.4f, nsp %.4f)  mlm acc %.3f  lr %.2e  |g| %.3f  %.0f ms\n",
-           s + 1, ls.loss, ls.mlm_loss, ls.nsp_loss,
-           ls.mlm_correct / (ls.mlm_weight_sum > 0 ? ls.mlm_weight_sum : 1), os.lr, os.grad_norm,
-           ms);
-    fflush(stdout);
-  }
+  demo_batch d = {0};
+  status_t st = model_create(&m, &spec, &(model_shape){B, T, P, threads});
+  if (st == STATUS_OK) st = demo_run(m, &d, B, T, P, steps, lr, seed, &opt);
+  if (st != STATUS_OK) fprintf(stderr, "mlmpi-train demo: %s\n", status_message());
   optim_free(opt);
-  bert_free(m);
+  model_free(m);
   free(d.ids);
   free(d.mask);
   free(d.seg);
@@ -166,5 +166,5 @@ int trainer_demo_main(int argc, char **argv) {
   free(d.mids);
   free(d.nsp);
   free(d.w);
-  return 0;
+  return st == STATUS_OK ? 0 : 1;
 }

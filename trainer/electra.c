@@ -179,6 +179,7 @@ void electra_set_grad_ready(electra_model *m, bert_grad_ready_fn fn, void *ctx) 
 }
 void electra_use_grad_buf(electra_model *m, float *buf) { model_base_use_grad_buf(&m->base, buf); }
 void electra_zero_grad(electra_model *m) { model_base_zero_grad(&m->base); }
+model_base *electra_base(electra_model *m) { return &m->base; }
 
 void electra_init_weights(electra_model *m, uint64_t seed) {
   enc_init_weights(&m->base.table, m->base.params, m->cfg.initializer_range, seed);

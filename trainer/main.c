@@ -1,8 +1,14 @@
-/* main.c: the mlmpi-train executable: dispatches to its subcommands. */
+/* main.c: the mlmpi-train executable: its subcommands, and for training the
+ * process's start-up: the communicator (comm.backend) over the job's ranks,
+ * the compute threads a rank owns, the signals that stop a run cleanly, and
+ * the one place where a status becomes an exit code or the end of the
+ * whole job. */
+#include <omp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "trainer.h"
+#include "run.h"
 
 static const char usage[] =
     "usage: mlmpi-train [--config FILE] [--set section.key=value ...] [--init-from CKPT]\n"
@@ -18,9 +24,76 @@ static const char usage[] =
     "\n"
     "`mlmpi-train <command> --help` describes each command.\n";
 
+static const char train_usage[] =
+    "usage: mlmpi-train [--config FILE] [--set section.key=value ...] [--init-from CKPT]\n"
+    "       mlmpi-train step|demo ... (see mlmpi-train --help)\n"
+    "\n"
+    "Trains under mpirun/srun (or as one process). Config keys (INI sections) and defaults:\n";
+
 int trainer_demo_main(int argc, char **argv);
-int trainer_train_main(int argc, char **argv);
 int trainer_export_main(int argc, char **argv);
+
+static void on_signal(int sig) {
+  (void)sig;
+  train_request_stop();
+}
+
+static void print_train_help(void) {
+  fputs(train_usage, stdout);
+  fputs(train_config_help(), stdout);
+}
+
+/* Threads for this rank (train.threads, else the cores it owns). */
+static int size_threads(const train_config *cfg, const comm_t *comm) {
+  const char *why = "train.threads";
+  int threads = cfg->threads ? cfg->threads : comm_default_threads(comm->local_size, &why);
+  omp_set_num_threads(threads);
+  if (comm->rank == 0)
+    LOG_INFO(TRAINER, "%d rank(s), %d on this node, %d thread(s) each (from %s)", comm->size,
+             comm->local_size, threads, why);
+  return threads;
+}
+
+/* Training: every rank runs this. A failure every rank met alike is said
+ * once (rank 0); one that only some ranks met ends the whole job, so that
+ * no rank waits for them. */
+static int train_main(int argc, char **argv) {
+  status_t st = comm_process_init(&argc, &argv);
+  if (st) {
+    fprintf(stderr, "mlmpi-train: %s\n", status_message());
+    return 1;
+  }
+  int rank, world;
+  comm_process_rank(&rank, &world);
+  train_config cfg;
+  const char *init_from;
+  bool help, uniform = true;
+  comm_t *comm = NULL;
+  st = train_config_from_args(argc, argv, &cfg, &init_from, &help);
+  if (help) {
+    if (rank == 0) print_train_help();
+    comm_process_finalize();
+    return 0;
+  }
+  struct sigaction sa = {.sa_handler = on_signal};
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGUSR1, &sa, NULL);
+  /* comm_init's verdict is every rank's. */
+  if (st == STATUS_OK) st = comm_init(&comm, cfg.comm_backend, cfg.timeout_s);
+  if (st == STATUS_OK) st = train_run(&cfg, comm, size_threads(&cfg, comm), init_from, &uniform);
+  /* A collective that failed on this rank (a dead or stuck peer) exits 3,
+   * anything else 1. */
+  bool peer = !uniform && (st == STATUS_COMM || st == STATUS_TIMEOUT);
+  int rc = st == STATUS_OK ? 0 : peer ? 3 : 1;
+  if (rc && !uniform && world > 1) {
+    LOG_ERROR(TRAINER, "%s; aborting the job", status_message());
+    comm_process_abort(rc);
+  }
+  if (rc && rank == 0) LOG_ERROR(TRAINER, "%s", status_message());
+  comm_free(comm);
+  comm_process_finalize();
+  return rc;
+}
 
 int main(int argc, char **argv) {
 #if defined(__x86_64__) && defined(__AVX2__)
@@ -36,8 +109,8 @@ int main(int argc, char **argv) {
     return 0;
   }
   if (argc >= 2 && !strcmp(argv[1], "--help-config")) {
-    char *args[] = {argv[0], "--help", NULL};
-    return trainer_train_main(2, args);
+    print_train_help();
+    return 0;
   }
   if (argc >= 2 && !strcmp(argv[1], "step")) return trainer_step_main(argc - 1, argv + 1);
   if (argc >= 2 && !strcmp(argv[1], "demo")) return trainer_demo_main(argc - 1, argv + 1);
@@ -46,5 +119,5 @@ int main(int argc, char **argv) {
     fprintf(stderr, "mlmpi-train: unknown command '%s' (see mlmpi-train --help)\n", argv[1]);
     return 2;
   }
-  return trainer_train_main(argc, argv);
+  return train_main(argc, argv);
 }

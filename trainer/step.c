@@ -1,16 +1,15 @@
 /* step.c: `mlmpi-train step`, the oracle hook: one forward and backward of
- * the model (BERT, or ELECTRA when the config says "model_type": "electra")
- * on given weights and a given batch, all outputs and every parameter's
- * gradient written to a safetensors file. */
+ * the model a config.json names (through the model table) on given weights
+ * and a given batch, all outputs and every parameter's gradient written to
+ * a safetensors file. */
 #include <getopt.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "electra.h"
+#include "model.h"
 #include "optim.h"
-#include "trainer.h"
 
 typedef struct {
   const char *model, *weights, *batch, *out;
@@ -29,19 +28,9 @@ static const char step_usage[] =
     "--no-bias-correction\n"
     "                         --trust-min X --trust-max X]\n"
     "\n"
-    "One forward and backward pass of the model in CONFIG.json (Hugging Face BertConfig) on the\n"
-    "weights W (Hugging Face parameter names) and the batch B (input_ids, input_mask,\n"
-    "segment_ids [B,T] I32; masked_lm_positions, masked_lm_ids [B,P] I32; masked_lm_weights [B,P]\n"
-    "F32; next_sentence_labels [B,1] I32 with NSP). Writes loss, mlm_loss, nsp_loss, mlm_logits\n"
-    "[B,P,V], nsp_logits [B,2] and grad.<name> for every parameter to OUT (the NSP outputs only\n"
-    "when the model has an NSP head).\n"
-    "With an ELECTRA config (\"model_type\": \"electra\": the discriminator's ElectraConfig with "
-    "a\n"
-    "\"generator\" object and gen_weight, disc_weight) the batch has no next_sentence_labels and "
-    "may\n"
-    "carry sampled_ids [B,P] I32, the generator's samples (otherwise drawn from --seed); OUT gets\n"
-    "loss, mlm_loss, disc_loss, generator_logits [B,P,V], discriminator_logits [B,T], sampled_ids\n"
-    "[B,P] and grad.<name>.\n"
+    "One forward and backward pass of the model in CONFIG.json (a Hugging Face config; its\n"
+    "model_type picks the model) on the weights W (Hugging Face parameter names) and the batch\n"
+    "B; writes the model's outputs and grad.<name> for every parameter to OUT.\n"
     "  --seed N     dropout (and ELECTRA sampling) seed; dropout follows the config's\n"
     "               probabilities (default 0)\n"
     "  --threads N  OpenMP/OpenBLAS threads (default: all cores)\n"
@@ -49,7 +38,14 @@ static const char step_usage[] =
     "               the final weights under their parameter names, `losses` [K] (the loss before\n"
     "               each step) and `grad_norms` [K] (the global gradient norm before clipping).\n"
     "               Optimizer flags as the optim.* config keys (defaults: LAMB, lr 1e-3, weight\n"
-    "               decay 0.01, beta1 0.9, beta2 0.999, eps 1e-6, max grad norm 1.0).\n";
+    "               decay 0.01, beta1 0.9, beta2 0.999, eps 1e-6, max grad norm 1.0).\n"
+    "\n"
+    "The batch and the outputs of each model:\n";
+
+static void print_help(void) {
+  fputs(step_usage, stdout);
+  for (int i = 0; model_at(i); i++) fputs(model_at(i)->step_help, stdout);
+}
 
 static int parse_args(int argc, char **argv, step_args *a) {
   static const struct option opts[] = {{"model", required_argument, 0, 'm'},
@@ -108,7 +104,7 @@ static int parse_args(int argc, char **argv, step_args *a) {
         if (*end || a->steps < 0)
           return fprintf(stderr, "mlmpi-train step: --steps needs a count, not '%s'\n", optarg), 2;
         break;
-      case 'h': fputs(step_usage, stdout); return 1;
+      case 'h': print_help(); return 1;
       case 1:
       case 2:
       case 3:
@@ -148,11 +144,9 @@ static const char *const batch_fields[] = {
     "masked_lm_ids", "masked_lm_weights", "next_sentence_labels", "sampled_ids"};
 enum { N_BATCH_FIELDS = 8, FIELD_NSP = 6, FIELD_SAMPLED = 7 };
 
-/* Points b at the tensors of f after checking names, dtypes and shapes.
- * next_sentence_labels is required with nsp; sampled_ids is allowed (and
- * then returned in *sampled) only where sampled is given. */
-static status_t load_batch(const st_file *f, const char *path, bool nsp, bert_batch *b,
-                           const int32_t **sampled) {
+/* B, T and P of the batch in f (input_ids [B,T], masked_lm_positions [B,P]). */
+static status_t batch_shape(const st_file *f, const char *path, int64_t *B, int64_t *T,
+                            int64_t *P) {
   const st_tensor *ids = st_find(f, "input_ids"), *pos = st_find(f, "masked_lm_positions");
   if (!ids) return status_set(STATUS_ARG, "%s: tensor 'input_ids' is missing", path);
   if (!pos) return status_set(STATUS_ARG, "%s: tensor 'masked_lm_positions' is missing", path);
@@ -163,10 +157,24 @@ static status_t load_batch(const st_file *f, const char *path, bool nsp, bert_ba
       pos->shape[1] > (1 << 20))
     return status_set(STATUS_ARG, "%s: tensor 'masked_lm_positions' must be [B,P] with B = %lld",
                       path, (long long)ids->shape[0]);
-  int64_t bt[2] = {ids->shape[0], ids->shape[1]}, bp[2] = {ids->shape[0], pos->shape[1]},
-          b1[2] = {ids->shape[0], 1};
+  *B = ids->shape[0];
+  *T = ids->shape[1];
+  *P = pos->shape[1];
+  return STATUS_OK;
+}
+
+/* Points b at the tensors of f after checking names, dtypes and shapes:
+ * the six every model reads, next_sentence_labels when the model requires
+ * it, sampled_ids when it allows it and f has it; any other tensor is an
+ * error. */
+static status_t load_batch(const st_file *f, const char *path, unsigned required, unsigned allowed,
+                           model_batch *b) {
+  int64_t B, T, P;
+  status_t st = batch_shape(f, path, &B, &T, &P);
+  if (st) return st;
+  int64_t bt[2] = {B, T}, bp[2] = {B, P}, b1[2] = {B, 1};
   const st_tensor *t[N_BATCH_FIELDS] = {0};
-  status_t st;
+  bool nsp = required & MODEL_FIELD_NSP, sampled = allowed & MODEL_FIELD_SAMPLED;
   if ((st = st_expect(f, path, "input_ids", DTYPE_I32, 2, bt, &t[0])) ||
       (st = st_expect(f, path, "input_mask", DTYPE_I32, 2, bt, &t[1])) ||
       (st = st_expect(f, path, "segment_ids", DTYPE_I32, 2, bt, &t[2])) ||
@@ -186,88 +194,63 @@ static status_t load_batch(const st_file *f, const char *path, bool nsp, bert_ba
       return status_set(STATUS_ARG, "%s: tensor '%s' is not a batch field of this model", path,
                         f->tensors[i].name);
   }
-  *b = (bert_batch){.B = (int)bt[0],
-                    .T = (int)bt[1],
-                    .P = (int)bp[1],
-                    .input_ids = t[0]->data,
-                    .input_mask = t[1]->data,
-                    .segment_ids = t[2]->data,
-                    .masked_lm_positions = t[3]->data,
-                    .masked_lm_ids = t[4]->data,
-                    .masked_lm_weights = t[5]->data,
-                    .next_sentence_labels = t[FIELD_NSP] ? t[FIELD_NSP]->data : NULL};
-  if (sampled) *sampled = t[FIELD_SAMPLED] ? t[FIELD_SAMPLED]->data : NULL;
+  *b = (model_batch){.B = (int)B,
+                     .T = (int)T,
+                     .P = (int)P,
+                     .input_ids = t[0]->data,
+                     .input_mask = t[1]->data,
+                     .segment_ids = t[2]->data,
+                     .masked_lm_positions = t[3]->data,
+                     .masked_lm_ids = t[4]->data,
+                     .masked_lm_weights = t[5]->data,
+                     .next_sentence_labels = t[FIELD_NSP] ? t[FIELD_NSP]->data : NULL,
+                     .sampled_ids = t[FIELD_SAMPLED] ? t[FIELD_SAMPLED]->data : NULL};
   return STATUS_OK;
 }
 
-/* What --steps adds to OUT: the final weights, per-step losses and norms. */
+/* The state of one `step` run, freed by free_run. */
 typedef struct {
-  int K;
-  const float *weights;             /* table layout, or NULL without --steps */
-  const float *losses, *grad_norms; /* [K] */
-} step_extra;
-
-/* Every parameter's gradient and what --steps adds; the buffers must
- * outlive w. */
-static status_t add_grads_and_steps(st_writer *w, const param_table *t, const float *grads,
-                                    const step_extra *x) {
-  status_t st = param_add_to_writer(t, grads, "grad.", w);
-  if (st || !x->weights) return st;
-  int64_t k[1] = {x->K};
-  if ((st = param_add_to_writer(t, x->weights, "", w)) ||
-      (st = st_writer_add(w, "losses", DTYPE_F32, 1, k, x->losses)) ||
-      (st = st_writer_add(w, "grad_norms", DTYPE_F32, 1, k, x->grad_norms)))
-    return st;
-  return STATUS_OK;
-}
-
-/* The logits are step 0's: with --steps the model has run more forwards
- * since, so the caller passes copies. */
-static status_t write_outputs(bert_model *m, const bert_batch *b, const bert_losses *ls,
-                              const float *mlm_logits, const float *nsp_logits, const float *grads,
-                              const step_extra *x, const char *path) {
-  const bert_config *c = bert_get_config(m);
-  const param_table *t = bert_params(m);
-  float loss = (float)ls->loss, mlm = (float)ls->mlm_loss, nsp = (float)ls->nsp_loss;
-  int64_t lshape[3] = {b->B, b->P, c->vocab_size}, nshape[2] = {b->B, 2};
-  st_writer *w = st_writer_init();
-  if (!w) return STATUS_NOMEM;
-  status_t st;
-  if ((st = st_writer_add(w, "loss", DTYPE_F32, 0, NULL, &loss)) ||
-      (st = st_writer_add(w, "mlm_loss", DTYPE_F32, 0, NULL, &mlm)) ||
-      (st = st_writer_add(w, "mlm_logits", DTYPE_F32, 3, lshape, mlm_logits)))
-    goto out;
-  if (c->nsp && ((st = st_writer_add(w, "nsp_loss", DTYPE_F32, 0, NULL, &nsp)) ||
-                 (st = st_writer_add(w, "nsp_logits", DTYPE_F32, 2, nshape, nsp_logits))))
-    goto out;
-  if ((st = add_grads_and_steps(w, t, grads, x))) goto out;
-  st = st_writer_write(w, path);
-out:
-  st_writer_free(w);
-  return st;
-}
-
-/* --steps K: the first forward/backward has been done (its gradients are in
- * the model); keep them, then update and recompute K times on the batch. */
-typedef struct {
-  step_extra out;
+  st_file *wf, *bf;
+  model *m;
+  model_batch b;
+  model_output out[MODEL_MAX_OUTPUTS]; /* the first forward's, copied */
+  int n_out;
+  /* --steps K: the first step's gradients, the losses and norms, the optimizer. */
   float *grads0, *losses, *norms;
   optim *opt;
 } step_run;
 
-static void free_steps(step_run *x) {
+static void free_run(step_run *x) {
+  model_outputs_free(x->out, x->n_out);
   mem_free(x->grads0);
   mem_free(x->losses);
   mem_free(x->norms);
   optim_free(x->opt);
+  model_free(x->m);
+  st_free(x->wf);
+  st_free(x->bf);
 }
 
-/* One forward and backward of the model at step k (gradients zeroed
- * first); returns the loss. */
-typedef double (*step_fn)(void *model, const void *batch, const step_args *a, uint32_t k);
+/* One forward and backward at step k (gradients zeroed first); returns the
+ * loss and leaves the counters in g. */
+static double forward_backward(step_run *x, const step_args *a, uint32_t k, double *g) {
+  model *m = x->m;
+  model_run run = model_run_default();
+  run.seed = a->seed;
+  run.step = k;
+  memset(g, 0, MODEL_MAX_COUNTERS * sizeof *g);
+  m->ops->zero_grad(m);
+  m->ops->forward(m, &x->b, &run, g);
+  m->ops->backward(m);
+  return g[0];
+}
 
-static status_t run_steps(const param_table *t, float *params, float *grads, step_fn f, void *model,
-                          const void *batch, const step_args *a, double loss0, step_run *x) {
+/* --steps K: the first forward/backward has been done (its gradients are in
+ * the model); keep them, then update and recompute K times on the batch. */
+static status_t run_steps(step_run *x, const step_args *a, double loss0) {
+  const model_ops *ops = x->m->ops;
+  const param_table *t = ops->params(x->m);
+  float *params = ops->param_buf(x->m), *grads = ops->grad_buf(x->m);
   x->grads0 = mem_alloc(t->total * sizeof(float), "step-0 gradients");
   x->losses = mem_alloc((size_t)a->steps * sizeof(float), "losses");
   x->norms = mem_alloc((size_t)a->steps * sizeof(float), "gradient norms");
@@ -276,137 +259,67 @@ static status_t run_steps(const param_table *t, float *params, float *grads, ste
   if (st != STATUS_OK) return st;
   memcpy(x->grads0, grads, t->total * sizeof(float));
   x->losses[0] = (float)loss0;
+  double g[MODEL_MAX_COUNTERS];
   for (int k = 0; k < a->steps; k++) {
-    if (k > 0) x->losses[k] = (float)f(model, batch, a, (uint32_t)k);
+    if (k > 0) x->losses[k] = (float)forward_backward(x, a, (uint32_t)k, g);
     optim_stats os;
     optim_step(x->opt, params, grads, (float)lr_at(&a->sched, k), &os);
     x->norms[k] = (float)os.grad_norm;
   }
-  x->out =
-      (step_extra){.K = a->steps, .weights = params, .losses = x->losses, .grad_norms = x->norms};
   return STATUS_OK;
 }
 
-static double bert_step_fn(void *model, const void *batch, const step_args *a, uint32_t k) {
-  bert_model *m = model;
-  bert_run run = bert_run_default();
-  run.seed = a->seed;
-  run.step = k;
-  bert_losses ls;
-  bert_zero_grad(m);
-  bert_forward(m, batch, &run, &ls);
-  bert_backward(m);
-  return ls.loss;
-}
-
-/* ---- ELECTRA ------------------------------------------------------------------ */
-/* The first step's outputs, copied: --steps runs more forwards. */
-typedef struct {
-  electra_losses ls;
-  float *gen_logits, *disc_logits;
-  int32_t *sampled;
-} electra_out;
-
-static double electra_step_fn(void *model, const void *batch, const step_args *a, uint32_t k) {
-  electra_model *m = model;
-  electra_run run = electra_run_default();
-  run.seed = a->seed;
-  run.step = k;
-  electra_losses ls;
-  electra_zero_grad(m);
-  electra_forward(m, batch, &run, &ls);
-  electra_backward(m);
-  return ls.loss;
-}
-
-static status_t keep_electra_outputs(const electra_model *m, const electra_batch *b,
-                                     electra_out *o) {
-  size_t M = (size_t)b->B * b->P, N = (size_t)b->B * b->T,
-         V = (size_t)electra_get_config(m)->vocab_size;
-  o->gen_logits = mem_alloc(M * V * sizeof(float), "generator logits");
-  o->disc_logits = mem_alloc(N * sizeof(float), "discriminator logits");
-  o->sampled = mem_alloc(M * sizeof(int32_t), "sampled ids");
-  if (!o->gen_logits || !o->disc_logits || !o->sampled) return STATUS_NOMEM;
-  memcpy(o->gen_logits, electra_generator_logits(m), M * V * sizeof(float));
-  memcpy(o->disc_logits, electra_discriminator_logits(m), N * sizeof(float));
-  memcpy(o->sampled, electra_sampled_ids(m), M * sizeof(int32_t));
-  return STATUS_OK;
-}
-
-static status_t write_electra_outputs(const electra_model *m, const electra_batch *b,
-                                      const electra_out *o, const float *grads, const step_extra *x,
-                                      const char *path) {
-  float loss = (float)o->ls.loss, mlm = (float)o->ls.mlm_loss, disc = (float)o->ls.disc_loss;
-  int64_t gshape[3] = {b->B, b->P, electra_get_config(m)->vocab_size}, dshape[2] = {b->B, b->T},
-          sshape[2] = {b->B, b->P};
+/* The outputs, every parameter's gradient and what --steps adds. */
+static status_t write_outputs(const step_run *x, const step_args *a) {
+  const model_ops *ops = x->m->ops;
+  const param_table *t = ops->params(x->m);
   st_writer *w = st_writer_init();
   if (!w) return STATUS_NOMEM;
-  status_t st;
-  if (!(st = st_writer_add(w, "loss", DTYPE_F32, 0, NULL, &loss)) &&
-      !(st = st_writer_add(w, "mlm_loss", DTYPE_F32, 0, NULL, &mlm)) &&
-      !(st = st_writer_add(w, "disc_loss", DTYPE_F32, 0, NULL, &disc)) &&
-      !(st = st_writer_add(w, "generator_logits", DTYPE_F32, 3, gshape, o->gen_logits)) &&
-      !(st = st_writer_add(w, "discriminator_logits", DTYPE_F32, 2, dshape, o->disc_logits)) &&
-      !(st = st_writer_add(w, "sampled_ids", DTYPE_I32, 2, sshape, o->sampled)) &&
-      !(st = add_grads_and_steps(w, electra_params(m), grads, x)))
-    st = st_writer_write(w, path);
+  status_t st = STATUS_OK;
+  for (int i = 0; i < x->n_out && st == STATUS_OK; i++)
+    st = st_writer_add(w, x->out[i].name, x->out[i].dtype, x->out[i].ndim, x->out[i].shape,
+                       x->out[i].data);
+  if (st == STATUS_OK)
+    st = param_add_to_writer(t, x->grads0 ? x->grads0 : ops->grad_buf(x->m), "grad.", w);
+  int64_t k[1] = {a->steps};
+  if (st == STATUS_OK && a->steps > 0 &&
+      ((st = param_add_to_writer(t, ops->param_buf(x->m), "", w)) ||
+       (st = st_writer_add(w, "losses", DTYPE_F32, 1, k, x->losses)) ||
+       (st = st_writer_add(w, "grad_norms", DTYPE_F32, 1, k, x->norms))))
+    goto out;
+  if (st == STATUS_OK) st = st_writer_write(w, a->out);
+out:
   st_writer_free(w);
   return st;
 }
 
-static int electra_step_main(const step_args *a) {
-  electra_config cfg;
-  st_file *wf = NULL, *bf = NULL;
-  electra_model *m = NULL;
-  bert_batch bb;
-  electra_batch b;
-  electra_out o = {0};
-  step_run x = {0};
+static status_t step_run_all(step_run *x, const step_args *a) {
+  const model_ops *ops;
+  int64_t B, T, P;
   status_t st;
-  if ((st = electra_config_load(a->model, &cfg)) || (st = st_read(a->batch, &bf)) ||
-      (st = load_batch(bf, a->batch, false, &bb, &b.sampled_ids)))
-    goto done;
-  b = (electra_batch){bb.B,
-                      bb.T,
-                      bb.P,
-                      bb.input_ids,
-                      bb.input_mask,
-                      bb.segment_ids,
-                      bb.masked_lm_positions,
-                      bb.masked_lm_ids,
-                      bb.masked_lm_weights,
-                      b.sampled_ids};
-  if ((st = st_read(a->weights, &wf)) || (st = electra_init(&m, &cfg, b.B, b.T, b.P, a->threads)) ||
-      (st =
-           param_load_safetensors(electra_params(m), electra_param_buf(m), wf, a->weights, true)) ||
-      (st = electra_check_batch(m, &b)))
-    goto done;
-  st_free(wf);
-  wf = NULL;
-  electra_run run = electra_run_default();
-  run.seed = a->seed;
-  electra_zero_grad(m);
-  electra_forward(m, &b, &run, &o.ls);
-  electra_backward(m);
-  if ((st = keep_electra_outputs(m, &b, &o))) goto done;
-  const float *grads = electra_grad_buf(m);
-  if (a->steps > 0) {
-    if ((st = run_steps(electra_params(m), electra_param_buf(m), electra_grad_buf(m),
-                        electra_step_fn, m, &b, a, o.ls.loss, &x)))
-      goto done;
-    grads = x.grads0;
+  if ((st = model_lookup(a->model, NULL, &ops)) || (st = st_read(a->batch, &x->bf)) ||
+      (st = batch_shape(x->bf, a->batch, &B, &T, &P)))
+    return st;
+  model_spec spec = {.config_path = a->model, .nsp = -1};
+  model_shape shape = {(int)B, (int)T, (int)P, a->threads};
+  if ((st = ops->create(&x->m, &spec, &shape)) ||
+      (st = load_batch(x->bf, a->batch, ops->required_fields(x->m), ops->allowed_fields(x->m),
+                       &x->b)) ||
+      (st = st_read(a->weights, &x->wf)) ||
+      (st = param_load_safetensors(ops->params(x->m), ops->param_buf(x->m), x->wf, a->weights,
+                                   true)) ||
+      (st = ops->check_batch(x->m, &x->b)))
+    return st;
+  st_free(x->wf);
+  x->wf = NULL;
+  double g[MODEL_MAX_COUNTERS];
+  double loss = forward_backward(x, a, 0, g);
+  if ((x->n_out = ops->outputs(x->m, &x->b, g, x->out)) < 0) {
+    x->n_out = 0;
+    return STATUS_NOMEM;
   }
-  st = write_electra_outputs(m, &b, &o, grads, &x.out, a->out);
-done:
-  if (st != STATUS_OK) fprintf(stderr, "mlmpi-train step: %s\n", status_message());
-  free_steps(&x);
-  mem_free(o.gen_logits);
-  mem_free(o.disc_logits);
-  mem_free(o.sampled);
-  electra_free(m);
-  st_free(wf);
-  st_free(bf);
-  return st == STATUS_OK ? 0 : 1;
+  if (a->steps > 0 && (st = run_steps(x, a, loss))) return st;
+  return write_outputs(x, a);
 }
 
 int trainer_step_main(int argc, char **argv) {
@@ -414,50 +327,9 @@ int trainer_step_main(int argc, char **argv) {
   int rc = parse_args(argc, argv, &a);
   if (rc) return rc == 1 ? 0 : rc;
   if (a.threads) omp_set_num_threads(a.threads);
-  if (electra_config_is_electra(a.model)) return electra_step_main(&a);
-  bert_config cfg;
-  st_file *wf = NULL, *bf = NULL;
-  bert_model *m = NULL;
-  bert_batch b;
-  status_t st;
-  if ((st = bert_config_load(a.model, &cfg)) || (st = st_read(a.batch, &bf)) ||
-      (st = load_batch(bf, a.batch, cfg.nsp, &b, NULL)) || (st = st_read(a.weights, &wf)) ||
-      (st = bert_init(&m, &cfg, b.B, b.T, b.P, a.threads)) ||
-      (st = param_load_safetensors(bert_params(m), bert_param_buf(m), wf, a.weights, true)) ||
-      (st = bert_check_batch(m, &b)))
-    goto done;
-  st_free(wf);
-  wf = NULL;
-  bert_run run = bert_run_default();
-  run.seed = a.seed;
-  bert_losses ls;
-  bert_zero_grad(m);
-  bert_forward(m, &b, &run, &ls);
-  bert_backward(m);
   step_run x = {0};
-  if (a.steps > 0) {
-    size_t nm = (size_t)b.B * b.P * (size_t)cfg.vocab_size, nn = (size_t)b.B * 2;
-    float *ml = mem_alloc(nm * sizeof(float), "step-0 logits"),
-          *nl = mem_alloc(nn * sizeof(float), "step-0 logits");
-    st = ml && nl ? STATUS_OK : STATUS_NOMEM;
-    if (st == STATUS_OK) {
-      memcpy(ml, bert_mlm_logits(m), nm * sizeof(float));
-      if (cfg.nsp) memcpy(nl, bert_nsp_logits(m), nn * sizeof(float));
-      st = run_steps(bert_params(m), bert_param_buf(m), bert_grad_buf(m), bert_step_fn, m, &b, &a,
-                     ls.loss, &x);
-    }
-    if (st == STATUS_OK) st = write_outputs(m, &b, &ls, ml, nl, x.grads0, &x.out, a.out);
-    mem_free(ml);
-    mem_free(nl);
-    free_steps(&x);
-  } else {
-    st = write_outputs(m, &b, &ls, bert_mlm_logits(m), bert_nsp_logits(m), bert_grad_buf(m), &x.out,
-                       a.out);
-  }
-done:
+  status_t st = step_run_all(&x, &a);
   if (st != STATUS_OK) fprintf(stderr, "mlmpi-train step: %s\n", status_message());
-  bert_free(m);
-  st_free(wf);
-  st_free(bf);
+  free_run(&x);
   return st == STATUS_OK ? 0 : 1;
 }

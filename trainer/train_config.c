@@ -2,10 +2,14 @@
  * dump of a training run. */
 #include "train_config.h"
 
+#include <getopt.h>
 #include <ini.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "comm.h"
+#include "model.h"
 
 void train_config_default(train_config *c) {
   memset(c, 0, sizeof *c);
@@ -20,6 +24,7 @@ void train_config_default(train_config *c) {
   c->log_every = 1;
   c->optim = optim_config_default();
   c->sched = lr_schedule_default();
+  snprintf(c->comm_backend, sizeof c->comm_backend, "mpi");
   c->bucket_mb = 25;
   c->first_bucket_mb = 1;
   c->timeout_s = 300;
@@ -86,6 +91,12 @@ status_t train_config_set(train_config *c, const char *key, const char *v) {
     return STATUS_OK;
   }
   F64("train.time_limit_s", time_limit_s);
+  if (!strcmp(key, "comm.backend")) {
+    if (!comm_backend_known(v))
+      return status_set(STATUS_CONFIG, "comm.backend: '%s' is not one of %s", v,
+                        comm_backends_help());
+    return set_str(c->comm_backend, sizeof c->comm_backend, key, v);
+  }
   F64("comm.bucket_mb", bucket_mb);
   F64("comm.first_bucket_mb", first_bucket_mb);
   F64("comm.timeout_s", timeout_s);
@@ -176,6 +187,7 @@ char *train_config_dump(const train_config *c) {
           (double)c->optim.trust_min);
   fprintf(f, "optim.trust_max = %g\noptim.max_grad_norm = %g\noptim.zero = %d\n",
           (double)c->optim.trust_max, (double)c->optim.max_grad_norm, c->zero);
+  fprintf(f, "comm.backend = %s\n", c->comm_backend);
   fprintf(f, "comm.bucket_mb = %g\ncomm.first_bucket_mb = %g\ncomm.timeout_s = %g\n", c->bucket_mb,
           c->first_bucket_mb, c->timeout_s);
   fprintf(f, "comm.shared_memory = %s\n", c->shared_memory ? "true" : "false");
@@ -205,7 +217,9 @@ static const char help[] =
     "train.steps),\n"
     "         beta1, beta2, eps, weight_decay, bias_correction, adapt_all, trust_min, trust_max,\n"
     "         max_grad_norm, zero = 0\n"
-    "[comm]   bucket_mb = 25, first_bucket_mb = 1, timeout_s = 300,\n"
+    "[comm]   backend = mpi|nccl (mpi; nccl needs a build with CUDA and NCCL, a GPU per rank\n"
+    "         and a compute backend that keeps its buffers on the GPU),\n"
+    "         bucket_mb = 25, first_bucket_mb = 1, timeout_s = 300,\n"
     "         shared_memory = true (the ranks of a node sum each other's gradients in place)\n"
     "[ckpt]   dir = DIR (none: no checkpoints), every_steps = 0 (only at the end), keep = 3,\n"
     "         resume = none|auto|DIR\n"
@@ -213,25 +227,57 @@ static const char help[] =
 
 const char *train_config_help(void) { return help; }
 
-status_t bert_preset(const char *name, bert_config *out) {
-  static const struct {
-    const char *name;
-    int L, H, A, I;
-  } presets[] = {{"bert-tiny", 2, 128, 2, 512},    {"bert-mini", 4, 256, 4, 1024},
-                 {"bert-small", 4, 512, 8, 2048},  {"bert-medium", 8, 512, 8, 2048},
-                 {"bert-base", 12, 768, 12, 3072}, {"bert-large", 24, 1024, 16, 4096}};
-  for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
-    if (!strcmp(name, presets[i].name)) {
-      bert_config c = bert_config_default();
-      c.num_hidden_layers = presets[i].L;
-      c.hidden_size = presets[i].H;
-      c.num_attention_heads = presets[i].A;
-      c.intermediate_size = presets[i].I;
-      *out = c;
+/* data.masking before parsing: not given (the default then follows the model). */
+#define MASKING_UNSET ((mask_style)0x7f)
+
+status_t train_config_from_args(int argc, char **argv, train_config *c, const char **init_from,
+                                bool *help) {
+  static const struct option opts[] = {{"config", required_argument, 0, 'c'},
+                                       {"set", required_argument, 0, 's'},
+                                       {"init-from", required_argument, 0, 'i'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+  train_config_default(c);
+  c->data.masking = MASKING_UNSET;
+  *init_from = NULL;
+  *help = false;
+  /* The file first, then every --set on top, whatever their order. */
+  opterr = 0;
+  optind = 1;
+  for (int o; (o = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
+    if (o == 'c') {
+      status_t st = train_config_load(c, optarg);
+      if (st) return st;
+    } else if (o == 'h') {
+      *help = true;
       return STATUS_OK;
+    } else if (o == '?') {
+      return status_set(STATUS_ARG, "unknown or incomplete option '%s' (see --help)",
+                        argv[optind - 1]);
     }
-  return status_set(STATUS_CONFIG,
-                    "model.preset: unknown preset '%s' (bert-tiny, bert-mini, "
-                    "bert-small, bert-medium, bert-base, bert-large, electra-small, electra-base)",
-                    name);
+  }
+  optind = 1;
+  for (int o; (o = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
+    if (o == 's') {
+      char *eq = strchr(optarg, '=');
+      if (!eq) return status_set(STATUS_ARG, "--set needs section.key=value, not '%s'", optarg);
+      *eq = 0;
+      status_t st = train_config_set(c, optarg, eq + 1);
+      *eq = '=';
+      if (st) return st;
+    } else if (o == 'i') {
+      *init_from = optarg;
+    }
+  }
+  if (optind < argc) return status_set(STATUS_ARG, "unexpected argument '%s'", argv[optind]);
+  if (c->sched.total_steps == 0) c->sched.total_steps = c->steps;
+  /* data.masking defaults to the model's scheme (BERT's 80/10/10, ELECTRA's
+   * 85/15). */
+  if (c->data.masking == MASKING_UNSET) {
+    const model_ops *m;
+    status_t st = model_lookup(c->model_config, c->model_preset, &m);
+    if (st) return st;
+    c->data.masking = m->masking;
+  }
+  return train_config_check(c);
 }

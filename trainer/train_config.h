@@ -29,6 +29,7 @@ typedef struct {
   lr_schedule sched;
   int zero;
   /* [comm] */
+  char comm_backend[16]; /* mpi | nccl */
   double bucket_mb, first_bucket_mb, timeout_s;
   bool shared_memory; /* gradients in memory the ranks of a node share */
   /* [ckpt] */
@@ -53,7 +54,12 @@ status_t train_config_check(const train_config *c);
 char *train_config_dump(const train_config *c);
 /* --help text for every key. */
 const char *train_config_help(void);
-/* A named model preset's shape (vocab_size left to the caller). */
-status_t bert_preset(const char *name, bert_config *out);
+
+/* The command line of a training run: --config FILE (read first), then every
+ * --set section.key=value on top, --init-from CKPT, --help. Defaults that
+ * follow the model (data.masking) are settled through the model registry;
+ * then train_config_check. *init_from points into argv (or is NULL). */
+status_t train_config_from_args(int argc, char **argv, train_config *c, const char **init_from,
+                                bool *help);
 
 #endif

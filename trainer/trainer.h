@@ -39,6 +39,10 @@ bert_config bert_config_default(void);
 status_t bert_config_load(const char *path, bert_config *cfg);
 /* Checks sizes (positive, hidden divisible by heads, ...). */
 status_t bert_config_check(const bert_config *cfg);
+/* The presets' names, and a preset's shape (BERT-base defaults otherwise;
+ * vocab_size left to the caller). STATUS_CONFIG for an unknown name. */
+#define BERT_PRESETS "bert-tiny, bert-mini, bert-small, bert-medium, bert-base, bert-large"
+status_t bert_preset(const char *name, bert_config *out);
 
 /* A batch of B sequences of length T with P masked slots per sequence,
  * row-major [B,T] and [B,P]. The model does not keep these pointers. */

@@ -1,0 +1,162 @@
+/* model.c: the model registry (see model.h) and what every model's table
+ * shares: the batch view, the default run, output copies, and the checks of
+ * a config against the data. */
+#include "model.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config_json.h"
+#include "model_impl.h"
+
+/* ---- The registry: one line a model. The first entry also reads configs
+ * that name no model_type. ------------------------------------------------ */
+static const model_ops *const registry[] = {
+    &bert_model_ops,
+    &electra_model_ops,
+};
+enum { N_MODELS = sizeof registry / sizeof registry[0] };
+
+const model_ops *model_by_name(const char *name) {
+  for (int i = 0; i < N_MODELS; i++)
+    if (!strcmp(registry[i]->name, name)) return registry[i];
+  return NULL;
+}
+
+const model_ops *model_at(int i) { return i >= 0 && i < N_MODELS ? registry[i] : NULL; }
+
+static void known(char *buf, size_t n, bool presets) {
+  size_t u = 0;
+  buf[0] = 0;
+  for (int i = 0; i < N_MODELS && u < n; i++)
+    u += (size_t)snprintf(buf + u, n - u, "%s%s", i ? ", " : "",
+                          presets ? registry[i]->presets : registry[i]->model_type);
+}
+
+status_t model_lookup(const char *config_path, const char *preset, const model_ops **out) {
+  char names[512];
+  *out = NULL;
+  if (config_path && config_path[0]) {
+    /* An unreadable or malformed file is the first model's reader's to
+     * report, naming the file. */
+    cJSON *j = NULL;
+    if (cfgj_read(config_path, &j) != STATUS_OK) {
+      *out = registry[0];
+      return STATUS_OK;
+    }
+    const cJSON *t = cJSON_GetObjectItem(j, "model_type");
+    status_t st = STATUS_OK;
+    *out = registry[0];
+    if (cJSON_IsString(t)) {
+      *out = NULL;
+      for (int i = 0; i < N_MODELS && !*out; i++)
+        if (!strcmp(t->valuestring, registry[i]->model_type)) *out = registry[i];
+      if (!*out) {
+        known(names, sizeof names, false);
+        st = status_set(STATUS_CONFIG, "%s: model_type '%s' is not one mlmpi trains (%s)",
+                        config_path, t->valuestring, names);
+      }
+    }
+    cJSON_Delete(j);
+    return st;
+  }
+  for (int i = 0; i < N_MODELS; i++)
+    if (registry[i]->has_preset(preset)) {
+      *out = registry[i];
+      return STATUS_OK;
+    }
+  known(names, sizeof names, true);
+  return status_set(STATUS_CONFIG, "model.preset: unknown preset '%s' (%s)", preset, names);
+}
+
+status_t model_create(model **out, const model_spec *spec, const model_shape *shape) {
+  const model_ops *ops;
+  *out = NULL;
+  status_t st = model_lookup(spec->config_path, spec->preset, &ops);
+  return st ? st : ops->create(out, spec, shape);
+}
+
+void model_free(model *m) {
+  if (m) m->ops->free(m);
+}
+
+/* ---- What the tables share ---------------------------------------------------- */
+status_t model_wrap(model **out, const model_ops *ops, void *impl, model_base *base,
+                    void (*free_impl)(void *)) {
+  model *m = calloc(1, sizeof *m);
+  if (!m) {
+    free_impl(impl);
+    return status_set(STATUS_NOMEM, "out of memory creating the model");
+  }
+  *m = (model){.ops = ops, .impl = impl, .base = base};
+  *out = m;
+  return STATUS_OK;
+}
+
+const param_table *model_common_params(const model *m) { return &m->base->table; }
+float *model_common_param_buf(model *m) { return m->base->params; }
+float *model_common_grad_buf(model *m) { return m->base->grads; }
+void model_common_use_grad_buf(model *m, float *buf) { model_base_use_grad_buf(m->base, buf); }
+void model_common_set_grad_ready(model *m, bert_grad_ready_fn fn, void *ctx) {
+  model_base_set_grad_ready(m->base, fn, ctx);
+}
+void model_common_zero_grad(model *m) { model_base_zero_grad(m->base); }
+
+model_batch model_batch_of(const data_batch *b) {
+  return (model_batch){.B = b->n,
+                       .T = b->T,
+                       .P = b->P,
+                       .input_ids = b->input_ids,
+                       .input_mask = b->input_mask,
+                       .segment_ids = b->segment_ids,
+                       .masked_lm_positions = b->masked_lm_positions,
+                       .masked_lm_ids = b->masked_lm_ids,
+                       .masked_lm_weights = b->masked_lm_weights,
+                       .next_sentence_labels = b->next_sentence_labels,
+                       .sampled_ids = NULL};
+}
+
+model_run model_run_default(void) { return (model_run){.train = true}; }
+
+void model_outputs_free(model_output *o, int n) {
+  for (int i = 0; i < n; i++) {
+    mem_free(o[i].data);
+    o[i].data = NULL;
+  }
+}
+
+status_t model_output_copy(model_output *o, const char *name, dtype_t dtype, int ndim,
+                           const int64_t *shape, const void *data) {
+  size_t count = 1;
+  snprintf(o->name, sizeof o->name, "%s", name);
+  o->dtype = dtype;
+  o->ndim = ndim;
+  for (int d = 0; d < ndim; d++) count *= (size_t)(o->shape[d] = shape[d]);
+  size_t bytes = count * dtype_size(dtype);
+  o->data = mem_alloc(bytes ? bytes : 1, name);
+  if (!o->data) return STATUS_NOMEM;
+  memcpy(o->data, data, bytes);
+  return STATUS_OK;
+}
+
+status_t model_output_scalar(model_output *o, const char *name, double v) {
+  float f = (float)v;
+  return model_output_copy(o, name, DTYPE_F32, 0, NULL, &f);
+}
+
+status_t model_spec_check(const model_spec *s, int vocab_size, int max_positions) {
+  bool from_file = s->config_path && s->config_path[0];
+  if (!from_file && s->vocab_size <= 0)
+    return status_set(STATUS_CONFIG,
+                      "model.config (a config.json with vocab_size) is needed when "
+                      "the data are not shards (a preset takes its vocabulary from them)");
+  if (from_file && s->vocab_size > 0 && vocab_size < s->vocab_size)
+    return status_set(STATUS_CONFIG, "%s: vocab_size %d is smaller than the data's tokenizer (%d)",
+                      s->config_path, vocab_size, s->vocab_size);
+  if (max_positions < s->seq_len)
+    return status_set(STATUS_CONFIG,
+                      "data.seq_len %d exceeds the model's max_position_embeddings %d", s->seq_len,
+                      max_positions);
+  return STATUS_OK;
+}

@@ -1,0 +1,47 @@
+/* model_impl.h: what the registry (model.c) and the models' table files
+ * share: each model's table and the helpers they use. Private to trainer/. */
+#ifndef MLMPI_MODEL_IMPL_H
+#define MLMPI_MODEL_IMPL_H
+
+#include "electra.h"
+#include "model.h"
+
+/* The registry's entries (one a model file). */
+extern const model_ops bert_model_ops;    /* bert_model.c */
+extern const model_ops electra_model_ops; /* electra_model.c */
+
+/* The model_base inside each model. */
+model_base *bert_base(bert_model *m);
+model_base *electra_base(electra_model *m);
+
+/* *out = a model of ops over impl (whose base is given); impl is freed by
+ * free_impl when this fails. */
+status_t model_wrap(model **out, const model_ops *ops, void *impl, model_base *base,
+                    void (*free_impl)(void *));
+/* The parameter entries of the table for models built on model_base. */
+const param_table *model_common_params(const model *m);
+float *model_common_param_buf(model *m);
+float *model_common_grad_buf(model *m);
+void model_common_use_grad_buf(model *m, float *buf);
+void model_common_set_grad_ready(model *m, bert_grad_ready_fn fn, void *ctx);
+void model_common_zero_grad(model *m);
+
+/* STATUS_CONFIG unless the spec and the config read agree: a preset needs
+ * the data's vocabulary; a config.json's vocab_size must cover the data's;
+ * the sequences must fit max_positions. */
+status_t model_spec_check(const model_spec *s, int vocab_size, int max_positions);
+/* o = a copy of a tensor (shape[ndim]) / of a scalar, as float32. */
+status_t model_output_copy(model_output *o, const char *name, dtype_t dtype, int ndim,
+                           const int64_t *shape, const void *data);
+status_t model_output_scalar(model_output *o, const char *name, double v);
+/* Writes a Hugging Face config.json of an encoder (BertConfig's fields;
+ * embedding_size too when > 0) with the given architecture and model_type. */
+status_t model_write_hf_config(const char *path, const char *arch, const char *model_type,
+                               const bert_config *c, int embedding_size);
+/* Writes the tensors of t under prefix (renamed: prefix removed; plus, when
+ * also is set, those under `also` renamed with `also_strip` removed) to
+ * dir/model.safetensors, creating dir. */
+status_t model_write_hf_weights(const param_table *t, const float *w, const char *dir,
+                                const char *prefix, const char *also, const char *also_strip);
+
+#endif

@@ -1,0 +1,89 @@
+/* run.h: the training run's state and the pieces of the loop that live in
+ * their own files: the loop and its set-up (train.c), checkpoints and
+ * resume (train_ckpt.c), evaluation (train_eval.c), metrics and logging
+ * (train_metrics.c). Private to trainer/. Not thread-safe. */
+#ifndef MLMPI_RUN_H
+#define MLMPI_RUN_H
+
+#include <stdio.h>
+
+#include "comm.h"
+#include "model.h"
+#include "optim.h"
+#include "tb.h"
+#include "train_config.h"
+
+/* Runs the training job the config describes on this rank, over comm (the
+ * caller's, created with cfg->comm_backend), with `threads` compute
+ * threads, weights from init_from when not NULL. On failure *uniform says
+ * whether every rank met it alike (a bad config: one message suffices) or
+ * only this one: then the caller must end the job at once so no rank
+ * waits, and the run's memory is left to the process's end. */
+status_t train_run(const train_config *cfg, comm_t *comm, int threads, const char *init_from,
+                   bool *uniform);
+/* Asks the run to checkpoint and stop after the current step (from a
+ * signal handler: async-signal-safe). */
+void train_request_stop(void);
+
+/* What one step measured, beside the model's counters. */
+typedef struct {
+  double counters[MODEL_MAX_COUNTERS]; /* this rank's, summed over micro-batches */
+  double data_s, compute_s, exposed_s;
+  optim_stats os;
+} step_result;
+
+typedef struct {
+  train_config cfg;
+  char *cfg_text; /* the effective config */
+  comm_t *comm;
+  int rank, world, threads;
+  batch_source *data;    /* training batches */
+  batch_source *holdout; /* evaluation batches (train.eval_every), or NULL */
+  model *model;
+  const model_ops *mops;
+  optim *opt;
+  reducer *red;
+  int64_t micro, accum, per_rank;
+  bool uniform; /* a failure now is the same on every rank */
+  /* ZeRO-1: this rank updates floats [lo, hi) of the layout. */
+  size_t lo, hi;
+  int *counts;       /* every rank's slice size */
+  float *gslice;     /* the reduce-scattered slice (ZeRO-1 over MPI) */
+  bool shared_grads; /* gradients in the node's shared window: all-reduced
+                        during backward, also under ZeRO-1 */
+  data_batch *mb;    /* accum micro-batches of this rank's slice */
+  FILE *metrics;     /* rank 0: metrics.jsonl */
+  tb_writer *tb;     /* rank 0: TensorBoard events */
+  bool tty;
+} run_state;
+
+/* The global index of the first sequence of micro-batch k of this rank. */
+static inline uint64_t run_first(const run_state *s, int64_t k) {
+  return (uint64_t)(s->rank * s->per_rank + k * s->micro);
+}
+/* Fetches this rank's micro-batches of step `step` from src into s->mb and
+ * all-reduces the loss normalisers: den[0] = Σ masked_lm_weights, den[1] =
+ * real tokens of the global batch. */
+status_t run_fetch(run_state *s, batch_source *src, int64_t step, double den[2]);
+
+/* train_ckpt.c */
+/* Weights resumed (ckpt.resume), taken from init_from, or fresh; *start is
+ * the first step to run. Rank 0 reads, everything is broadcast. */
+status_t run_init_weights(run_state *s, const char *init_from, int64_t *start);
+/* Writes ckpt.dir/step-N (rank 0, the optimizer state gathered first);
+ * every rank learns whether it worked. */
+status_t run_save(run_state *s, int64_t steps_done);
+
+/* train_eval.c: the held-out metrics (the model's eval_metrics) on
+ * train.eval_batches fixed batches. */
+status_t run_evaluate(run_state *s, double *values);
+
+/* train_metrics.c (rank 0 only, except run_open_logs' failure). */
+status_t run_open_logs(run_state *s, int64_t start);
+void run_close_logs(run_state *s);
+/* sums: the step's counters summed over ranks. */
+void run_log_step(run_state *s, int64_t step, const step_result *r, const double *sums,
+                  double step_s);
+void run_log_eval(run_state *s, int64_t step, const double *values);
+
+#endif

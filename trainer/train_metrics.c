@@ -1,0 +1,145 @@
+/* train_metrics.c: what rank 0 reports of a run: one JSON object a step and
+ * one an evaluation in log.dir/metrics.jsonl, TensorBoard scalars beside it,
+ * and the log line (a progress line with ETA on a terminal). The model's
+ * values come with their names from its table; the optimizer's and the
+ * timings are the loop's. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include "run.h"
+
+static status_t mkdir_p(const char *path) {
+  char p[CFG_PATH];
+  snprintf(p, sizeof p, "%s", path);
+  for (char *q = p + 1; *q; q++)
+    if (*q == '/') {
+      *q = 0;
+      mkdir(p, 0755);
+      *q = '/';
+    }
+  if (mkdir(p, 0755) != 0 && errno != EEXIST)
+    return status_set(STATUS_IO, "cannot create %s: %s", path, strerror(errno));
+  return STATUS_OK;
+}
+
+status_t run_open_logs(run_state *s, int64_t start) {
+  const char *dir = s->cfg.log_dir;
+  if (!dir[0]) return STATUS_OK;
+  char p[CFG_PATH + 32];
+  status_t st = mkdir_p(dir);
+  if (st) return st;
+  snprintf(p, sizeof p, "%s/metrics.jsonl", dir);
+  s->metrics = fopen(p, start ? "a" : "w");
+  if (!s->metrics) return status_set(STATUS_IO, "cannot open %s: %s", p, strerror(errno));
+  return tb_open(&s->tb, dir);
+}
+
+void run_close_logs(run_state *s) {
+  if (s->metrics) fclose(s->metrics);
+  s->metrics = NULL;
+  tb_close(s->tb);
+  s->tb = NULL;
+}
+
+static double peak_rss_mb(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_maxrss / 1024.0;
+}
+
+/* `"key":value,` for each metric, with its decimals. */
+static void json_values(FILE *f, const model_metric *m, int n, const double *v) {
+  for (int i = 0; i < n; i++) fprintf(f, "\"%s\":%.*f,", m[i].key, m[i].digits, v[i]);
+}
+
+/* The metrics with a TensorBoard tag, then the extra ones, as one event. */
+static void tb_values(run_state *s, int64_t step, const model_metric *m, int n, const double *v,
+                      const char *const *xtags, const float *xv, int nx) {
+  const char *tags[MODEL_MAX_METRICS + 8];
+  float vals[MODEL_MAX_METRICS + 8];
+  int k = 0;
+  for (int i = 0; i < n; i++)
+    if (m[i].tb) {
+      tags[k] = m[i].tb;
+      vals[k++] = (float)v[i];
+    }
+  for (int i = 0; i < nx; i++) {
+    tags[k] = xtags[i];
+    vals[k++] = xv[i];
+  }
+  if (tb_scalars(s->tb, step + 1, tags, vals, k) || tb_flush(s->tb)) {
+    LOG_WARN(TRAINER, "%s; no more TensorBoard events", status_message());
+    tb_close(s->tb);
+    s->tb = NULL;
+  }
+}
+
+/* " key value" for each metric the log line shows, with sep before each. */
+static void log_values(char *buf, size_t n, const char *sep, const model_metric *m, int count,
+                       const double *v) {
+  size_t u = 0;
+  buf[0] = 0;
+  for (int i = 0; i < count && u < n; i++)
+    if (m[i].log_digits)
+      u += (size_t)snprintf(buf + u, n - u, "%s%s %.*f", sep, m[i].key, m[i].log_digits, v[i]);
+}
+
+void run_log_step(run_state *s, int64_t step, const step_result *r, const double *sums,
+                  double step_s) {
+  const train_config *c = &s->cfg;
+  const model_ops *m = s->mops;
+  const optim_stats *os = &r->os;
+  double tokens = (double)c->global_batch * c->data.seq_len, v[MODEL_MAX_METRICS];
+  m->train_values(sums, (double)c->global_batch, v);
+  if (s->metrics) {
+    fprintf(s->metrics, "{\"step\":%lld,", (long long)step + 1);
+    json_values(s->metrics, m->train_metrics, m->n_train_metrics, v);
+    fprintf(s->metrics,
+            "\"lr\":%.6g,\"grad_norm\":%.6g,\"clip\":%.4g,\"skipped\":%s,"
+            "\"trust_min\":%.5g,\"trust_median\":%.5g,\"trust_max\":%.5g,\"tokens_per_s\":%.1f,"
+            "\"step_s\":%.4f,\"data_s\":%.4f,\"compute_s\":%.4f,\"exposed_comm_s\":%.4f,"
+            "\"peak_rss_mb\":%.1f}\n",
+            (double)os->lr, os->grad_norm, os->clip, os->skipped ? "true" : "false",
+            (double)os->trust_min, (double)os->trust_median, (double)os->trust_max, tokens / step_s,
+            step_s, r->data_s, r->compute_s, r->exposed_s, peak_rss_mb());
+    fflush(s->metrics);
+  }
+  if (s->tb) {
+    static const char *const tags[] = {"train/learning_rate", "train/grad_norm",
+                                       "train/tokens_per_s", "train/trust_ratio_median"};
+    const float x[] = {os->lr, (float)os->grad_norm, (float)(tokens / step_s), os->trust_median};
+    tb_values(s, step, m->train_metrics, m->n_train_metrics, v, tags, x, 4);
+  }
+  if ((step + 1) % c->log_every && step + 1 != c->steps) return;
+  char line[512];
+  if (s->tty) {
+    log_values(line, sizeof line, "  ", m->train_metrics, m->n_train_metrics, v);
+    fprintf(stderr, "\rstep %lld/%lld%s  lr %.2e  %.0f tok/s  ETA %.0f s   ", (long long)step + 1,
+            (long long)c->steps, line, (double)os->lr, tokens / step_s,
+            step_s * (double)(c->steps - step - 1));
+  } else {
+    log_values(line, sizeof line, " ", m->train_metrics, m->n_train_metrics, v);
+    LOG_INFO(TRAINER, "step %lld/%lld%s lr %.3g grad_norm %.3g %.0f tok/s", (long long)step + 1,
+             (long long)c->steps, line, (double)os->lr, os->grad_norm, tokens / step_s);
+  }
+}
+
+void run_log_eval(run_state *s, int64_t step, const double *v) {
+  const model_ops *m = s->mops;
+  if (s->rank != 0) return;
+  if (s->metrics) {
+    fprintf(s->metrics, "{\"eval_step\":%lld", (long long)step + 1);
+    for (int i = 0; i < m->n_eval_metrics; i++)
+      fprintf(s->metrics, ",\"%s\":%.*f", m->eval_metrics[i].key, m->eval_metrics[i].digits, v[i]);
+    fputs("}\n", s->metrics);
+    fflush(s->metrics);
+  }
+  if (s->tb) tb_values(s, step, m->eval_metrics, m->n_eval_metrics, v, NULL, NULL, 0);
+  if (s->tty) fputc('\n', stderr);
+  char line[512];
+  log_values(line, sizeof line, " ", m->eval_metrics, m->n_eval_metrics, v);
+  LOG_INFO(TRAINER, "eval at step %lld:%s", (long long)step + 1, line);
+}
