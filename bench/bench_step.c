@@ -11,12 +11,6 @@
 
 #include "trainer.h"
 
-static double now_s(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
 /* GFLOP/s of y[N,out] = x[N,in] W^T, the model's linear layer, best of reps. */
 static double sgemm_gflops(int N, int in, int out, int reps) {
   float *x = calloc((size_t)N * in, 4), *w = calloc((size_t)out * in, 4),
@@ -25,10 +19,10 @@ static double sgemm_gflops(int N, int in, int out, int reps) {
   for (size_t i = 0; i < (size_t)out * in; i++) w[i] = (float)(i % 7) * 0.01f;
   double best = 1e30;
   for (int r = 0; r < reps; r++) {
-    double t0 = now_s();
+    double t0 = core_now_s();
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, w, in, 0.0f, y,
                 out);
-    double t = now_s() - t0;
+    double t = core_now_s() - t0;
     best = t < best ? t : best;
   }
   free(x);
@@ -102,7 +96,7 @@ int main(int argc, char **argv) {
   float *pw = bert_param_buf(m), *g = bert_grad_buf(m);
   double t_total = 0.0, loss = 0.0;
   for (int it = 0; it < warmup + steps; it++) {
-    double t0 = now_s();
+    double t0 = core_now_s();
     bert_run run = bert_run_default();
     run.step = (uint32_t)it;
     bert_losses ls;
@@ -111,7 +105,7 @@ int main(int argc, char **argv) {
     bert_backward(m);
 #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < tab->total; i++) pw[i] -= 1e-4f * g[i];
-    if (it >= warmup) t_total += now_s() - t0;
+    if (it >= warmup) t_total += core_now_s() - t0;
     loss = ls.loss;
   }
   double step_s = t_total / steps, flops = bert_flops_per_step(&c, B, T, P);

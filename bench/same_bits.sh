@@ -3,7 +3,8 @@
 # a 2-rank ELECTRA-small job of 30 LAMB steps on shards of the demo corpus
 # with the mlmpi-train of two builds (e.g. the commit before a refactoring,
 # built in a git worktree, and the work tree), and compares the checkpoints'
-# model.safetensors byte for byte and the metrics lines (timings aside).
+# model.safetensors (and optimizer.safetensors) byte for byte and the
+# metrics lines (timings aside).
 # Not a ctest: the hashes depend on the CPU's BLAS kernels.
 set -euo pipefail
 old=${1:?usage: same_bits.sh OLD_BIN_DIR NEW_BIN_DIR [WORKDIR]}
@@ -38,6 +39,10 @@ for preset in bert-mini electra-small; do
   b=$(sha256sum "$work/$preset-new/ckpt/step-30/model.safetensors" | cut -d' ' -f1)
   echo "$preset model.safetensors: old $a"
   echo "$preset model.safetensors: new $b"
+  oa=$(sha256sum "$work/$preset-old/ckpt/step-30/optimizer.safetensors" | cut -d' ' -f1)
+  ob=$(sha256sum "$work/$preset-new/ckpt/step-30/optimizer.safetensors" | cut -d' ' -f1)
+  echo "$preset optimizer.safetensors: $([ "$oa" = "$ob" ] && echo identical || echo DIFFERENT) ($oa)"
+  [ "$oa" = "$ob" ] || rc=1
   strip='s/"(tokens_per_s|step_s|data_s|compute_s|exposed_comm_s|peak_rss_mb)":[0-9.e+-]*,?//g'
   if [ "$a" = "$b" ] && diff <(sed -E "$strip" "$work/$preset-old/log/metrics.jsonl") \
                              <(sed -E "$strip" "$work/$preset-new/log/metrics.jsonl") >/dev/null; then

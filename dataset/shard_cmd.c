@@ -200,8 +200,7 @@ int data_shard_main(int argc, char **argv) {
   enum { BLOCK = 512 };
   doc_slot *slots = calloc(BLOCK, sizeof *slots);
   bool tty = isatty(STDERR_FILENO);
-  struct timespec t0, now;
-  clock_gettime(CLOCK_MONOTONIC, &t0);
+  const double t0 = core_now_s();
   uint64_t in_bytes = 0, seen = 0;
   double last = 0;
   for (int fi = optind; fi < argc && st == STATUS_OK && slots; fi++) {
@@ -233,8 +232,7 @@ int data_shard_main(int argc, char **argv) {
         st = set_add(seen < (uint64_t)holdout ? &hold : &train, &slots[i]);
         seen++;
       }
-      clock_gettime(CLOCK_MONOTONIC, &now);
-      double el = (double)(now.tv_sec - t0.tv_sec) + (double)(now.tv_nsec - t0.tv_nsec) * 1e-9;
+      double el = core_now_s() - t0;
       if (tty && el - last > 0.5) {
         last = el;
         fprintf(stderr, "\r%llu documents, %llu tokens, %.1f MB/s   ", (unsigned long long)seen,
@@ -257,8 +255,7 @@ int data_shard_main(int argc, char **argv) {
   status_t c1 = train.w ? shard_writer_close(train.w) : STATUS_OK;
   status_t c2 = hold.w ? shard_writer_close(hold.w) : STATUS_OK;
   if (st == STATUS_OK) st = c1 ? c1 : c2;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  double el = (double)(now.tv_sec - t0.tv_sec) + (double)(now.tv_nsec - t0.tv_nsec) * 1e-9;
+  double el = core_now_s() - t0;
   if (tty) fputc('\n', stderr);
   if (st) {
     fprintf(stderr, "mlmpi-data shard: %s\n", status_message());

@@ -1,6 +1,7 @@
 // test_dataset.cc: the batch function on synthetic shards: instances, epoch
 // permutation, rank slices, determinism, masking statistics, NSP pairs.
 #include <gtest/gtest.h>
+#include <string.h>
 #include <sys/stat.h>
 
 #include <map>
@@ -291,6 +292,91 @@ TEST(Dataset, ErrorsNameTheProblem) {
   EXPECT_NE(std::string(status_message()).find("data.nonsense"), std::string::npos);
   EXPECT_EQ(data_set_key(&c, "seq_len", "256"), STATUS_OK);
   EXPECT_EQ(c.seq_len, 256);
+}
+
+// ---- Batch sources (dataset.h): the trainer's one interface ------------------------
+struct Source {
+  batch_source *s = nullptr;
+  ~Source() { batch_source_free(s); }
+};
+
+bool same_batch(const data_batch &a, const data_batch &b) {
+  size_t nt = (size_t)a.n * a.T, np = (size_t)a.n * a.P;
+  return a.n == b.n && !memcmp(a.input_ids, b.input_ids, nt * 4) &&
+         !memcmp(a.input_mask, b.input_mask, nt * 4) &&
+         !memcmp(a.segment_ids, b.segment_ids, nt * 4) &&
+         !memcmp(a.masked_lm_positions, b.masked_lm_positions, np * 4) &&
+         !memcmp(a.masked_lm_ids, b.masked_lm_ids, np * 4) &&
+         !memcmp(a.masked_lm_weights, b.masked_lm_weights, np * 4) &&
+         !memcmp(a.next_sentence_labels, b.next_sentence_labels, (size_t)a.n * 4);
+}
+
+// The shard source gives dataset_get_batch's bytes, and says what the
+// trainer needs to know of the data: vocabulary, fingerprint, NSP labels.
+TEST(BatchSource, ShardsAreTheBatchFunction) {
+  std::string dir = ::testing::TempDir() + "/src_shards";
+  make_corpus(dir, 40, 7);
+  data_config c = data_config_default();
+  c.seq_len = 64;
+  c.max_predictions = 10;
+  Opened o;
+  ASSERT_EQ(dataset_open(&o.d, dir.c_str(), "train", &c), STATUS_OK) << status_message();
+  batch_source_options opt = {};
+  opt.path = dir.c_str();
+  opt.config = c;
+  opt.global_batch = 8;
+  Source src;
+  ASSERT_EQ(batch_source_open(&src.s, &opt), STATUS_OK) << status_message();
+  EXPECT_STREQ(batch_source_kind(src.s), "shards");
+  EXPECT_EQ(batch_source_vocab_size(src.s), kV);
+  EXPECT_EQ(batch_source_fingerprint(src.s), dataset_fingerprint(o.d));
+  EXPECT_EQ(batch_source_instances(src.s), dataset_instances(o.d));
+  EXPECT_EQ(batch_source_nsp(src.s), 0);
+  data_batch a = {}, b = {};
+  ASSERT_EQ(data_batch_alloc(&a, 4, c.seq_len, c.max_predictions), STATUS_OK);
+  ASSERT_EQ(data_batch_alloc(&b, 4, c.seq_len, c.max_predictions), STATUS_OK);
+  for (uint64_t step : {0ull, 3ull, 17ull}) {
+    batch_slice plan = {step, 4, 4};
+    batch_source_plan(src.s, &plan, 1);  // a no-op for shards
+    ASSERT_EQ(batch_source_get(src.s, step, 4, 4, &a), STATUS_OK) << status_message();
+    ASSERT_EQ(dataset_get_batch(o.d, 8, step, 4, 4, &b), STATUS_OK);
+    EXPECT_TRUE(same_batch(a, b)) << "step " << step;
+  }
+  // Another step differs (the check above could not pass by accident).
+  ASSERT_EQ(dataset_get_batch(o.d, 8, 4, 4, 4, &b), STATUS_OK);
+  EXPECT_FALSE(same_batch(a, b));
+  data_batch_free(&a);
+  data_batch_free(&b);
+  opt.config.instances = INST_NSP;
+  Source nsp;
+  ASSERT_EQ(batch_source_open(&nsp.s, &opt), STATUS_OK) << status_message();
+  EXPECT_EQ(batch_source_nsp(nsp.s), 1);
+}
+
+// Wrong combinations end with one line naming what is wrong.
+TEST(BatchSource, ErrorsNameTheProblem) {
+  batch_source_options opt = {};
+  opt.config = data_config_default();
+  opt.global_batch = 8;
+  Source s;
+  EXPECT_EQ(batch_source_open(&s.s, &opt), STATUS_CONFIG);
+  EXPECT_NE(std::string(status_message()).find("data.path"), std::string::npos);
+  opt.path = "/nonexistent/records.tfrecord";
+  EXPECT_NE(batch_source_open(&s.s, &opt), STATUS_OK);
+  EXPECT_NE(std::string(status_message()).find("/nonexistent"), std::string::npos)
+      << status_message();
+  EXPECT_EQ(s.s, nullptr);
+  // TFRecord files have no holdout split.
+  opt.split = "holdout";
+  EXPECT_EQ(batch_source_open(&s.s, &opt), STATUS_CONFIG);
+  EXPECT_NE(std::string(status_message()).find("directory of shards"), std::string::npos)
+      << status_message();
+  // A shard directory without that split names the split and the directory.
+  std::string dir = ::testing::TempDir() + "/src_nohold";
+  make_corpus(dir, 10, 3);
+  opt.path = dir.c_str();
+  EXPECT_EQ(batch_source_open(&s.s, &opt), STATUS_IO);
+  EXPECT_NE(std::string(status_message()).find("holdout"), std::string::npos) << status_message();
 }
 
 }  // namespace

@@ -142,7 +142,7 @@ void bert_init_weights(bert_model *m, uint64_t seed) {
 /* ---- Batch checks ------------------------------------------------------------- */
 status_t bert_check_batch(const bert_model *m, const bert_batch *b) {
   const bert_config *c = &m->cfg;
-  const model_base_batch x = MODEL_BASE_BATCH(b);
+  const model_batch x = MODEL_BASE_BATCH(b);
   status_t st;
   if ((st = model_base_check_batch(&m->base, &x, c->vocab_size, c->type_vocab_size)) ||
       (st = model_base_check_weights(&x)))
@@ -161,7 +161,7 @@ static float *P_(const bert_model *m, int idx) { return model_base_param(&m->bas
 static float *G_(const bert_model *m, int idx) { return model_base_grad(&m->base, idx); }
 
 static void copy_batch(bert_model *m, const bert_batch *b, const bert_run *run) {
-  const model_base_batch x = MODEL_BASE_BATCH(b);
+  const model_batch x = MODEL_BASE_BATCH(b);
   model_base_copy_batch(&m->base, &x, run->train, run->seed, run->step, run->sample_base);
   m->run = *run;
   for (int i = 0; i < b->B; i++) {

@@ -190,7 +190,7 @@ electra_run electra_run_default(void) { return (electra_run){.train = true, .gra
 /* ---- Batch checks ------------------------------------------------------------- */
 status_t electra_check_batch(const electra_model *m, const electra_batch *b) {
   const electra_config *c = &m->cfg;
-  const model_base_batch x = MODEL_BASE_BATCH(b);
+  const model_batch x = MODEL_BASE_BATCH(b);
   status_t st;
   if ((st = model_base_check_batch(&m->base, &x, c->vocab_size, c->type_vocab_size)) ||
       (b->sampled_ids && (st = enc_check_range("sampled_ids", b->sampled_ids, (size_t)b->B * b->P,
@@ -216,7 +216,7 @@ status_t electra_check_batch(const electra_model *m, const electra_batch *b) {
 
 /* ---- Forward ------------------------------------------------------------------ */
 static void copy_batch(electra_model *m, const electra_batch *b, const electra_run *run) {
-  const model_base_batch x = MODEL_BASE_BATCH(b);
+  const model_batch x = MODEL_BASE_BATCH(b);
   model_base_copy_batch(&m->base, &x, run->train, run->seed, run->step, run->sample_base);
   m->run = *run;
   for (size_t i = 0; i < (size_t)b->B * b->P; i++)

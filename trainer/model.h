@@ -35,16 +35,7 @@ typedef struct {
   int nthreads; /* 0: omp_get_max_threads() */
 } model_shape;
 
-/* A batch as the model reads it, row-major; the pointers are the caller's
- * and are not kept. */
-typedef struct {
-  int B, T, P;
-  const int32_t *input_ids, *input_mask, *segment_ids; /* [B,T] */
-  const int32_t *masked_lm_positions, *masked_lm_ids;  /* [B,P] */
-  const float *masked_lm_weights;                      /* [B,P] */
-  const int32_t *next_sentence_labels;                 /* [B], or NULL */
-  const int32_t *sampled_ids; /* [B,P] fixed generator samples (ELECTRA), or NULL */
-} model_batch;
+/* model_batch (model_base.h) is the batch as every model reads it. */
 /* The model's view of a data batch (the same arrays; no samples). */
 model_batch model_batch_of(const data_batch *b);
 

@@ -83,7 +83,7 @@ void model_base_set_grad_ready(model_base *b, bert_grad_ready_fn fn, void *ctx) 
   b->ready_ctx = ctx;
 }
 
-status_t model_base_check_batch(const model_base *b, const model_base_batch *x, int vocab,
+status_t model_base_check_batch(const model_base *b, const model_batch *x, int vocab,
                                 int type_vocab) {
   if (x->B < 1 || x->B > b->maxB || x->T < 1 || x->T > b->T || x->P < 1 || x->P > b->P)
     return status_set(STATUS_ARG,
@@ -100,7 +100,7 @@ status_t model_base_check_batch(const model_base *b, const model_base_batch *x, 
   return STATUS_OK;
 }
 
-status_t model_base_check_weights(const model_base_batch *x) {
+status_t model_base_check_weights(const model_batch *x) {
   size_t M = (size_t)x->B * x->P;
   for (size_t i = 0; i < M; i++)
     if (!isfinite(x->masked_lm_weights[i]) || x->masked_lm_weights[i] < 0)
@@ -109,7 +109,7 @@ status_t model_base_check_weights(const model_base_batch *x) {
   return STATUS_OK;
 }
 
-void model_base_copy_batch(model_base *b, const model_base_batch *x, bool train, uint64_t seed,
+void model_base_copy_batch(model_base *b, const model_batch *x, bool train, uint64_t seed,
                            uint32_t step, uint32_t sample_base) {
   size_t N = (size_t)x->B * x->T, M = (size_t)x->B * x->P;
   b->B = x->B;

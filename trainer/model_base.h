@@ -36,24 +36,27 @@ typedef struct {
   bool have_forward;
 } model_base;
 
-/* The fields bert_batch and electra_batch share (they name them alike);
- * MODEL_BASE_BATCH(b) takes them from either. The pointers are the caller's. */
+/* A batch as every model reads it, row-major; the pointers are the
+ * caller's and are not kept. MODEL_BASE_BATCH(b) takes the fields
+ * bert_batch and electra_batch share (they name them alike) from either. */
 typedef struct {
   int B, T, P;
   const int32_t *input_ids, *input_mask, *segment_ids; /* [B,T] */
   const int32_t *masked_lm_positions, *masked_lm_ids;  /* [B,P] */
   const float *masked_lm_weights;                      /* [B,P] */
-} model_base_batch;
-#define MODEL_BASE_BATCH(b)                                            \
-  ((model_base_batch){.B = (b)->B,                                     \
-                      .T = (b)->T,                                     \
-                      .P = (b)->P,                                     \
-                      .input_ids = (b)->input_ids,                     \
-                      .input_mask = (b)->input_mask,                   \
-                      .segment_ids = (b)->segment_ids,                 \
-                      .masked_lm_positions = (b)->masked_lm_positions, \
-                      .masked_lm_ids = (b)->masked_lm_ids,             \
-                      .masked_lm_weights = (b)->masked_lm_weights})
+  const int32_t *next_sentence_labels;                 /* [B], or NULL */
+  const int32_t *sampled_ids; /* [B,P] fixed generator samples (ELECTRA), or NULL */
+} model_batch;
+#define MODEL_BASE_BATCH(b)                                       \
+  ((model_batch){.B = (b)->B,                                     \
+                 .T = (b)->T,                                     \
+                 .P = (b)->P,                                     \
+                 .input_ids = (b)->input_ids,                     \
+                 .input_mask = (b)->input_mask,                   \
+                 .segment_ids = (b)->segment_ids,                 \
+                 .masked_lm_positions = (b)->masked_lm_positions, \
+                 .masked_lm_ids = (b)->masked_lm_ids,             \
+                 .masked_lm_weights = (b)->masked_lm_weights})
 
 /* STATUS_ARG unless a model can serve batches of max_batch x seq_len with
  * max_pred masked slots given max_pos positions. */
@@ -88,13 +91,13 @@ static inline float *model_base_grad(const model_base *b, int idx) {
 
 /* Shape within the arena and ids, mask, segments, positions and masked ids
  * in range; STATUS_ARG names the tensor and index. */
-status_t model_base_check_batch(const model_base *b, const model_base_batch *x, int vocab,
+status_t model_base_check_batch(const model_base *b, const model_batch *x, int vocab,
                                 int type_vocab);
 /* masked_lm_weights finite and >= 0; STATUS_ARG names the slot. */
-status_t model_base_check_weights(const model_base_batch *x);
+status_t model_base_check_weights(const model_batch *x);
 /* Copies the batch (gidx from the positions) and the run's dropout key;
  * keeps no pointer. The batch must have passed the checks. */
-void model_base_copy_batch(model_base *b, const model_base_batch *x, bool train, uint64_t seed,
+void model_base_copy_batch(model_base *b, const model_batch *x, bool train, uint64_t seed,
                            uint32_t step, uint32_t sample_base);
 /* The shared modules' view of the current batch, key and buffers. */
 enc_ctx model_base_ctx(const model_base *b);
