@@ -132,9 +132,11 @@ __attribute__((noreturn)) void comm_fail(comm_t *c, const char *what);
  * model announces each finished tensor (reducer_ready); a bucket whose
  * tensors are all finished starts its all-reduce at once, and every
  * announcement also tests the pending ones so MPI makes progress while
- * backward runs. reducer_finish waits for all. A failed collective stops
- * the step's communication; reducer_finish then returns its status (and
- * message). Not thread-safe. */
+ * backward runs; every rank must announce in an order that finishes the
+ * buckets in the same order (backward's own order does), since the
+ * collectives must be issued alike everywhere. reducer_finish waits for all. A failed collective
+ * stops the step's communication; reducer_finish then returns its status (and message). Not
+ * thread-safe. */
 typedef struct reducer reducer;
 status_t reducer_init(reducer **out, comm_t *c, const param_table *t, float *grads, double first_mb,
                       double bucket_mb);

@@ -1,10 +1,12 @@
 /* ckpt.c: writing, finding and loading checkpoints (see ckpt.h). */
+#define _XOPEN_SOURCE 700 /* nftw */
 #include "ckpt.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,19 +78,16 @@ static int list_steps(const char *dir, int64_t **out) {
   return n;
 }
 
-static void remove_tree(const char *path) {
-  DIR *d = opendir(path);
-  if (d) {
-    char p[4096];
-    for (struct dirent *e; (e = readdir(d));) {
-      if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-      snprintf(p, sizeof p, "%s/%s", path, e->d_name);
-      unlink(p);
-    }
-    closedir(d);
-  }
-  rmdir(path);
+static int remove_one(const char *path, const struct stat *sb, int flag, struct FTW *f) {
+  (void)sb;
+  (void)flag;
+  (void)f;
+  remove(path);
+  return 0;
 }
+
+/* Removes path and everything below it (children first, links not followed). */
+static void remove_tree(const char *path) { nftw(path, remove_one, 16, FTW_DEPTH | FTW_PHYS); }
 
 /* Removes what writers killed mid-checkpoint left: .step-N.tmpPID. */
 static void remove_partial(const char *dir) {
@@ -152,7 +151,14 @@ status_t ckpt_save(const char *dir, const ckpt_info *info, const param_table *t,
     cJSON *j = cJSON_CreateObject();
     cJSON_AddNumberToObject(j, "step", (double)info->step);
     cJSON_AddNumberToObject(j, "world_size", info->world_size);
-    cJSON_AddNumberToObject(j, "seed", (double)info->seed);
+    /* A number where a double holds it exactly, else its decimal digits
+     * as a string (readers take either). */
+    char seed[32];
+    snprintf(seed, sizeof seed, "%lld", (long long)info->seed);
+    if (info->seed <= (1ll << 53))
+      cJSON_AddNumberToObject(j, "seed", (double)info->seed);
+    else
+      cJSON_AddStringToObject(j, "seed", seed);
     char fp[32];
     snprintf(fp, sizeof fp, "%016llx", (unsigned long long)info->data_fingerprint);
     cJSON_AddStringToObject(j, "data_fingerprint", fp);
@@ -172,9 +178,17 @@ status_t ckpt_save(const char *dir, const ckpt_info *info, const param_table *t,
   }
   if (st == STATUS_OK) st = fsync_path(tmp);
   if (st == STATUS_OK) {
-    remove_tree(final); /* a checkpoint of the same step from an earlier attempt */
-    if (rename(tmp, final) != 0)
+    /* A checkpoint of the same step from an earlier attempt is moved aside
+     * and removed only once the new one is in place. */
+    char old[4096 + 32];
+    snprintf(old, sizeof old, "%s/.step-%lld.tmpold%d", dir, (long long)info->step, (int)getpid());
+    bool aside = rename(final, old) == 0;
+    if (rename(tmp, final) != 0) {
       st = status_set(STATUS_IO, "cannot rename %s to %s: %s", tmp, final, strerror(errno));
+      if (aside) rename(old, final);
+    } else if (aside) {
+      remove_tree(old);
+    }
   }
   if (st == STATUS_OK) st = fsync_path(dir);
   if (st != STATUS_OK) {
@@ -208,12 +222,12 @@ static status_t read_meta(const char *path, ckpt_info *info, uint32_t *crc_model
               *co = cJSON_GetObjectItem(cs, "optimizer.safetensors");
   status_t st = STATUS_OK;
   if (!cJSON_IsNumber(s) || !cJSON_IsNumber(w) || !cJSON_IsString(fp) || !cJSON_IsString(cm) ||
-      !cJSON_IsString(co) || !cJSON_IsNumber(sd))
+      !cJSON_IsString(co) || !(cJSON_IsNumber(sd) || cJSON_IsString(sd)))
     st = status_set(STATUS_FORMAT, "checkpoint %s: meta.json is incomplete", path);
   else {
     info->step = (int64_t)s->valuedouble;
     info->world_size = (int)w->valuedouble;
-    info->seed = (int64_t)sd->valuedouble;
+    info->seed = cJSON_IsString(sd) ? strtoll(sd->valuestring, NULL, 10) : (int64_t)sd->valuedouble;
     info->data_fingerprint = strtoull(fp->valuestring, NULL, 16);
     *crc_model = (uint32_t)strtoul(cm->valuestring, NULL, 16);
     *crc_optim = (uint32_t)strtoul(co->valuestring, NULL, 16);

@@ -8,6 +8,10 @@
 
 #include "optim.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
   int64_t step; /* steps completed */
   int world_size;
@@ -37,4 +41,7 @@ status_t ckpt_find_latest(const char *dir, char *path, size_t n);
 status_t ckpt_load(const char *path, ckpt_info *info, const param_table *t, float *params,
                    ckpt_optim *o);
 
+#ifdef __cplusplus
+}
+#endif
 #endif
