@@ -29,8 +29,8 @@ typedef struct {
 } demo_batch;
 
 /* Sequence b repeats a motif of period 3..8 drawn from the vocabulary
- * (ids >= 5; 0 is padding, 4 stands for [MASK]); 15% of positions are
- * replaced by [MASK] and predicted. NSP label: whether the period is even. */
+ * (ids >= 5; 0 is padding, 4 stands for [MASK]); 15% of positions (distinct)
+ * are replaced by [MASK] and predicted. NSP label: whether the period is even. */
 static void make_batch(demo_batch *d, int B, int T, int P, int V, uint64_t seed) {
   for (int b = 0; b < B; b++) {
     float u[64];
@@ -42,7 +42,13 @@ static void make_batch(demo_batch *d, int B, int T, int P, int V, uint64_t seed)
       d->seg[b * T + t] = t >= T / 2;
     }
     for (int p = 0; p < P; p++) {
+      /* Distinct positions (ELECTRA replaces each at most once). */
       int t = 1 + (int)(u[20 + p % 40] * (float)(T - 1));
+      for (int q = 0; q < p; q++)
+        if (d->pos[b * P + q] == t) {
+          t = 1 + t % (T - 1);
+          q = -1;
+        }
       d->pos[b * P + p] = t;
       d->mids[b * P + p] = d->ids[b * T + t];
       d->w[b * P + p] = 1.0f;
