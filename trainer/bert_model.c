@@ -7,6 +7,8 @@
 
 #include "model_impl.h"
 
+extern const model_ops bert_model_ops; /* below */
+
 #define BM(m) ((bert_model *)(m)->impl)
 
 /* ---- Config and life cycle ------------------------------------------------------ */

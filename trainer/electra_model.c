@@ -11,6 +11,8 @@
 #include "electra.h"
 #include "model_impl.h"
 
+extern const model_ops electra_model_ops; /* below */
+
 #define EM(m) ((electra_model *)(m)->impl)
 
 /* ---- Config and life cycle ------------------------------------------------------ */

@@ -10,8 +10,10 @@
 #include "config_json.h"
 #include "model_impl.h"
 
-/* ---- The registry: one line a model. The first entry also reads configs
- * that name no model_type. ------------------------------------------------ */
+/* ---- The registry: one line a model (and its declaration). The first entry
+ * also reads configs that name no model_type. ------------------------------ */
+extern const model_ops bert_model_ops;    /* bert_model.c */
+extern const model_ops electra_model_ops; /* electra_model.c */
 static const model_ops *const registry[] = {
     &bert_model_ops,
     &electra_model_ops,

@@ -6,10 +6,6 @@
 #include "electra.h"
 #include "model.h"
 
-/* The registry's entries (one a model file). */
-extern const model_ops bert_model_ops;    /* bert_model.c */
-extern const model_ops electra_model_ops; /* electra_model.c */
-
 /* The model_base inside each model. */
 model_base *bert_base(bert_model *m);
 model_base *electra_base(electra_model *m);
