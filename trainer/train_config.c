@@ -3,7 +3,9 @@
 #include "train_config.h"
 
 #include <getopt.h>
+#include <errno.h>
 #include <ini.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,8 +37,9 @@ void train_config_default(train_config *c) {
 
 static status_t set_i64(int64_t *dst, const char *key, const char *v, int64_t lo) {
   char *e;
+  errno = 0;
   long long x = strtoll(v, &e, 10);
-  if (!*v || *e || x < lo)
+  if (!*v || *e || x < lo || errno == ERANGE)
     return status_set(STATUS_CONFIG, "%s: '%s' is not a whole number >= %lld", key, v,
                       (long long)lo);
   *dst = x;
@@ -46,8 +49,8 @@ static status_t set_i64(int64_t *dst, const char *key, const char *v, int64_t lo
 static status_t set_f64(double *dst, const char *key, const char *v) {
   char *e;
   double x = strtod(v, &e);
-  if (!*v || *e || !(x >= 0))
-    return status_set(STATUS_CONFIG, "%s: '%s' is not a non-negative number", key, v);
+  if (!*v || *e || !(x >= 0) || isinf(x))
+    return status_set(STATUS_CONFIG, "%s: '%s' is not a finite non-negative number", key, v);
   *dst = x;
   return STATUS_OK;
 }
@@ -81,6 +84,7 @@ status_t train_config_set(train_config *c, const char *key, const char *v) {
   I64("train.log_every", log_every, 1);
   if (!strcmp(key, "train.threads")) {
     if ((st = set_i64(&tmp, key, v, 0))) return st;
+    if (tmp > 65536) return status_set(STATUS_CONFIG, "train.threads: %s is more than 65536", v);
     c->threads = (int)tmp;
     return STATUS_OK;
   }
