@@ -6,6 +6,7 @@
 // (Numerics against PyTorch: tests/reference/test_electra_step.py.)
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -383,6 +384,127 @@ TEST(ElectraModel, SamplingAndDropoutAreIndependentOfSplitting) {
   double mx = 0;
   for (float g : whole_grad) mx = std::max(mx, (double)std::fabs(g));
   for (size_t i = 0; i < n; i++) ASSERT_NEAR(electra_grad_buf(m)[i], whole_grad[i], 1e-5 * mx) << i;
+  electra_free(m);
+}
+
+// A model whose generator logits at every slot are `bias` exactly: every
+// weight 0 but the generator's decoder bias (the head's LayerNorm then
+// outputs its beta, 0, so the tied decoder adds nothing).
+electra_model *fixed_logits_model(const electra_config &c, int B, int T, int P,
+                                  const std::vector<float> &bias) {
+  electra_model *m = nullptr;
+  EXPECT_EQ(electra_init(&m, &c, B, T, P, 1), STATUS_OK);
+  const param_table *t = electra_params(m);
+  float *w = electra_param_buf(m);
+  std::fill(w, w + t->total, 0.0f);
+  int k = param_table_find(t, "generator.generator_lm_head.bias");
+  EXPECT_GE(k, 0);
+  std::copy(bias.begin(), bias.end(), w + t->p[k].offset);
+  return m;
+}
+
+// The generator's samples follow softmax(logits): a chi-square goodness-of-fit
+// test over 24,000 draws (41 classes, 40 degrees of freedom) at a false-alarm
+// rate of 1e-4 (critical value 82.06). Draws come from many steps, sequences
+// and slots, so the test also covers the keying.
+TEST(ElectraSampling, SamplesFollowTheSoftmaxOfTheLogits) {
+  electra_config c = tiny_config();
+  const int V = c.vocab_size, B = 8, T = 12, P = 5;
+  std::vector<float> bias(V);
+  for (int v = 0; v < V; v++) bias[v] = 0.35f * (float)(v % 9) - 0.02f * (float)v;
+  electra_model *m = fixed_logits_model(c, B, T, P, bias);
+  Batch b(B, T, P, V);
+  electra_batch view = b.view(false);
+  electra_run run = electra_run_default();
+  run.train = false;
+  run.seed = 2024;
+  std::vector<double> count(V, 0.0);
+  int draws = 0;
+  for (uint32_t step = 0; step < 600; step++) {
+    run.step = step;
+    electra_losses ls;
+    electra_forward(m, &view, &run, &ls);
+    if (step == 0) {  // the generator's logits are the bias, so the test means what it says
+      for (int v = 0; v < V; v++) ASSERT_NEAR(electra_generator_logits(m)[v], bias[v], 1e-6);
+    }
+    for (int i = 0; i < B * P; i++, draws++) count[electra_sampled_ids(m)[i]] += 1;
+  }
+  double zmax = *std::max_element(bias.begin(), bias.end()), norm = 0;
+  for (float z : bias) norm += std::exp(z - zmax);
+  double chi2 = 0;
+  for (int v = 0; v < V; v++) {
+    double expect = draws * std::exp(bias[v] - zmax) / norm;
+    ASSERT_GT(expect, 50.0);
+    chi2 += (count[v] - expect) * (count[v] - expect) / expect;
+  }
+  EXPECT_LT(chi2, 82.06) << "chi-square " << chi2 << " over " << draws << " draws";
+  // And not uniform (which the same test at these logits must reject).
+  double chi2_uniform = 0;
+  for (int v = 0; v < V; v++) {
+    double expect = draws / (double)V;
+    chi2_uniform += (count[v] - expect) * (count[v] - expect) / expect;
+  }
+  EXPECT_GT(chi2_uniform, 82.06);
+  electra_free(m);
+}
+
+// A sample is keyed by (seed, step, global sample index, position): the same
+// position of the same sequence draws the same token whichever slot holds it
+// and whatever else is in the batch; another position, sequence, step or seed
+// draws independently.
+TEST(ElectraSampling, SamplesAreKeyedBySeedStepSampleAndPosition) {
+  electra_config c = tiny_config();
+  c.vocab_size = 997;  // independent draws then rarely coincide
+  const int V = c.vocab_size, B = 2, T = 12, P = 3;
+  std::vector<float> bias(V, 0.0f);
+  electra_model *m = fixed_logits_model(c, B, T, P, bias);
+  Batch b(B, T, P, V);  // positions 1, 3, 5 in each sequence
+  electra_run run = electra_run_default();
+  run.train = false;
+  run.seed = 7;
+  run.step = 3;
+  electra_losses ls;
+  electra_batch view = b.view(false);
+  electra_forward(m, &view, &run, &ls);
+  std::vector<int32_t> s0(electra_sampled_ids(m), electra_sampled_ids(m) + B * P);
+  // The slots in reverse order: each position keeps its sample.
+  Batch r = b;
+  for (int s = 0; s < B; s++)
+    for (int j = 0; j < P; j++) {
+      r.pos[s * P + j] = b.pos[s * P + (P - 1 - j)];
+      r.mids[s * P + j] = b.mids[s * P + (P - 1 - j)];
+    }
+  electra_batch rv = r.view(false);
+  electra_forward(m, &rv, &run, &ls);
+  for (int s = 0; s < B; s++)
+    for (int j = 0; j < P; j++)
+      EXPECT_EQ(electra_sampled_ids(m)[s * P + j], s0[s * P + (P - 1 - j)]) << s << "," << j;
+  // Sequence 1 alone as global sample 1: the same draws as in the batch.
+  electra_batch second = half_of(view, 1, 1);
+  electra_run r1 = run;
+  r1.sample_base = 1;
+  electra_forward(m, &second, &r1, &ls);
+  for (int j = 0; j < P; j++) EXPECT_EQ(electra_sampled_ids(m)[j], s0[P + j]);
+  // As global sample 0 it is another sequence's key: other draws.
+  r1.sample_base = 0;
+  electra_forward(m, &second, &r1, &ls);
+  int same = 0;
+  for (int j = 0; j < P; j++) same += electra_sampled_ids(m)[j] == s0[P + j];
+  EXPECT_LT(same, P);
+  // Another step, another seed: other draws.
+  for (int change = 0; change < 2; change++) {
+    electra_run o = run;
+    if (change)
+      o.seed = 8;
+    else
+      o.step = 4;
+    electra_forward(m, &view, &o, &ls);
+    same = 0;
+    for (int i = 0; i < B * P; i++) same += electra_sampled_ids(m)[i] == s0[i];
+    EXPECT_LT(same, 2) << (change ? "seed" : "step");
+  }
+  // Two positions of one sequence draw independently.
+  EXPECT_FALSE(s0[0] == s0[1] && s0[1] == s0[2]);
   electra_free(m);
 }
 

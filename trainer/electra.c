@@ -173,6 +173,7 @@ float *electra_grad_buf(electra_model *m) { return m->base.grads; }
 const float *electra_generator_logits(const electra_model *m) { return m->gen_head.logits; }
 const float *electra_discriminator_logits(const electra_model *m) { return m->dlogit; }
 const int32_t *electra_sampled_ids(const electra_model *m) { return m->samples; }
+const float *electra_replaced_labels(const electra_model *m) { return m->labels; }
 
 void electra_set_grad_ready(electra_model *m, bert_grad_ready_fn fn, void *ctx) {
   model_base_set_grad_ready(&m->base, fn, ctx);

@@ -140,6 +140,9 @@ void electra_backward(electra_model *m);
 /* Outputs of the last forward, owned by the model. */
 const float *electra_generator_logits(const electra_model *m);     /* [B,P,V] with bias */
 const float *electra_discriminator_logits(const electra_model *m); /* [B,T] */
+/* The discriminator's labels of the last forward [B,T]: 1 where the token
+ * was replaced (the sample differs from the original), else 0. */
+const float *electra_replaced_labels(const electra_model *m);
 /* The samples used (given or drawn) [B,P]; unused slots hold 0. */
 const int32_t *electra_sampled_ids(const electra_model *m);
 

@@ -101,7 +101,9 @@ enum {
   C_REPLACED,
   C_PREDICTED,
   C_TRUE_POSITIVE,
-  N_COUNTERS
+  C_NEG,                            /* MODEL_SCORE_BINS: logits of original real tokens */
+  C_POS = C_NEG + MODEL_SCORE_BINS, /* and of replaced ones */
+  N_COUNTERS = C_POS + MODEL_SCORE_BINS
 };
 
 /* The samples are keyed by (seed, step, global sample index). */
@@ -126,6 +128,8 @@ static void e_forward(model *m, const model_batch *b, const model_run *r, double
   g[C_REPLACED] += ls.replaced;
   g[C_PREDICTED] += ls.predicted;
   g[C_TRUE_POSITIVE] += ls.true_positive;
+  model_score_hist_add(g + C_NEG, g + C_POS, electra_discriminator_logits(EM(m)),
+                       electra_replaced_labels(EM(m)), b->input_mask, (size_t)b->B * b->T);
 }
 
 static void e_backward(model *m) { electra_backward(EM(m)); }
@@ -161,6 +165,8 @@ static const model_metric eval_metrics[] = {
     {"eval_mlm_acc", 5, "eval/mlm_accuracy", 4},
     {"eval_disc_acc", 5, NULL, 4},
     {"eval_replaced_frac", 5, NULL, 0},
+    {"eval_disc_auc", 5, "eval/disc_auc", 4},
+    {"eval_disc_prior_gap", 5, "eval/disc_prior_gap", 4},
 };
 
 static void e_eval_values(const double *g, double batches, double sequences, double *v) {
@@ -169,6 +175,11 @@ static void e_eval_values(const double *g, double batches, double sequences, dou
   v[1] = ratio(g[C_MLM_CORRECT], g[C_MLM_WSUM]);
   v[2] = ratio(g[C_DISC_CORRECT], g[C_TOKENS]);
   v[3] = ratio(g[C_REPLACED], g[C_TOKENS]);
+  /* How well the scores rank replaced above original tokens, and how far
+   * the held-out log-loss is below that of always predicting the base rate
+   * (> 0: the discriminator knows more than the replaced fraction). */
+  v[4] = model_score_auc(g + C_NEG, g + C_POS);
+  v[5] = model_binary_entropy(v[3]) - g[C_DISC_LOSS] / batches;
 }
 
 /* ---- `mlmpi-train step` ------------------------------------------------------------- */

@@ -3,6 +3,7 @@
  * a config against the data. */
 #include "model.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -161,4 +162,31 @@ status_t model_spec_check(const model_spec *s, int vocab_size, int max_positions
                       "data.seq_len %d exceeds the model's max_position_embeddings %d", s->seq_len,
                       max_positions);
   return STATUS_OK;
+}
+
+void model_score_hist_add(double *neg, double *pos, const float *z, const float *y,
+                          const int32_t *mask, size_t n) {
+  const double scale = MODEL_SCORE_BINS / (2 * MODEL_SCORE_RANGE);
+  for (size_t i = 0; i < n; i++) {
+    if (!mask[i]) continue;
+    double b = floor(((double)z[i] + MODEL_SCORE_RANGE) * scale);
+    int k = b < 0 ? 0 : b >= MODEL_SCORE_BINS ? MODEL_SCORE_BINS - 1 : (int)b;
+    (y[i] > 0 ? pos : neg)[k] += 1;
+  }
+}
+
+double model_score_auc(const double *neg, const double *pos) {
+  double below = 0, n = 0, p = 0, wins = 0;
+  for (int k = 0; k < MODEL_SCORE_BINS; k++) {
+    wins += pos[k] * (below + 0.5 * neg[k]);
+    below += neg[k];
+    n += neg[k];
+    p += pos[k];
+  }
+  return n > 0 && p > 0 ? wins / (n * p) : 0.5;
+}
+
+double model_binary_entropy(double p) {
+  if (!(p > 0 && p < 1)) return 0;
+  return -p * log(p) - (1 - p) * log(1 - p);
 }

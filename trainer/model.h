@@ -62,7 +62,7 @@ typedef struct {
   int log_digits;  /* decimals in the log line; 0: not logged */
 } model_metric;
 
-#define MODEL_MAX_COUNTERS 16
+#define MODEL_MAX_COUNTERS 2100
 #define MODEL_MAX_METRICS 12
 #define MODEL_MAX_OUTPUTS 8
 

@@ -22,6 +22,20 @@ void model_common_use_grad_buf(model *m, float *buf);
 void model_common_set_grad_ready(model *m, bert_grad_ready_fn fn, void *ctx);
 void model_common_zero_grad(model *m);
 
+/* Scores of a binary classifier as two histograms (counts are counters:
+ * they sum across micro-batches and ranks): MODEL_SCORE_BINS bins of logits
+ * over [-MODEL_SCORE_RANGE, MODEL_SCORE_RANGE), the outer ones open-ended. */
+#define MODEL_SCORE_BINS 1024
+#define MODEL_SCORE_RANGE 16.0
+/* Adds n logits z (only where mask is not 0) to neg or pos by label y. */
+void model_score_hist_add(double *neg, double *pos, const float *z, const float *y,
+                          const int32_t *mask, size_t n);
+/* ROC AUC from the histograms: P(score of a positive > score of a
+ * negative), ties (the same bin) counting half; 0.5 without both kinds. */
+double model_score_auc(const double *neg, const double *pos);
+/* Bernoulli entropy of p, in nats (0 at 0 and 1). */
+double model_binary_entropy(double p);
+
 /* STATUS_CONFIG unless the spec and the config read agree: a preset needs
  * the data's vocabulary; a config.json's vocab_size must cover the data's;
  * the sequences must fit max_positions. */

@@ -1,0 +1,100 @@
+// test_model.cc: the model table's shared pieces (trainer/model.c): the
+// registry's choice by model_type and preset, and the score histograms
+// behind ELECTRA's held-out ROC AUC and prior gap.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+extern "C" {
+#include "model_impl.h"
+}
+
+namespace {
+
+// Exact AUC by counting every (positive, negative) pair; ties count half.
+double exact_auc(const std::vector<float> &z, const std::vector<float> &y) {
+  double wins = 0, np = 0, nn = 0;
+  for (size_t i = 0; i < z.size(); i++)
+    for (size_t j = 0; j < z.size(); j++)
+      if (y[i] > 0 && y[j] == 0) wins += z[i] > z[j] ? 1 : z[i] == z[j] ? 0.5 : 0;
+  for (float v : y) (v > 0 ? np : nn) += 1;
+  return wins / (np * nn);
+}
+
+double hist_auc(const std::vector<float> &z, const std::vector<float> &y,
+                const std::vector<int32_t> &mask) {
+  std::vector<double> neg(MODEL_SCORE_BINS), pos(MODEL_SCORE_BINS);
+  model_score_hist_add(neg.data(), pos.data(), z.data(), y.data(), mask.data(), z.size());
+  return model_score_auc(neg.data(), pos.data());
+}
+
+TEST(ModelScores, HistogramAucMatchesPairCounting) {
+  std::mt19937 rng(5);
+  for (double shift : {0.0, 0.3, 1.0, 3.0}) {
+    std::normal_distribution<float> a(0, 2), b((float)shift, 2);
+    std::vector<float> z, y;
+    for (int i = 0; i < 3000; i++) {
+      bool pos = i % 7 == 0;  // a 14% base rate, as ELECTRA's replaced tokens
+      z.push_back(pos ? b(rng) : a(rng));
+      y.push_back(pos ? 1.0f : 0.0f);
+    }
+    std::vector<int32_t> mask(z.size(), 1);
+    // Bins of 1/32 on unit-variance-scale scores: a few thousandths at most.
+    EXPECT_NEAR(hist_auc(z, y, mask), exact_auc(z, y), 3e-3) << "shift " << shift;
+  }
+}
+
+TEST(ModelScores, EdgeCases) {
+  std::vector<int32_t> all(4, 1);
+  EXPECT_DOUBLE_EQ(hist_auc({-3, -2, 2, 3}, {0, 0, 1, 1}, all), 1.0);      // separated
+  EXPECT_DOUBLE_EQ(hist_auc({2, 3, -3, -2}, {0, 0, 1, 1}, all), 0.0);      // reversed
+  EXPECT_DOUBLE_EQ(hist_auc({1, 1, 1, 1}, {0, 1, 0, 1}, all), 0.5);        // all tied
+  EXPECT_DOUBLE_EQ(hist_auc({-99, -50, 50, 99}, {0, 0, 1, 1}, all), 1.0);  // outside the range
+  EXPECT_DOUBLE_EQ(hist_auc({1, 2, 3, 4}, {0, 0, 0, 0}, all), 0.5);        // no positives
+  // Masked (padding) tokens do not count: the only counted pair is separated.
+  EXPECT_DOUBLE_EQ(hist_auc({5, -5, -5, 5}, {1, 0, 1, 0}, {1, 1, 0, 0}), 1.0);
+}
+
+TEST(ModelScores, BinaryEntropy) {
+  EXPECT_NEAR(model_binary_entropy(0.5), std::log(2.0), 1e-15);
+  EXPECT_NEAR(model_binary_entropy(0.15), -0.15 * std::log(0.15) - 0.85 * std::log(0.85), 1e-15);
+  EXPECT_EQ(model_binary_entropy(0.0), 0.0);
+  EXPECT_EQ(model_binary_entropy(1.0), 0.0);
+}
+
+std::string write_tmp(const std::string &name, const std::string &text) {
+  std::string p = ::testing::TempDir() + "/" + name;
+  FILE *f = fopen(p.c_str(), "w");
+  fputs(text.c_str(), f);
+  fclose(f);
+  return p;
+}
+
+TEST(ModelRegistry, ChoosesByModelTypeThenPreset) {
+  const model_ops *m = nullptr;
+  ASSERT_EQ(
+      model_lookup(write_tmp("e.json", R"({"model_type": "electra"})").c_str(), "bert-mini", &m),
+      STATUS_OK);
+  EXPECT_STREQ(m->name, "electra");
+  ASSERT_EQ(
+      model_lookup(write_tmp("b.json", R"({"hidden_size": 64})").c_str(), "electra-small", &m),
+      STATUS_OK);
+  EXPECT_STREQ(m->name, "bert");  // a config without model_type is BERT's
+  ASSERT_EQ(model_lookup("", "electra-base", &m), STATUS_OK);
+  EXPECT_STREQ(m->name, "electra");
+  ASSERT_EQ(model_lookup(nullptr, "bert-tiny", &m), STATUS_OK);
+  EXPECT_STREQ(m->name, "bert");
+  EXPECT_EQ(model_lookup(write_tmp("g.json", R"({"model_type": "t5"})").c_str(), "", &m),
+            STATUS_CONFIG);
+  EXPECT_NE(std::string(status_message()).find("'t5'"), std::string::npos) << status_message();
+  EXPECT_EQ(model_lookup("", "gpt-9", &m), STATUS_CONFIG);
+  EXPECT_NE(std::string(status_message()).find("electra-small"), std::string::npos);
+  EXPECT_EQ(model_by_name("electra"), model_at(1));
+  EXPECT_EQ(model_at(2), nullptr);
+}
+
+}  // namespace
