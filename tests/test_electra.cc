@@ -403,12 +403,17 @@ electra_model *fixed_logits_model(const electra_config &c, int B, int T, int P,
   return m;
 }
 
-// The generator's samples follow softmax(logits): a chi-square goodness-of-fit
+// The generator's samples follow softmax(logits / sample_temperature): a
+// chi-square goodness-of-fit
 // test over 24,000 draws (41 classes, 40 degrees of freedom) at a false-alarm
 // rate of 1e-4 (critical value 82.06). Draws come from many steps, sequences
 // and slots, so the test also covers the keying.
-TEST(ElectraSampling, SamplesFollowTheSoftmaxOfTheLogits) {
+class ElectraSamplingT : public ::testing::TestWithParam<float> {};
+
+TEST_P(ElectraSamplingT, SamplesFollowTheSoftmaxOfTheLogits) {
   electra_config c = tiny_config();
+  const float tau = GetParam();  // sample_temperature: softmax(logits / tau)
+  c.sample_temperature = tau;
   const int V = c.vocab_size, B = 8, T = 12, P = 5;
   std::vector<float> bias(V);
   for (int v = 0; v < V; v++) bias[v] = 0.35f * (float)(v % 9) - 0.02f * (float)v;
@@ -430,10 +435,10 @@ TEST(ElectraSampling, SamplesFollowTheSoftmaxOfTheLogits) {
     for (int i = 0; i < B * P; i++, draws++) count[electra_sampled_ids(m)[i]] += 1;
   }
   double zmax = *std::max_element(bias.begin(), bias.end()), norm = 0;
-  for (float z : bias) norm += std::exp(z - zmax);
+  for (float z : bias) norm += std::exp((z - zmax) / tau);
   double chi2 = 0;
   for (int v = 0; v < V; v++) {
-    double expect = draws * std::exp(bias[v] - zmax) / norm;
+    double expect = draws * std::exp((bias[v] - zmax) / tau) / norm;
     ASSERT_GT(expect, 50.0);
     chi2 += (count[v] - expect) * (count[v] - expect) / expect;
   }
@@ -447,6 +452,7 @@ TEST(ElectraSampling, SamplesFollowTheSoftmaxOfTheLogits) {
   EXPECT_GT(chi2_uniform, 82.06);
   electra_free(m);
 }
+INSTANTIATE_TEST_SUITE_P(Temperatures, ElectraSamplingT, ::testing::Values(1.0f, 2.0f));
 
 // A sample is keyed by (seed, step, global sample index, position): the same
 // position of the same sequence draws the same token whichever slot holds it

@@ -236,10 +236,11 @@ static void gen_head_fwd(electra_model *m, electra_losses *out) {
   out->mlm_correct = r.correct;
 }
 
-/* Gumbel-max: the first v maximising logit_v - log(-log u_v), which is a
- * draw from softmax(logits) (temperature 1). */
+/* Gumbel-max: the first v maximising logit_v / τ - log(-log u_v), which
+ * is a draw from softmax(logits / τ). */
 static void draw_samples(electra_model *m) {
   const int V = m->cfg.vocab_size, M = m->base.B * m->base.Pcur, P = m->base.Pcur;
+  const float tau = m->cfg.sample_temperature; /* x / 1 is x exactly */
 #pragma omp parallel num_threads(m->base.nthreads)
   {
     float *u = m->gumbel + (size_t)omp_get_thread_num() * V;
@@ -256,7 +257,7 @@ static void draw_samples(electra_model *m) {
       float best = -INFINITY;
       int arg = 0;
       for (int v = 0; v < V; v++) {
-        float s = x[v] - logf(-logf(u[v]));
+        float s = x[v] / tau - logf(-logf(u[v]));
         if (s > best) {
           best = s;
           arg = v;

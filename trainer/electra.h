@@ -39,6 +39,9 @@ typedef struct {
   electra_net_config gen;  /* the "generator" object */
   float gen_weight;        /* weight of the generator's MLM loss (1.0) */
   float disc_weight;       /* weight of the discriminator's loss (50.0) */
+  /* The generator's samples are drawn from softmax(logits / this) (1.0;
+   * above 1 they are noisier, easier to tell from the originals). */
+  float sample_temperature;
 } electra_config;
 
 /* ELECTRA-small with Hugging Face ElectraConfig() defaults (vocab 30522,
@@ -57,8 +60,8 @@ bool electra_config_is_electra(const char *path);
  * discriminator and the embeddings, an optional "generator" object with
  * hidden_size, num_hidden_layers, num_attention_heads, intermediate_size
  * (absent: a quarter of the discriminator's width, heads and intermediate
- * size, the same depth) and optional gen_weight, disc_weight. Errors name
- * the key. */
+ * size, the same depth) and optional gen_weight, disc_weight,
+ * sample_temperature. Errors name the key. */
 status_t electra_config_load(const char *path, electra_config *cfg);
 status_t electra_config_check(const electra_config *cfg);
 
@@ -126,7 +129,8 @@ void electra_zero_grad(electra_model *m);
  * sequence at one position. STATUS_ARG names the tensor and index. */
 status_t electra_check_batch(const electra_model *m, const electra_batch *b);
 /* Generator forward with its MLM loss; the samples (given, or drawn by
- * Gumbel-max: slot j of sequence s takes argmax_v logit_v - log(-log u_v),
+ * Gumbel-max: slot j of sequence s takes argmax_v logit_v / τ - log(-log u_v)
+ * with τ the config's sample_temperature,
  * u_v element t·V + v of Philox stream (seed, step, s, ELECTRA_STREAM_SAMPLE)
  * with t the slot's position); the discriminator on the input with the
  * samples in place of the weighted slots; its loss against "replaced"

@@ -32,6 +32,7 @@ electra_config electra_config_default(void) {
       .gen = {64, 12, 1, 256},
       .gen_weight = 1.0f,
       .disc_weight = 50.0f,
+      .sample_temperature = 1.0f,
   };
 }
 
@@ -83,6 +84,9 @@ status_t electra_config_check(const electra_config *c) {
     return status_set(STATUS_CONFIG, "model config: gen_weight must be a finite number >= 0");
   if (!(c->disc_weight >= 0 && isfinite(c->disc_weight)))
     return status_set(STATUS_CONFIG, "model config: disc_weight must be a finite number >= 0");
+  if (!(c->sample_temperature > 0 && isfinite(c->sample_temperature)))
+    return status_set(STATUS_CONFIG,
+                      "model config: sample_temperature must be a finite number > 0");
   return STATUS_OK;
 }
 
@@ -160,6 +164,7 @@ static status_t parse(const cJSON *root, const char *path, electra_config *c) {
       (st = cfgj_float(root, path, "initializer_range", &c->initializer_range)) ||
       (st = cfgj_float(root, path, "gen_weight", &c->gen_weight)) ||
       (st = cfgj_float(root, path, "disc_weight", &c->disc_weight)) ||
+      (st = cfgj_float(root, path, "sample_temperature", &c->sample_temperature)) ||
       (st = cfgj_act(root, path, "", &c->hidden_act)) || (st = get_generator(root, path, c)))
     return st;
   return cfgj_check_position_type(root, path);
