@@ -6,27 +6,31 @@
 # on 2 ranks under mpirun for a bounded time with a progress line, evaluates
 # on the held-out split (ELECTRA-small by default: generator + discriminator),
 # exports the model in the Hugging Face layout and
-# draws the loss and accuracy curves to a PNG. Every step whose output is
-# already there is skipped, so a second run goes straight to training (and
-# continues from the newest checkpoint).
+# draws the loss and accuracy curves to a PNG (for ELECTRA the generator's and
+# the discriminator's losses apart, and the discriminator's held-out accuracy
+# and ROC AUC). Every step whose output is already there is skipped, so a
+# second run goes straight to training (and continues from the newest
+# checkpoint).
 #
-#   launch/demo.sh [--minutes N] [--ranks N] [--model PRESET] [--out DIR]
+#   launch/demo.sh [--minutes N] [--ranks N] [--model PRESET] [--out DIR] [--build DIR]
 #     --minutes N   training time (default 10)
 #     --ranks N     MPI ranks (default 2)
 #     --model P     model preset (default electra-small; bert-mini, bert-base, ...)
 #     --out DIR     where everything goes (default out/demo)
+#     --build DIR   the CMake build directory to build and run (default build)
 #     --quick       a one-minute run on a small corpus (for tests)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-minutes=10 ranks=2 model=electra-small out="$root/out/demo" quick=0
+minutes=10 ranks=2 model=electra-small out="$root/out/demo" build="$root/build" quick=0
 while [ $# -gt 0 ]; do
   case $1 in
     --minutes) minutes=$2; shift 2 ;;
     --ranks) ranks=$2; shift 2 ;;
     --model) model=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
+    --build) build=$2; shift 2 ;;
     --quick) quick=1; minutes=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -34,7 +38,6 @@ done
 . "$root/launch/deps.sh"
 mlmpi_install_deps gnuplot-nox
 
-build="$root/build"
 echo "demo: building mlmpi in $build"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$build" -j"$(nproc)" --target mlmpi-train mlmpi-data >/dev/null
@@ -127,23 +130,83 @@ else
   cp "$out/kjv.model" "$out/hf/spiece.model"
 fi
 
-# 7. Curves.
+# 7. Curves. The extractor keeps the last row of each step (a resumed run
+# logs the steps after its checkpoint again) and writes NaN, which gnuplot
+# leaves out, for a key a row lacks; it prints "electra" when the training
+# rows carry the discriminator's loss and "auc" when the evaluations carry
+# its ROC AUC.
 metrics="$out/log/metrics.jsonl"
-sed -n 's/.*"step":\([0-9]*\),"loss":\([0-9.eE+-]*\),.*"mlm_acc":\([0-9.eE+-]*\),.*/\1 \2 \3/p' "$metrics" > "$out/train.dat"
-sed -n 's/.*"eval_step":\([0-9]*\),"eval_loss":\([0-9.eE+-]*\),"eval_mlm_acc":\([0-9.eE+-]*\).*/\1 \2 \3/p' "$metrics" > "$out/eval.dat"
+kinds=$(/usr/bin/python3 - "$metrics" "$out" <<'PY'
+import json, sys
+cols = {"train": ["step", "loss", "mlm_acc", "mlm_loss", "disc_loss"],
+        "eval": ["eval_step", "eval_loss", "eval_mlm_acc", "eval_disc_acc", "eval_replaced_frac",
+                 "eval_disc_auc"]}
+rows = {"train": {}, "eval": {}}
+def has(kind, key):
+    return any(key in r for r in rows[kind].values())
+for line in open(sys.argv[1]):
+    try:
+        r = json.loads(line)
+    except ValueError:  # a line cut short when a run was killed
+        continue
+    kind = "eval" if "eval_step" in r else "train"
+    rows[kind][r[cols[kind][0]]] = r
+for kind, keys in cols.items():
+    while len(keys) > 1 and not has(kind, keys[-1]):  # BERT's rows end at mlm_acc
+        keys.pop()
+    with open(f"{sys.argv[2]}/{kind}.dat", "w") as f:
+        f.write("# " + " ".join(keys) + "\n")
+        for _, r in sorted(rows[kind].items()):
+            f.write(" ".join(str(r.get(k, "NaN")) for k in keys) + "\n")
+print(*(w for w, ok in (("electra", has("train", "disc_loss")),
+                        ("auc", has("eval", "eval_disc_auc"))) if ok))
+PY
+)
+# Columns: train.dat step, loss, mlm_acc, mlm_loss, disc_loss; eval.dat step,
+# loss, mlm_acc, disc_acc, replaced_frac, disc_auc (the last ones absent when
+# no row has them). ELECTRA's `loss` is the
+# MLM loss plus 50 x the discriminator's, which rises as the generator gets
+# better: its two parts are drawn on their own axes instead, and the
+# discriminator's held-out accuracy and ROC AUC get a panel of their own.
+t="'$out/train.dat'" e="'$out/eval.dat'"
+if [[ " $kinds " == *" electra "* ]]; then
+  auc="" y2=""
+  if [[ " $kinds " == *" auc "* ]]; then
+    y2="set y2label 'ROC AUC'; set y2tics; set ytics nomirror"
+    auc=", $e using 1:6 axes x1y2 with linespoints title 'ROC AUC (right)'"
+  fi
+  loss="set ylabel 'generator MLM loss'; set y2label 'discriminator loss'; set y2tics; set ytics nomirror
+plot $t using 1:4 with lines title 'generator MLM loss (left)', \\
+     $t using 1:5 axes x1y2 with lines title 'discriminator loss (right)'"
+  # The baseline is a wide grey band under the accuracy: a discriminator
+  # that calls every token original lies on it.
+  lower="set size 0.5,0.46; unset y2label; unset y2tics; set ytics mirror
+set ylabel 'generator MLM accuracy'
+plot $t using 1:3 with lines title 'training', $e using 1:3 with linespoints title 'held-out'
+set origin 0.5,0; set lmargin -1
+set ylabel 'held-out discriminator accuracy'; $y2
+plot $e using 1:(1-\$5) with linespoints linewidth 6 pointtype 7 pointsize 1.5 linecolor rgb '#c8c8c8' title 'all-original baseline', \\
+     $e using 1:4 with linespoints linecolor 1 title 'accuracy'$auc"
+else
+  loss="set ylabel 'loss'
+plot $t using 1:2 with lines title 'training loss', $e using 1:2 with linespoints title 'held-out loss'"
+  lower="set ylabel 'MLM accuracy'
+plot $t using 1:3 with lines title 'training', $e using 1:3 with linespoints title 'held-out'"
+fi
+# The lower panels share the loss panel's steps (the first evaluation
+# comes only after eval_every of them).
 gnuplot <<EOF
 set terminal pngcairo size 1000,700
 set output "$out/curves.png"
-set multiplot layout 2,1 title "mlmpi: $model on the King James Bible, $ranks ranks"
-set xlabel "step"; set ylabel "loss"; set grid
-plot "$out/train.dat" using 1:2 with lines title "training loss", \
-     "$out/eval.dat" using 1:2 with linespoints title "held-out loss"
-set ylabel "MLM accuracy (generator's for ELECTRA)"
-plot "$out/train.dat" using 1:3 with lines title "training", \
-     "$out/eval.dat" using 1:3 with linespoints title "held-out"
+set multiplot title "mlmpi: $model on the King James Bible, $ranks ranks"
+set xlabel "step"; set grid; set lmargin 12
+set size 1,0.46; set origin 0,0.48
+$loss
+set xrange [GPVAL_X_MIN:GPVAL_X_MAX]; set origin 0,0; set key bottom right
+$lower
 unset multiplot
 EOF
-echo "demo: held-out evaluations (step, loss, MLM accuracy):"
-sed 's/^/  /' "$out/eval.dat" | tail -5
+echo "demo: held-out evaluations (the last five):"
+{ head -1 "$out/eval.dat"; tail -n +2 "$out/eval.dat" | tail -5; } | sed 's/^/  /'
 echo "demo: model exported to $out/hf"
 echo "demo: curves drawn to $out/curves.png"

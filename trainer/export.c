@@ -34,6 +34,23 @@ static status_t write_json(const char *path, cJSON *j) {
   return st;
 }
 
+/* The shortest decimal that reads back as f (0.1 for 0.1f, not
+ * 0.10000000149011612), as a double: cJSON prints doubles with 15
+ * significant digits, so the file holds what Hugging Face's own config
+ * files hold and still reads back as exactly f. */
+static double shortest_decimal(float f) {
+  char buf[32];
+  for (int p = 1; p <= 9; p++) {
+    snprintf(buf, sizeof buf, "%.*g", p, (double)f);
+    if (strtof(buf, NULL) == f) return strtod(buf, NULL);
+  }
+  return f; /* NaN or infinity: cJSON writes null */
+}
+
+static void add_float(cJSON *j, const char *key, float f) {
+  cJSON_AddNumberToObject(j, key, shortest_decimal(f));
+}
+
 status_t model_write_hf_config(const char *path, const char *arch, const char *model_type,
                                const bert_config *c, int embedding_size) {
   cJSON *j = cJSON_CreateObject();
@@ -48,12 +65,12 @@ status_t model_write_hf_config(const char *path, const char *arch, const char *m
   cJSON_AddNumberToObject(j, "intermediate_size", c->intermediate_size);
   static const char *acts[] = {"gelu", "gelu_new", "relu"};
   cJSON_AddStringToObject(j, "hidden_act", acts[c->hidden_act]);
-  cJSON_AddNumberToObject(j, "hidden_dropout_prob", c->hidden_dropout_prob);
-  cJSON_AddNumberToObject(j, "attention_probs_dropout_prob", c->attention_probs_dropout_prob);
+  add_float(j, "hidden_dropout_prob", c->hidden_dropout_prob);
+  add_float(j, "attention_probs_dropout_prob", c->attention_probs_dropout_prob);
   cJSON_AddNumberToObject(j, "max_position_embeddings", c->max_position_embeddings);
   cJSON_AddNumberToObject(j, "type_vocab_size", c->type_vocab_size);
-  cJSON_AddNumberToObject(j, "layer_norm_eps", c->layer_norm_eps);
-  cJSON_AddNumberToObject(j, "initializer_range", c->initializer_range);
+  add_float(j, "layer_norm_eps", c->layer_norm_eps);
+  add_float(j, "initializer_range", c->initializer_range);
   cJSON_AddStringToObject(j, "position_embedding_type", "absolute");
   cJSON_AddStringToObject(j, "torch_dtype", "float32");
   return write_json(path, j);

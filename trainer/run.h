@@ -55,6 +55,7 @@ typedef struct {
   FILE *metrics;     /* rank 0: metrics.jsonl */
   tb_writer *tb;     /* rank 0: TensorBoard events */
   bool tty;
+  double t_start; /* core_now_s() when the loop began: train.time_limit_s counts from it */
 } run_state;
 
 /* The global index of the first sequence of micro-batch k of this rank. */

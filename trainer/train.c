@@ -282,7 +282,7 @@ static status_t after_step(run_state *s, int64_t step, bool stop) {
 static status_t loop(run_state *s, int64_t start) {
   const train_config *c = &s->cfg;
   int64_t step = start;
-  const double t_start = core_now_s();
+  const double t_start = s->t_start = core_now_s();
   for (int64_t k = 0; k < 4; k++) plan_step(s, start + k);
   for (bool stop = false; step < c->steps && !stop; step++) {
     plan_step(s, step + 4);

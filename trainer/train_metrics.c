@@ -87,6 +87,22 @@ static void log_values(char *buf, size_t n, const char *sep, const model_metric 
       u += (size_t)snprintf(buf + u, n - u, "%s%s %.*f", sep, m[i].key, m[i].log_digits, v[i]);
 }
 
+/* "step N/STEPS", and under train.time_limit_s the time used of the budget
+ * after `sep` (and no /STEPS while the budget ends the run first); returns
+ * the seconds left by whichever of the two ends it first. */
+static double progress(const run_state *s, int64_t step, double step_s, const char *sep, char *buf,
+                       size_t n) {
+  const train_config *c = &s->cfg;
+  double eta = step_s * (double)(c->steps - step - 1);
+  int u = snprintf(buf, n, "step %lld", (long long)step + 1);
+  double used = core_now_s() - s->t_start, left = c->time_limit_s - used;
+  bool on_time = c->time_limit_s > 0 && left < eta;
+  if (!on_time) u += snprintf(buf + u, n - (size_t)u, "/%lld", (long long)c->steps);
+  if (c->time_limit_s > 0)
+    snprintf(buf + u, n - (size_t)u, "%s%.1f/%g s", sep, used, c->time_limit_s);
+  return on_time ? (left > 0 ? left : 0) : eta;
+}
+
 void run_log_step(run_state *s, int64_t step, const step_result *r, const double *sums,
                   double step_s) {
   const train_config *c = &s->cfg;
@@ -114,16 +130,17 @@ void run_log_step(run_state *s, int64_t step, const step_result *r, const double
     tb_values(s, step, m->train_metrics, m->n_train_metrics, v, tags, x, 4);
   }
   if ((step + 1) % c->log_every && step + 1 != c->steps) return;
-  char line[512];
+  char line[512], at[96];
   if (s->tty) {
+    double eta = progress(s, step, step_s, "  ", at, sizeof at);
     log_values(line, sizeof line, "  ", m->train_metrics, m->n_train_metrics, v);
-    fprintf(stderr, "\rstep %lld/%lld%s  lr %.2e  %.0f tok/s  ETA %.0f s   ", (long long)step + 1,
-            (long long)c->steps, line, (double)os->lr, tokens / step_s,
-            step_s * (double)(c->steps - step - 1));
+    fprintf(stderr, "\r%s%s  lr %.2e  %.0f tok/s  ETA %.0f s   ", at, line, (double)os->lr,
+            tokens / step_s, eta);
   } else {
+    progress(s, step, step_s, " time ", at, sizeof at);
     log_values(line, sizeof line, " ", m->train_metrics, m->n_train_metrics, v);
-    LOG_INFO(TRAINER, "step %lld/%lld%s lr %.3g grad_norm %.3g %.0f tok/s", (long long)step + 1,
-             (long long)c->steps, line, (double)os->lr, os->grad_norm, tokens / step_s);
+    LOG_INFO(TRAINER, "%s%s lr %.3g grad_norm %.3g %.0f tok/s", at, line, (double)os->lr,
+             os->grad_norm, tokens / step_s);
   }
 }
 

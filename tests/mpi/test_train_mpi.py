@@ -23,8 +23,14 @@ SentencePiece model trained with spm_train and shards, then checks:
                  checkpoint and exit 0;
   sources        training through the dataset service gives the in-process
                  weights bit for bit; BERT TFRecords train too;
+  export         the Hugging Face directory loads into the reference model,
+                 and config.json writes each float as the shortest decimal
+                 that reads back as the model's float32 (0.1, 1e-12);
   mismatch       ranks started with different configs fail at start-up with
                  one line naming the differing rank and field;
+  time-limit     under train.time_limit_s the log's progress lines show the
+                 time used of the budget (not the step count the budget cuts
+                 short); without it they are as they were;
   loss-falls     a short run's held-out MLM loss falls;
   example        the example config in launch/examples trains on 2 ranks as
                  written (only the paths and the length overridden), with the
@@ -380,6 +386,32 @@ def test_export(a, data):
         ok = ok and all(np.array_equal(ck[k], w[k]) for k in w)
     check(ok, "export: the Hugging Face directory matches the reference model's names and shapes"
           + ("" if e.returncode == 0 else ": " + e.stderr[-400:]))
+    if e.returncode == 0:
+        check_config_floats(os.path.join(out, "config.json"))
+
+
+def shortest_float32(token):
+    """The shortest decimal (%.Pg, P = 1..9) that reads back as float32(token)."""
+    f = np.float32(token)
+    return next(t for t in ("%.*g" % (p, f) for p in range(1, 10)) if np.float32(t) == f)
+
+
+def check_config_floats(path):
+    """config.json's floats as Hugging Face writes them: bert-tiny's 0.1 and
+    1e-12 literally, and every float the shortest decimal of a float32 that
+    is the preset's value (not 0.10000000149011612, float32(0.1) through double)."""
+    text = open(path).read()
+    raw = {k: v for k, v in json.loads(text, parse_float=str).items() if isinstance(v, str)
+           and re.fullmatch(r"-?[0-9.]+([eE][-+]?[0-9]+)?", v)}
+    want = {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+            "layer_norm_eps": 1e-12, "initializer_range": 0.02}
+    literal = all(re.search(rf'"{k}":\s*{re.escape(v)}\s*[,}}]', text)
+                  for k, v in (("hidden_dropout_prob", "0.1"), ("layer_norm_eps", "1e-12")))
+    exact = set(raw) == set(want) and all(
+        float(v) == float(shortest_float32(v)) and np.float32(v) == np.float32(want[k])
+        for k, v in raw.items())
+    check(literal and exact, f"export: config.json's floats are the shortest decimals of the "
+          f"preset's float32 values: {raw}")
 
 
 def test_mismatch(a, data):
@@ -390,6 +422,31 @@ def test_mismatch(a, data):
     lines = [l for l in r.stderr.splitlines() if "differs" in l]
     check(r.returncode != 0 and len(lines) == 1 and "rank 1" in lines[0] and "config" in lines[0],
           f"mismatch: exit {r.returncode}, message {lines}")
+
+
+def test_time_limit(a, data):
+    """The log's progress lines under train.time_limit_s: `step N time U/B s`,
+    with no /1000000 from the steps the budget cuts short; with steps that
+    end first `step N/STEPS time U/B s`; without a limit `step N/STEPS` only."""
+    cases = (("time_budget", {"train.steps": "1000000", "train.time_limit_s": "3"},
+              r"step (\d+) time ([0-9.]+)/3 s loss "),
+             ("time_steps", {"train.steps": "4", "train.time_limit_s": "600"},
+              r"step (\d+)/4 time ([0-9.]+)/600 s loss "),
+             ("time_none", {"train.steps": "4"}, r"step (\d+)/4 loss "))
+    for name, over, pattern in cases:
+        r = mpirun(1, [a.train] + config(a, data, name, **{"train.log_every": "1", **over}),
+                   timeout=300)
+        lines = [l for l in r.stderr.splitlines() if re.search(r"\bstep \d+\S* .*tok/s", l)]
+        got = [re.search(pattern, l) for l in lines]
+        steps = [int(m.group(1)) for m in got if m]
+        used = [float(m.group(2)) for m in got if m and m.lastindex == 2]
+        ok = (r.returncode == 0 and lines and all(got) and steps == list(range(1, len(lines) + 1))
+              and used == sorted(used))
+        if name == "time_budget":
+            ok = ok and len(steps) > 1 and 3 <= used[-1] < 10 and "on a time limit" in r.stderr
+        check(ok, f"time-limit: {name}: {len(lines)} progress lines like "
+              f"{lines[-1].split('] ')[-1][:60] if lines else None!r} match {pattern!r}"
+              + ("" if r.returncode == 0 else ": " + r.stderr[-600:]))
 
 
 def test_example(a, data):
@@ -451,7 +508,8 @@ def main():
     fresh_runs(a)
     tests = {"same-weights": test_same_weights, "zero": test_zero, "kill-resume": test_kill_resume,
              "kill-in-checkpoint": test_kill_in_checkpoint,
-             "signals": test_signals, "sources": test_sources, "export": test_export, "mismatch": test_mismatch, "loss-falls": test_loss_falls,
+             "signals": test_signals, "sources": test_sources, "export": test_export, "mismatch": test_mismatch, "time-limit": test_time_limit,
+             "loss-falls": test_loss_falls,
              "example": test_example}
     only = [x for x in a.only.split(",") if x]
     for name, fn in tests.items():
