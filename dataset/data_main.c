@@ -16,11 +16,15 @@ static const char usage[] =
     "      one line in, one line out: the line's token ids (or pieces) separated by spaces,\n"
     "      as `spm_encode --output_format=id` (piece) prints them\n"
     "  decode --tokenizer PATH < ids > text\n"
-    "      one line of space-separated ids in, its text out\n"
-    "  shard --tokenizer PATH --out DIR [--holdout-docs N] [--shard-mb M] FILE...\n"
-    "      tokenizes text or JSON Lines corpora into shards (*.mlms)\n"
+    "      one line of space-separated ids in, its text out (ids of appended special tokens,\n"
+    "      see shard, as their names)\n"
+    "  shard --tokenizer PATH --out DIR [--holdout-docs N] [--shard-mb M] [--no-add-specials]\n"
+    "        FILE...\n"
+    "      tokenizes text or JSON Lines corpora into shards (*.mlms); special tokens a\n"
+    "      SentencePiece vocabulary lacks are appended after it (--no-add-specials: refused)\n"
     "  inspect FILE...\n"
-    "      a shard's header and counts, with a full checksum check\n"
+    "      a shard's header and counts, with a full checksum check (BERT TFRecords: the\n"
+    "      report of tfrecord-import)\n"
     "  dump FILE\n"
     "      every record of a shard as one JSON object per line\n"
     "  batches --data DIR --seq-len T --global-batch B --world W --rank R --step S ...\n"
@@ -185,6 +189,9 @@ static int cmd_decode(int argc, char **argv) {
     fprintf(stderr, "mlmpi-data decode: %s\n", status_message());
     return 1;
   }
+  /* The ids of shards made with specials appended (mlmpi-data shard, for
+   * SentencePiece models) decode too. */
+  if (tok_get_kind(t) == TOK_SPM) tok_add_specials(t);
   char *line = NULL;
   size_t cap = 0, lineno = 0;
   tok_ids ids = {0};

@@ -133,11 +133,37 @@ static status_t set_add(shard_set *s, const doc_slot *d) {
 
 static const char shard_usage[] =
     "usage: mlmpi-data shard --tokenizer PATH --out DIR [--holdout-docs N] [--shard-mb M]\n"
-    "                        [--threads N] FILE...\n"
+    "                        [--threads N] [--no-add-specials] FILE...\n"
     "  Tokenizes plain text (documents separated by blank lines, one sentence per line) or\n"
     "  JSON Lines ({\"text\": ...} per document; files ending .jsonl) into DIR/train-NNNNN.mlms\n"
     "  (and DIR/holdout-NNNNN.mlms: the first N documents, default 0). Shards roll over at\n"
-    "  M MB (default 256). Empty documents are skipped.\n";
+    "  M MB (default 256). Empty documents are skipped.\n"
+    "  A SentencePiece vocabulary that lacks any of [CLS] [SEP] [MASK] [PAD] (<s> </s> <mask>\n"
+    "  <pad> count as them), as spm_train's defaults make it, gets the missing ones appended after "
+    "its\n"
+    "  last id (said once on stderr; the shards' vocab_size counts them, text never encodes\n"
+    "  to them); --no-add-specials refuses such a vocabulary instead.\n";
+
+/* Appends the special tokens a SentencePiece vocabulary lacks, saying so
+ * once, or refuses them (--no-add-specials). GPT-2's byte-level vocabulary
+ * is left as it is (its models want no [MASK]; masked-LM batches refuse it
+ * later, naming what is missing). */
+static status_t add_specials(tokenizer *t, const char *path, bool refuse) {
+  char names[64];
+  if (tok_get_kind(t) != TOK_SPM) return STATUS_OK;
+  int n = tok_missing_specials(t, names, sizeof names);
+  if (!n) return STATUS_OK;
+  if (refuse)
+    return status_set(STATUS_ARG, "%s has no %s (not appended: --no-add-specials)", path, names);
+  const int32_t first = tok_vocab_size(t);
+  tok_add_specials(t);
+  if (n == 1)
+    fprintf(stderr, "mlmpi-data shard: %s has no %s: appended as id %d\n", path, names, first);
+  else
+    fprintf(stderr, "mlmpi-data shard: %s has no %s: appended as ids %d..%d\n", path, names, first,
+            first + n - 1);
+  return STATUS_OK;
+}
 
 int data_shard_main(int argc, char **argv) {
   static const struct option opts[] = {{"tokenizer", required_argument, 0, 'k'},
@@ -145,10 +171,12 @@ int data_shard_main(int argc, char **argv) {
                                        {"holdout-docs", required_argument, 0, 'H'},
                                        {"shard-mb", required_argument, 0, 'm'},
                                        {"threads", required_argument, 0, 't'},
+                                       {"no-add-specials", no_argument, 0, 'n'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   const char *tk = NULL, *out = NULL;
   long long holdout = 0, shard_mb = 256, threads = 0;
+  bool no_add_specials = false;
   opterr = 0;
   optind = 1;
   for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
@@ -159,6 +187,7 @@ int data_shard_main(int argc, char **argv) {
       case 'H': holdout = strtoll(optarg, &e, 10); break;
       case 'm': shard_mb = strtoll(optarg, &e, 10); break;
       case 't': threads = strtoll(optarg, &e, 10); break;
+      case 'n': no_add_specials = true; break;
       case 'h': fputs(shard_usage, stdout); return 0;
       default:
         fprintf(stderr, "mlmpi-data shard: unknown or incomplete option '%s' (see --help)\n",
@@ -178,6 +207,7 @@ int data_shard_main(int argc, char **argv) {
   if (threads) omp_set_num_threads((int)threads);
   tokenizer *t = NULL;
   status_t st = tok_load(tk, &t);
+  if (st == STATUS_OK) st = add_specials(t, tk, no_add_specials);
   if (st == STATUS_OK && mkdir(out, 0755) != 0 && errno != EEXIST)
     st = status_set(STATUS_IO, "cannot create %s: %s", out, strerror(errno));
   if (st) {
@@ -272,11 +302,21 @@ int data_shard_main(int argc, char **argv) {
 }
 
 /* ---- inspect and dump -------------------------------------------------------- */
+
+/* Whether shard_open's failure says the file holds records but no shard
+ * header: perhaps TFRecords of tf.train.Example (BERT's records). */
+static bool not_a_shard(void) { return strstr(status_message(), "not an mlmpi shard") != NULL; }
+
+int data_tfrecord_report(const char *cmd, const char *const *paths, int n_paths, int T, int P,
+                         uint64_t seed, bool rows); /* tfrecord_cmd.c */
+
 int data_inspect_main(int argc, char **argv) {
   if (argc < 2 || !strcmp(argv[1], "--help")) {
     fputs(
         "usage: mlmpi-data inspect FILE...\n  Prints each shard's header and counts and checks "
-        "every record's CRC; damage is reported with the file and byte offset.\n",
+        "every record's CRC; damage is reported with the file and byte offset.\n  A TFRecord "
+        "file of tf.train.Example (BERT's pretraining records) gets the report of\n  "
+        "`mlmpi-data tfrecord-import FILE`.\n",
         argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
@@ -284,6 +324,11 @@ int data_inspect_main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     shard_reader *r;
     status_t st = shard_open(argv[i], &r);
+    if (st && not_a_shard()) {
+      const char *path = argv[i];
+      bad |= data_tfrecord_report("inspect", &path, 1, 0, 0, data_config_default().seed, false);
+      continue;
+    }
     if (st == STATUS_OK) st = shard_verify(r);
     if (st) {
       fprintf(stderr, "mlmpi-data inspect: %s\n", status_message());
@@ -320,9 +365,7 @@ int data_dump_main(int argc, char **argv) {
   }
   shard_reader *r;
   if (shard_open(argv[1], &r) != STATUS_OK) {
-    /* Not a shard: perhaps TFRecords of tf.train.Example (BERT's records). */
-    if (strstr(status_message(), "not an mlmpi shard") && tfx_dump(argv[1], stdout) == STATUS_OK)
-      return fflush(stdout) == 0 ? 0 : 1;
+    if (not_a_shard() && tfx_dump(argv[1], stdout) == STATUS_OK) return fflush(stdout) == 0 ? 0 : 1;
     fflush(stdout);
     fprintf(stderr, "mlmpi-data dump: %s\n", status_message());
     return 1;

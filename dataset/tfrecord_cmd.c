@@ -245,6 +245,40 @@ static status_t check_records(const tfx_source *s, import_stats *t) {
   return STATUS_OK;
 }
 
+/* tfrecord-import's check and report, also `inspect`'s for TFRecord files:
+ * each file's record count and a summary on stdout (with rows, every record
+ * first), or one error line "mlmpi-data <cmd>: ..." on stderr. Returns the
+ * exit status. */
+int data_tfrecord_report(const char *cmd, const char *const *paths, int n_paths, int T, int P,
+                         uint64_t seed, bool rows) {
+  tfx_source *s = NULL;
+  import_stats t;
+  status_t st = tfx_open(paths, n_paths, T, P, seed, &s);
+  if (st == STATUS_OK && rows) st = print_rows(s);
+  if (st == STATUS_OK) st = check_records(s, &t);
+  if (st) {
+    fflush(stdout);
+    fprintf(stderr, "mlmpi-data %s: %s\n", cmd, status_message());
+    tfx_free(s);
+    return 1;
+  }
+  for (int i = 0; i < tfx_files(s); i++)
+    printf("%s: %llu records\n", tfx_file_path(s, i), (unsigned long long)tfx_file_records(s, i));
+  uint64_t n = tfx_records(s);
+  printf(
+      "%llu records in %d file(s): seq_len %d, max_predictions %d; %llu real tokens "
+      "(%.1f per sequence), %llu masked predictions (%.2f per sequence); next_sentence_labels "
+      "%llu x 0, %llu x 1, %llu other; fingerprint %016llx (seed %llu); all checksums and "
+      "features ok\n",
+      (unsigned long long)n, tfx_files(s), tfx_seq_len(s), tfx_max_predictions(s),
+      (unsigned long long)t.tokens, (double)t.tokens / (double)n, (unsigned long long)t.predictions,
+      (double)t.predictions / (double)n, (unsigned long long)t.labels[0],
+      (unsigned long long)t.labels[1], (unsigned long long)t.labels[2],
+      (unsigned long long)tfx_fingerprint(s), (unsigned long long)seed);
+  tfx_free(s);
+  return fflush(stdout) == 0 ? 0 : 1;
+}
+
 int data_tfrecord_import_main(int argc, char **argv) {
   static const struct option opts[] = {{"seq-len", required_argument, 0, 'T'},
                                        {"max-predictions", required_argument, 0, 'P'},
@@ -284,31 +318,6 @@ int data_tfrecord_import_main(int argc, char **argv) {
     return 2;
   }
   if (threads) omp_set_num_threads((int)threads);
-  tfx_source *s = NULL;
-  import_stats t;
-  status_t st = tfx_open((const char *const *)argv + optind, argc - optind, (int)T, (int)P,
-                         (uint64_t)seed, &s);
-  if (st == STATUS_OK && rows) st = print_rows(s);
-  if (st == STATUS_OK) st = check_records(s, &t);
-  if (st) {
-    fflush(stdout);
-    fprintf(stderr, "mlmpi-data tfrecord-import: %s\n", status_message());
-    tfx_free(s);
-    return 1;
-  }
-  for (int i = 0; i < tfx_files(s); i++)
-    printf("%s: %llu records\n", tfx_file_path(s, i), (unsigned long long)tfx_file_records(s, i));
-  uint64_t n = tfx_records(s);
-  printf(
-      "%llu records in %d file(s): seq_len %d, max_predictions %d; %llu real tokens "
-      "(%.1f per sequence), %llu masked predictions (%.2f per sequence); next_sentence_labels "
-      "%llu x 0, %llu x 1, %llu other; fingerprint %016llx (seed %llu); all checksums and "
-      "features ok\n",
-      (unsigned long long)n, tfx_files(s), tfx_seq_len(s), tfx_max_predictions(s),
-      (unsigned long long)t.tokens, (double)t.tokens / (double)n, (unsigned long long)t.predictions,
-      (double)t.predictions / (double)n, (unsigned long long)t.labels[0],
-      (unsigned long long)t.labels[1], (unsigned long long)t.labels[2],
-      (unsigned long long)tfx_fingerprint(s), seed);
-  tfx_free(s);
-  return fflush(stdout) == 0 ? 0 : 1;
+  return data_tfrecord_report("tfrecord-import", (const char *const *)argv + optind, argc - optind,
+                              (int)T, (int)P, (uint64_t)seed, rows);
 }

@@ -14,6 +14,9 @@ struct tokenizer {
   const tok_ops *ops;
   tok_specials sp;
   uint64_t fingerprint;
+  int32_t n_base;       /* pieces read from the files: ids 0 .. n_base-1 */
+  int n_added;          /* specials appended after them (tok_add_specials) */
+  const char *added[4]; /* their names, for ids n_base .. n_base+n_added-1 */
 };
 
 static status_t grow(void **p, size_t *cap, size_t need, size_t elem) {
@@ -66,6 +69,20 @@ static bool ends_with(const char *s, const char *suffix) {
   return a >= b && !strcmp(s + a - b, suffix);
 }
 
+/* The spellings that count as each special token, in tok_specials' order;
+ * the first is the one tok_add_specials appends. */
+enum { N_SPECIALS = 5, N_NEEDED = 4 }; /* [UNK] is not needed and never appended */
+static const char *const kSpellings[N_SPECIALS][4] = {{"[CLS]", "<s>", "<cls>", NULL},
+                                                      {"[SEP]", "</s>", "<sep>", NULL},
+                                                      {"[MASK]", "<mask>", NULL},
+                                                      {"[PAD]", "<pad>", NULL},
+                                                      {"[UNK]", "<unk>", NULL}};
+
+static int32_t *special_slot(tok_specials *sp, int i) {
+  int32_t *slots[N_SPECIALS] = {&sp->cls, &sp->sep, &sp->mask, &sp->pad, &sp->unk};
+  return slots[i];
+}
+
 /* Looks up the first spelling present. */
 static int32_t find_special(const tokenizer *t, const char *const *names) {
   for (; *names; names++) {
@@ -76,13 +93,7 @@ static int32_t find_special(const tokenizer *t, const char *const *names) {
 }
 
 static void resolve_specials(tokenizer *t) {
-  static const char *const cls[] = {"[CLS]", "<s>", "<cls>", NULL};
-  static const char *const sep[] = {"[SEP]", "</s>", "<sep>", NULL};
-  static const char *const mask[] = {"[MASK]", "<mask>", NULL};
-  static const char *const pad[] = {"[PAD]", "<pad>", NULL};
-  static const char *const unk[] = {"[UNK]", "<unk>", NULL};
-  t->sp = (tok_specials){find_special(t, cls), find_special(t, sep), find_special(t, mask),
-                         find_special(t, pad), find_special(t, unk)};
+  for (int i = 0; i < N_SPECIALS; i++) *special_slot(&t->sp, i) = find_special(t, kSpellings[i]);
 }
 
 /* Adds a file's bytes to h (a missing file adds nothing). */
@@ -156,6 +167,7 @@ status_t tok_load(const char *path, tokenizer **out) {
     free(t);
     return st;
   }
+  t->n_base = t->ops->vocab_size(t->impl);
   resolve_specials(t);
   const char *files[2] = {f1, f2};
   t->fingerprint = compute_fingerprint(t, files, 2);
@@ -170,30 +182,63 @@ void tok_free(tokenizer *t) {
 }
 
 tok_kind tok_get_kind(const tokenizer *t) { return t->kind; }
-int32_t tok_vocab_size(const tokenizer *t) { return t->ops->vocab_size(t->impl); }
-const char *tok_piece(const tokenizer *t, int32_t id, size_t *len) {
-  return t->ops->piece(t->impl, id, len);
+int32_t tok_vocab_size(const tokenizer *t) { return t->n_base + t->n_added; }
+
+static bool is_added(const tokenizer *t, int32_t id) {
+  return id >= t->n_base && id < t->n_base + t->n_added;
 }
+
+const char *tok_piece(const tokenizer *t, int32_t id, size_t *len) {
+  if (!is_added(t, id)) return t->ops->piece(t->impl, id, len);
+  const char *p = t->added[id - t->n_base];
+  if (len) *len = strlen(p);
+  return p;
+}
+
 int32_t tok_piece_id(const tokenizer *t, const char *piece) {
-  return t->ops->piece_id(t->impl, piece);
+  int32_t id = t->ops->piece_id(t->impl, piece);
+  for (int i = 0; id < 0 && i < t->n_added; i++)
+    if (!strcmp(piece, t->added[i])) id = t->n_base + i;
+  return id;
 }
 tok_specials tok_get_specials(const tokenizer *t) { return t->sp; }
 uint64_t tok_fingerprint(const tokenizer *t) { return t->fingerprint; }
 
+int tok_missing_specials(const tokenizer *t, char *names, size_t cap) {
+  int n = 0;
+  size_t at = 0;
+  if (cap) names[0] = 0;
+  tok_specials sp = t->sp;
+  for (int i = 0; i < N_NEEDED; i++) {
+    if (*special_slot(&sp, i) >= 0) continue;
+    int w =
+        snprintf(names + at, cap > at ? cap - at : 0, "%s%s", n++ ? ", " : "", kSpellings[i][0]);
+    at += w > 0 ? (size_t)w : 0;
+  }
+  return n;
+}
+
 status_t tok_require_specials(const tokenizer *t) {
-  const bool bert = t->kind == TOK_WORDPIECE;
-  const struct {
-    int32_t id;
-    const char *bert_name, *other_name;
-  } need[] = {{t->sp.cls, "[CLS]", "<s>"},
-              {t->sp.sep, "[SEP]", "</s>"},
-              {t->sp.mask, "[MASK]", "<mask>"},
-              {t->sp.pad, "[PAD]", "<pad>"}};
-  for (size_t i = 0; i < sizeof need / sizeof need[0]; i++)
-    if (need[i].id < 0)
-      return status_set(STATUS_ARG, "the tokenizer's vocabulary has no %s token",
-                        bert ? need[i].bert_name : need[i].other_name);
+  char names[64];
+  if (tok_missing_specials(t, names, sizeof names))
+    return status_set(STATUS_ARG, "the tokenizer's vocabulary has no %s", names);
   return STATUS_OK;
+}
+
+/* The appended names extend the fingerprint, which so stays a function of
+ * the files: what is appended follows from the vocabulary. */
+int tok_add_specials(tokenizer *t) {
+  int before = t->n_added;
+  for (int i = 0; i < N_NEEDED; i++) {
+    int32_t *slot = special_slot(&t->sp, i);
+    if (*slot >= 0) continue;
+    const char *name = kSpellings[i][0];
+    *slot = t->n_base + t->n_added;
+    t->added[t->n_added++] = name;
+    t->fingerprint = core_fnv1a(t->fingerprint, name, strlen(name));
+    t->fingerprint = core_fnv1a(t->fingerprint, "\xff", 1);
+  }
+  return t->n_added - before;
 }
 
 status_t tok_encode(const tokenizer *t, const char *text, size_t n, tok_ids *out) {
@@ -214,10 +259,37 @@ status_t tok_encode_pieces(const tokenizer *t, const char *text, size_t n, tok_i
   return st;
 }
 
+/* Each run of the files' own ids decodes as the backend decodes it alone,
+ * each appended special as its name; non-empty parts are joined by one
+ * space, so a row reads "[CLS] In the beginning [SEP]". */
+static status_t decode_with_added(const tokenizer *t, const int32_t *ids, size_t n, tok_str *out) {
+  const size_t start = out->n;
+  status_t st = tok_str_append(out, "", 0);
+  for (size_t i = 0, j; i < n && st == STATUS_OK; i = j) {
+    const bool special = is_added(t, ids[i]);
+    for (j = i + 1; !special && j < n && !is_added(t, ids[j]); j++) continue;
+    const size_t sep = out->n;
+    if (sep > start) st = tok_str_append(out, " ", 1);
+    const size_t part = out->n;
+    if (st == STATUS_OK && special) {
+      const char *name = t->added[ids[i] - t->n_base];
+      st = tok_str_append(out, name, strlen(name));
+    } else if (st == STATUS_OK) {
+      st = t->ops->decode(t->impl, ids + i, j - i, out);
+    }
+    if (st == STATUS_OK && out->n == part) { /* an empty part takes back its separator */
+      out->n = sep;
+      out->s[sep] = 0;
+    }
+  }
+  return st;
+}
+
 status_t tok_decode(const tokenizer *t, const int32_t *ids, size_t n, tok_str *out) {
   int32_t v = tok_vocab_size(t);
   for (size_t i = 0; i < n; i++)
     if (ids[i] < 0 || ids[i] >= v)
       return status_set(STATUS_ARG, "id %d is outside the vocabulary (size %d)", ids[i], v);
-  return t->ops->decode(t->impl, ids, n, out);
+  if (!t->n_added) return t->ops->decode(t->impl, ids, n, out);
+  return decode_with_added(t, ids, n, out);
 }

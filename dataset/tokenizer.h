@@ -29,7 +29,8 @@ void tok_str_free(tok_str *s);
 typedef enum { TOK_SPM, TOK_GPT2, TOK_WORDPIECE } tok_kind;
 
 /* Special-token ids resolved from the vocabulary (-1 where the vocabulary
- * has none): [CLS]/[SEP]/[MASK]/[PAD]/[UNK] or <s>/</s>/<mask>/<pad>/<unk>. */
+ * has none, unless tok_add_specials appended it): [CLS]/[SEP]/[MASK]/[PAD]/[UNK]
+ * or <s>/</s>/<mask>/<pad>/<unk>. */
 typedef struct {
   int32_t cls, sep, mask, pad, unk;
 } tok_specials;
@@ -67,13 +68,24 @@ int32_t tok_vocab_size(const tokenizer *t);
 const char *tok_piece(const tokenizer *t, int32_t id, size_t *len);
 int32_t tok_piece_id(const tokenizer *t, const char *piece);
 tok_specials tok_get_specials(const tokenizer *t);
-/* STATUS_ARG naming the first of [CLS] [SEP] [MASK] [PAD] (in the
- * vocabulary's spelling) that the vocabulary lacks. */
+/* Writes the names of the [CLS] [SEP] [MASK] [PAD] tokens the vocabulary
+ * lacks in every spelling (BERT's, as "[MASK], [PAD]"; "" when none) to
+ * names[0..cap) and returns how many there are. */
+int tok_missing_specials(const tokenizer *t, char *names, size_t cap);
+/* STATUS_ARG naming the [CLS] [SEP] [MASK] [PAD] tokens the vocabulary lacks. */
 status_t tok_require_specials(const tokenizer *t);
+/* Appends the missing [CLS] [SEP] [MASK] [PAD] (tok_missing_specials), in
+ * that order, as ids V, V+1, ... after the V pieces read from the files:
+ * tok_vocab_size and tok_get_specials then count them, tok_piece and
+ * tok_piece_id know them by their names, and tok_decode gives their names.
+ * Text never encodes to them, so every encoding stays as the files give it.
+ * Returns how many were appended (0 when none was missing, as on a second
+ * call). Not thread-safe: call it before t is shared. */
+int tok_add_specials(tokenizer *t);
 /* A 64-bit fingerprint of the vocabulary and of the bytes of the files it
- * was read from (model, merges, vocabulary, tokenizer_config.json): the same
- * files give the same fingerprint; other normalisation, merges or casing
- * give another. */
+ * was read from (model, merges, vocabulary, tokenizer_config.json) and of
+ * any appended specials: the same files give the same fingerprint; other
+ * normalisation, merges or casing give another. */
 uint64_t tok_fingerprint(const tokenizer *t);
 /* Thread-safe. */
 status_t tok_encode(const tokenizer *t, const char *text, size_t n, tok_ids *out);

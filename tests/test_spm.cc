@@ -295,4 +295,107 @@ TEST_F(Spm, ThreadsAgreeWithOneThread) {
   for (int k = 0; k < 8; k++) EXPECT_EQ(bad[k], 0) << "thread " << k;
 }
 
+/* ---- Appended special tokens ---------------------------------------------------- */
+
+/* A model as spm_train makes it with --bos_id=-1 --eos_id=-1: no [CLS]
+ * [SEP] [MASK] [PAD] in any spelling. Ids 0..5. */
+std::vector<Piece> NoSpecialPieces() {
+  return {{"<unk>", 0, UNKNOWN}, {kU, -1, NORMAL},     {"a", -2, NORMAL},
+          {"b", -2, NORMAL},     {"ab", -1.5, NORMAL}, {U("ab"), -2, NORMAL}};
+}
+
+/* The ids of [CLS] [SEP] [MASK] [PAD]. */
+V Specials(const tokenizer *t) {
+  const tok_specials sp = tok_get_specials(t);
+  return {sp.cls, sp.sep, sp.mask, sp.pad};
+}
+
+std::string Missing(const tokenizer *t, int *n) {
+  char names[64];
+  *n = tok_missing_specials(t, names, sizeof names);
+  return names;
+}
+
+TEST_F(Spm, AppendsMissingSpecialsAfterTheVocabulary) {
+  tokenizer *t = Load(Model(NoSpecialPieces(), 1, false));
+  ASSERT_NE(t, nullptr);
+  const std::string text = "ab [CLS] b[MASK] <pad> xyz";
+  const V before = Encode(t, text);
+  const uint64_t fp = tok_fingerprint(t);
+  int n = 0;
+  EXPECT_EQ(Missing(t, &n), "[CLS], [SEP], [MASK], [PAD]");
+  EXPECT_EQ(n, 4);
+  EXPECT_EQ(tok_require_specials(t), STATUS_ARG);
+  EXPECT_NE(std::string(status_message()).find("[CLS], [SEP], [MASK], [PAD]"), std::string::npos);
+
+  EXPECT_EQ(tok_add_specials(t), 4);
+  EXPECT_EQ(tok_vocab_size(t), 10);
+  EXPECT_EQ(Specials(t), V({6, 7, 8, 9}));
+  EXPECT_EQ(tok_get_specials(t).unk, 0);
+  EXPECT_EQ(Missing(t, &n), "");
+  EXPECT_EQ(n, 0);
+  EXPECT_EQ(tok_require_specials(t), STATUS_OK);
+  size_t len = 0;
+  EXPECT_EQ(std::string(tok_piece(t, 8, &len)), "[MASK]");
+  EXPECT_EQ(len, 6u);
+  EXPECT_EQ(std::string(tok_piece(t, 5, &len)), U("ab"));
+  EXPECT_EQ(tok_piece(t, 10, &len), nullptr);
+  EXPECT_EQ(tok_piece_id(t, "[PAD]"), 9);
+  EXPECT_EQ(tok_piece_id(t, "ab"), 4);
+
+  /* Text never encodes to an appended token, not even its own name. */
+  EXPECT_EQ(Encode(t, text), before);
+  EXPECT_EQ(Pieces(t, "[CLS]"), U(" [CLS]"));
+  /* The files' ids decode as before; an appended id as its name, set off by
+   * one space from the text around it; a control piece's empty text adds
+   * no space. */
+  EXPECT_EQ(Decode(t, {5, 3, 5}), "abb ab");
+  EXPECT_EQ(Decode(t, {6, 5, 3, 7, 5, 7, 9, 9}), "[CLS] abb [SEP] ab [SEP] [PAD] [PAD]");
+  EXPECT_EQ(Decode(t, {8}), "[MASK]");
+  tok_str s = {};
+  int32_t bad = 10;
+  EXPECT_EQ(tok_decode(t, &bad, 1, &s), STATUS_ARG);
+  tok_str_free(&s);
+
+  /* The fingerprint covers what was appended and is still a function of
+   * the file: another load of the same bytes gives the same one. */
+  const uint64_t grown = tok_fingerprint(t);
+  EXPECT_NE(grown, fp);
+  EXPECT_EQ(tok_add_specials(t), 0);
+  EXPECT_EQ(tok_fingerprint(t), grown);
+  EXPECT_EQ(tok_vocab_size(t), 10);
+  tokenizer *again = Load(Model(NoSpecialPieces(), 1, false));
+  ASSERT_NE(again, nullptr);
+  EXPECT_EQ(tok_fingerprint(again), fp);
+  EXPECT_EQ(tok_add_specials(again), 4);
+  EXPECT_EQ(tok_fingerprint(again), grown);
+}
+
+TEST_F(Spm, AppendsOnlyTheSpecialsNoSpellingCovers) {
+  /* spm_train's defaults: <s> and </s> serve as [CLS] and [SEP]; here
+   * <pad> is [PAD], so only [MASK] is appended. */
+  tokenizer *t = Load(Model(UnigramPieces(), 1, false));
+  ASSERT_NE(t, nullptr);
+  int n = 0;
+  EXPECT_EQ(Missing(t, &n), "[MASK]");
+  EXPECT_EQ(tok_add_specials(t), 1);
+  EXPECT_EQ(Specials(t), V({1, 2, 10, 9}));
+  EXPECT_EQ(tok_vocab_size(t), 11);
+  EXPECT_EQ(Decode(t, {1, 7, 10, 4, 2}), "ab [MASK] a");
+}
+
+TEST_F(Spm, NothingAppendedWhereTheSpecialsExist) {
+  std::vector<Piece> p = NoSpecialPieces();
+  for (const char *name : {"[PAD]", "[CLS]", "[SEP]", "[MASK]"}) p.push_back({name, 0, USER});
+  tokenizer *t = Load(Model(p, 1, false));
+  ASSERT_NE(t, nullptr);
+  const uint64_t fp = tok_fingerprint(t);
+  EXPECT_EQ(tok_add_specials(t), 0);
+  EXPECT_EQ(tok_vocab_size(t), 10);
+  EXPECT_EQ(tok_fingerprint(t), fp);
+  EXPECT_EQ(Specials(t), V({7, 8, 9, 6}));
+  /* Decoding takes the backend's own path: a user-defined piece is text. */
+  EXPECT_EQ(Decode(t, {7, 5, 8}), "[CLS] ab[SEP]");
+}
+
 }  // namespace

@@ -10,12 +10,14 @@ after values, packed, unpacked and mixed lists, repeated names (the last
 counts) and unrelated extra features. `mlmpi-data dump` must print every
 feature's values exactly, and `mlmpi-data tfrecord-import --rows` must give
 every batch field exactly and the right counts, for files, globs and comma
-lists.
+lists; `mlmpi-data inspect` must print for each file what tfrecord-import
+prints for it alone.
 
 Damage: every flipped byte and every truncation of a small file, and records
 with valid checksums but a wrong feature type, length, range, a missing
 feature or a malformed protobuf must end with exit status 1 and one line
-naming the file, the record's byte offset and (for features) the feature.
+naming the file, the record's byte offset and (for features) the feature
+(inspect too, and on a file that is neither a shard nor TFRecords).
 
 Writing: `mlmpi-data tfrecord-export` on shards made by `mlmpi-data shard`
 must, read back by tfrecord_py.py, hold exactly the rows `mlmpi-data batches`
@@ -203,6 +205,16 @@ def test_read(work, rng):
         text = "\n".join(summary)
         for w in want:
             check(w in text, "import %s: summary lacks %r:\n%s" % (spec, w, text))
+    # inspect: each TFRecord file gets the report tfrecord-import gives for it.
+    reports = []
+    for path in (pa, pb):
+        rc, out, err = run(None, "tfrecord-import", path)
+        rc_i, out_i, err_i = run(None, "inspect", path)
+        check(rc == 0 and rc_i == 0 and out_i == out and "%s: " % path in out and not err_i,
+              "inspect %s: exit %d, %r (stderr %r); tfrecord-import: %r" % (path, rc_i, out_i, err_i, out))
+        reports.append(out)
+    rc, out, err = run(None, "inspect", pa, pb)
+    check(rc == 0 and out == "".join(reports), "inspect of two files: exit %d, %r" % (rc, out))
     # The fingerprint does not depend on where the files lie; it does on the seed.
     moved = os.path.join(work, "moved")
     shutil.rmtree(moved, ignore_errors=True)
@@ -257,6 +269,9 @@ def test_damage(work, rng):
         if i % 3 == 0:
             rc, out, err = run(None, "dump", bad)
             expect_error(bad, rc, err, off, cmd="dump")
+        elif i % 3 == 1:
+            rc, out, err = run(None, "inspect", bad)
+            expect_error(bad, rc, err, off, cmd="inspect")
     # Every truncation: a cut at a record boundary is a shorter valid file.
     for n in range(len(data)):
         open(bad, "wb").write(data[:n])
@@ -306,7 +321,7 @@ def test_damage(work, rng):
     for junk in (b"\x0a\x05\x01", b"\xff\xff\xff", b"\x0a\x02\x0a\x80"):
         path = os.path.join(d, "junk.tfrecord")
         offs = tp.write_records(path, [payloads[0], junk])
-        for cmd in ("tfrecord-import", "dump"):
+        for cmd in ("tfrecord-import", "dump", "inspect"):
             rc, out, err = run(None, cmd, path)
             if expect_error(path, rc, err, offs[1], cmd=cmd):
                 check("not a tf.train.Example" in err, "junk %r: %s" % (junk, err))
@@ -315,6 +330,10 @@ def test_damage(work, rng):
     open(path, "w").write("hello, this is not a record file at all\n")
     rc, out, err = run(None, "dump", path)
     check(rc == 1 and path in err and "byte 0" in err, "dump of text: %d %s" % (rc, err))
+    rc, out, err = run(None, "inspect", path)
+    lines = err.strip().splitlines()
+    check(rc == 1 and len(lines) == 1 and lines[0].startswith("mlmpi-data inspect: ") and
+          path in lines[0] and not out, "inspect of text: %d %r %r" % (rc, out, err))
 
 
 # ---- Writing -----------------------------------------------------------------------
