@@ -152,7 +152,9 @@ TEST(ElectraConfig, PresetsFollowThePaper) {
   EXPECT_EQ(c.gen.hidden_size, 64);
   EXPECT_EQ(c.gen.num_attention_heads, 1);
   EXPECT_EQ(c.gen.intermediate_size, 256);
+  EXPECT_EQ(c.sample_temperature, 2.0f);  // mlmpi's short-run recipe (docs/electra.md)
   ASSERT_EQ(electra_preset("electra-base", &c), STATUS_OK);
+  EXPECT_EQ(c.sample_temperature, 1.0f);
   EXPECT_EQ(c.embedding_size, 768);
   EXPECT_EQ(c.disc.hidden_size, 768);
   EXPECT_EQ(c.disc.num_attention_heads, 12);

@@ -48,7 +48,8 @@ typedef struct {
  * E 128, discriminator H 256 L 12 A 4 I 1024) and a quarter-size generator
  * (H 64 L 12 A 1 I 256); weights 1.0 and 50.0. */
 electra_config electra_config_default(void);
-/* Presets "electra-small" (the default above) and "electra-base" (E 768,
+/* Presets "electra-small" (the default above, sampling at temperature 2:
+ * docs/electra.md) and "electra-base" (E 768,
  * discriminator H 768 L 12 A 12 I 3072, generator H 256 L 12 A 4 I 1024: a
  * third). vocab_size is left at 30522 for the caller to set. */
 status_t electra_preset(const char *name, electra_config *out);

@@ -39,6 +39,10 @@ electra_config electra_config_default(void) {
 status_t electra_preset(const char *name, electra_config *out) {
   electra_config c = electra_config_default();
   if (!strcmp(name, "electra-small")) {
+    /* mlmpi's recipe for short runs (docs/electra.md): samples at
+     * temperature 2 keep the discriminator ahead of a quickly improving
+     * generator (held-out AUC 0.88 against 0.62 at step 300 of the demo). */
+    c.sample_temperature = 2.0f;
     *out = c;
     return STATUS_OK;
   }
