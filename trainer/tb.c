@@ -69,8 +69,13 @@ status_t tb_open(tb_writer **out, const char *dir) {
 
 status_t tb_scalars(tb_writer *w, int64_t step, const char *const *tags, const float *values,
                     int n) {
-  Mlmpi__Tb__SummaryValue v[32], *pv[32];
-  if (n > 32) n = 32;
+  Mlmpi__Tb__SummaryValue *v = malloc((size_t)(n > 0 ? n : 1) * sizeof *v);
+  Mlmpi__Tb__SummaryValue **pv = malloc((size_t)(n > 0 ? n : 1) * sizeof *pv);
+  if (!v || !pv) {
+    free(v);
+    free(pv);
+    return status_set(STATUS_NOMEM, "out of memory writing %s", w->path);
+  }
   for (int i = 0; i < n; i++) {
     mlmpi__tb__summary_value__init(&v[i]);
     v[i].tag = (char *)tags[i];
@@ -85,7 +90,10 @@ status_t tb_scalars(tb_writer *w, int64_t step, const char *const *tags, const f
   e.step = step;
   e.what_case = MLMPI__TB__EVENT__WHAT_SUMMARY;
   e.summary = &s;
-  return write_record(w, &e);
+  status_t st = write_record(w, &e);
+  free(v);
+  free(pv);
+  return st;
 }
 
 status_t tb_flush(tb_writer *w) {
