@@ -579,6 +579,28 @@ TEST(TrainConfig, DumpReadBackGivesTheSameDump) {
   }
 }
 
+// The dump gives every number back exactly: %g where six digits suffice,
+// more where they do not (it was %g throughout, so lr 0.000123456789 was
+// stored and compared across ranks as 0.000123457).
+TEST(TrainConfig, DumpNumbersReadBackExactly) {
+  train_config c = Default();
+  ASSERT_EQ(train_config_set(&c, "optim.lr", "0.000123456789"), STATUS_OK);
+  ASSERT_EQ(train_config_set(&c, "optim.beta2", "0.99951"), STATUS_OK);
+  ASSERT_EQ(train_config_set(&c, "comm.timeout_s", "1234567.5"), STATUS_OK);
+  Dump d = DumpOf(c);
+  EXPECT_EQ(d.kv["optim.lr"], "0.000123456789");
+  EXPECT_EQ(d.kv["optim.beta2"], "0.99951");  // a float: its shortest, not 0.999509990215
+  EXPECT_EQ(d.kv["comm.timeout_s"], "1234567.5");
+  EXPECT_EQ(d.kv["optim.beta1"], "0.9");
+  EXPECT_EQ(d.kv["data.mask_prob"], "0.15");
+  train_config back = Default();
+  for (const std::string &k : d.order)
+    ASSERT_EQ(train_config_set(&back, k.c_str(), d.kv[k].c_str()), STATUS_OK) << k;
+  EXPECT_EQ(back.sched.lr, c.sched.lr);
+  EXPECT_EQ(back.optim.beta2, c.optim.beta2);
+  EXPECT_EQ(back.timeout_s, c.timeout_s);
+}
+
 TEST(TrainConfig, DumpAsIniFileGivesTheSameDump) {
   Dump d = DumpOf(AllNonDefault());
   std::string ini, section;

@@ -2,8 +2,8 @@
  * dump of a training run. */
 #include "train_config.h"
 
-#include <getopt.h>
 #include <errno.h>
+#include <getopt.h>
 #include <ini.h>
 #include <math.h>
 #include <stdio.h>
@@ -157,43 +157,64 @@ status_t train_config_check(const train_config *c) {
   return STATUS_OK;
 }
 
+/* Numbers of the dump: %g where six digits give the value back exactly,
+ * else the shortest that does (as a float for float keys), so the
+ * effective config stored and compared across ranks is the one that runs. */
+typedef struct {
+  char b[8][40];
+  int i;
+} num_ring;
+
+static const char *num(num_ring *r, double v, bool single) {
+  char *s = r->b[r->i++ % 8];
+  for (int p = 6; p <= 17; p++) {
+    snprintf(s, sizeof r->b[0], "%.*g", p, v);
+    if (single ? strtof(s, NULL) == (float)v : strtod(s, NULL) == v) break;
+  }
+  return s;
+}
+
 char *train_config_dump(const train_config *c) {
   char *buf = NULL;
   size_t len = 0;
   FILE *f = open_memstream(&buf, &len);
   if (!f) return NULL;
+  num_ring r = {.i = 0};
+  const optim_config *o = &c->optim;
+  const lr_schedule *sc = &c->sched;
   static const char *masking[] = {"bert", "electra"}, *inst[] = {"packed", "nsp"};
   fprintf(f, "model.config = %s\nmodel.preset = %s\n", c->model_config, c->model_preset);
   fprintf(f, "data.path = %s\ndata.service = %s\ndata.token_file = %s\ndata.seq_len = %d\n",
           c->data_path, c->data_service, c->data_token_file, c->data.seq_len);
   fprintf(f, "data.max_predictions = %d\n", c->data.max_predictions);
-  fprintf(f, "data.mask_prob = %g\ndata.masking = %s\ndata.whole_word = %s\ndata.instances = %s\n",
-          (double)c->data.mask_prob, masking[c->data.masking],
+  fprintf(f, "data.mask_prob = %s\ndata.masking = %s\ndata.whole_word = %s\ndata.instances = %s\n",
+          num(&r, c->data.mask_prob, true), masking[c->data.masking],
           c->data.whole_word ? "true" : "false", inst[c->data.instances]);
-  fprintf(f, "data.short_seq_prob = %g\ndata.seed = %llu\n", (double)c->data.short_seq_prob,
+  fprintf(f, "data.short_seq_prob = %s\ndata.seed = %llu\n", num(&r, c->data.short_seq_prob, true),
           (unsigned long long)c->data.seed);
   fprintf(f, "train.global_batch = %lld\ntrain.micro_batch = %lld\ntrain.steps = %lld\n",
           (long long)c->global_batch, (long long)c->micro_batch, (long long)c->steps);
   fprintf(f, "train.seed = %lld\ntrain.eval_every = %lld\ntrain.eval_batches = %lld\n",
           (long long)c->seed, (long long)c->eval_every, (long long)c->eval_batches);
-  fprintf(f, "train.log_every = %lld\ntrain.threads = %d\ntrain.time_limit_s = %g\n",
-          (long long)c->log_every, c->threads, c->time_limit_s);
-  fprintf(f, "optim.name = %s\noptim.lr = %g\noptim.schedule = %s\noptim.warmup = %g\n",
-          c->optim.kind == OPTIM_LAMB ? "lamb" : "adamw", c->sched.lr,
-          c->sched.kind == SCHED_POLY ? "poly" : "constant", c->sched.warmup);
-  fprintf(f, "optim.decay_power = %g\noptim.end_lr = %g\noptim.total_steps = %lld\n",
-          c->sched.power, c->sched.end_lr, (long long)c->sched.total_steps);
-  fprintf(f, "optim.beta1 = %g\noptim.beta2 = %g\noptim.eps = %g\noptim.weight_decay = %g\n",
-          (double)c->optim.beta1, (double)c->optim.beta2, (double)c->optim.eps,
-          (double)c->optim.weight_decay);
-  fprintf(f, "optim.bias_correction = %s\noptim.adapt_all = %s\noptim.trust_min = %g\n",
-          c->optim.bias_correction ? "true" : "false", c->optim.adapt_all ? "true" : "false",
-          (double)c->optim.trust_min);
-  fprintf(f, "optim.trust_max = %g\noptim.max_grad_norm = %g\noptim.zero = %d\n",
-          (double)c->optim.trust_max, (double)c->optim.max_grad_norm, c->zero);
+  fprintf(f, "train.log_every = %lld\ntrain.threads = %d\ntrain.time_limit_s = %s\n",
+          (long long)c->log_every, c->threads, num(&r, c->time_limit_s, false));
+  fprintf(f, "optim.name = %s\noptim.lr = %s\noptim.schedule = %s\noptim.warmup = %s\n",
+          o->kind == OPTIM_LAMB ? "lamb" : "adamw", num(&r, sc->lr, false),
+          sc->kind == SCHED_POLY ? "poly" : "constant", num(&r, sc->warmup, false));
+  fprintf(f, "optim.decay_power = %s\noptim.end_lr = %s\noptim.total_steps = %lld\n",
+          num(&r, sc->power, false), num(&r, sc->end_lr, false), (long long)sc->total_steps);
+  fprintf(f, "optim.beta1 = %s\noptim.beta2 = %s\noptim.eps = %s\noptim.weight_decay = %s\n",
+          num(&r, o->beta1, true), num(&r, o->beta2, true), num(&r, o->eps, true),
+          num(&r, o->weight_decay, true));
+  fprintf(f, "optim.bias_correction = %s\noptim.adapt_all = %s\noptim.trust_min = %s\n",
+          o->bias_correction ? "true" : "false", o->adapt_all ? "true" : "false",
+          num(&r, o->trust_min, true));
+  fprintf(f, "optim.trust_max = %s\noptim.max_grad_norm = %s\noptim.zero = %d\n",
+          num(&r, o->trust_max, true), num(&r, o->max_grad_norm, true), c->zero);
   fprintf(f, "comm.backend = %s\n", c->comm_backend);
-  fprintf(f, "comm.bucket_mb = %g\ncomm.first_bucket_mb = %g\ncomm.timeout_s = %g\n", c->bucket_mb,
-          c->first_bucket_mb, c->timeout_s);
+  fprintf(f, "comm.bucket_mb = %s\ncomm.first_bucket_mb = %s\ncomm.timeout_s = %s\n",
+          num(&r, c->bucket_mb, false), num(&r, c->first_bucket_mb, false),
+          num(&r, c->timeout_s, false));
   fprintf(f, "comm.shared_memory = %s\n", c->shared_memory ? "true" : "false");
   fprintf(f, "ckpt.dir = %s\nckpt.every_steps = %lld\nckpt.keep = %lld\nckpt.resume = %s\n",
           c->ckpt_dir, (long long)c->ckpt_every, (long long)c->ckpt_keep, c->ckpt_resume);
