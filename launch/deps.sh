@@ -6,7 +6,7 @@ mlmpi_deps=(
   libopenmpi-dev openmpi-bin libprotobuf-c-dev protobuf-c-compiler
   python3 python3-numpy python3-torch python3-protobuf
   libpcre2-dev libutf8proc-dev libnng-dev iproute2 gnuplot-nox slurm-wlm munge
-  sentencepiece bible-kjv
+  sentencepiece bible-kjv wordnet-base
 )
 
 mlmpi_install_deps() {
