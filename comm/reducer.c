@@ -114,8 +114,7 @@ static void poke(reducer *r) {
   for (int k = 0; k < r->nb && r->on; k++) {
     bucket *b = &r->b[k];
     if (!b->req || b->done) continue;
-    bool d = false;
-    comm_set_context(r->c, "step %llu bucket %d", (unsigned long long)r->step, k);
+    bool d = false; /* the context names the bucket started last */
     status_t st = comm_test(r->c, b->req, &d);
     if (st) fail(r, st);
     if (!d) break; /* they complete in order */

@@ -75,11 +75,8 @@ typedef struct {
 svc_client_options svc_client_options_default(void);
 
 /* What the trainer will ask for: instances first..first+count-1 of the
- * global batch at step. */
-typedef struct {
-  uint64_t step, first;
-  int count;
-} svc_key;
+ * global batch at step (dataset.h's batch slice). */
+typedef batch_slice svc_key;
 
 typedef struct svc_client svc_client;
 /* Parses the addresses, opens one connection per replica (connecting in the

@@ -42,11 +42,7 @@ static status_t service_get(batch_source *s, uint64_t step, uint64_t first, int 
 }
 
 static void service_plan(batch_source *s, const batch_slice *slices, size_t n) {
-  svc_key keys[64];
-  if (n > 64) n = 64;
-  for (size_t i = 0; i < n; i++)
-    keys[i] = (svc_key){slices[i].step, slices[i].first, slices[i].count};
-  svc_client_plan(s->svc, keys, n);
+  svc_client_plan(s->svc, slices, n);
 }
 
 static const source_ops shards_ops = {"shards", shards_get, NULL};

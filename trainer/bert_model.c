@@ -108,13 +108,11 @@ static const model_metric train_metrics[] = {
     {"nsp_acc", 5, NULL, 0},
 };
 
-static double ratio(double a, double b) { return b > 0 ? a / b : 0; }
-
 static void b_train_values(const double *g, double sequences, double *v) {
   v[0] = g[C_LOSS];
   v[1] = g[C_MLM_LOSS];
   v[2] = g[C_NSP_LOSS];
-  v[3] = ratio(g[C_MLM_CORRECT], g[C_MLM_WSUM]);
+  v[3] = model_ratio(g[C_MLM_CORRECT], g[C_MLM_WSUM]);
   v[4] = g[C_NSP_CORRECT] / sequences;
 }
 
@@ -126,7 +124,7 @@ static const model_metric eval_metrics[] = {
 
 static void b_eval_values(const double *g, double batches, double sequences, double *v) {
   v[0] = g[C_LOSS] / batches;
-  v[1] = ratio(g[C_MLM_CORRECT], g[C_MLM_WSUM]);
+  v[1] = model_ratio(g[C_MLM_CORRECT], g[C_MLM_WSUM]);
   v[2] = g[C_NSP_CORRECT] / (batches * sequences);
 }
 
@@ -199,6 +197,7 @@ const model_ops bert_model_ops = {
     .forward = b_forward,
     .backward = b_backward,
     .n_counters = N_COUNTERS,
+    .n_eval_counters = N_COUNTERS,
     .train_metrics = train_metrics,
     .n_train_metrics = sizeof train_metrics / sizeof train_metrics[0],
     .train_values = b_train_values,

@@ -128,8 +128,9 @@ static void e_forward(model *m, const model_batch *b, const model_run *r, double
   g[C_REPLACED] += ls.replaced;
   g[C_PREDICTED] += ls.predicted;
   g[C_TRUE_POSITIVE] += ls.true_positive;
-  model_score_hist_add(g + C_NEG, g + C_POS, electra_discriminator_logits(EM(m)),
-                       electra_replaced_labels(EM(m)), b->input_mask, (size_t)b->B * b->T);
+  if (!r->train) /* the held-out AUC's histograms */
+    model_score_hist_add(g + C_NEG, g + C_POS, electra_discriminator_logits(EM(m)),
+                         electra_replaced_labels(EM(m)), b->input_mask, (size_t)b->B * b->T);
 }
 
 static void e_backward(model *m) { electra_backward(EM(m)); }
@@ -146,18 +147,16 @@ static const model_metric train_metrics[] = {
     {"replaced_frac", 5, NULL, 0},
 };
 
-static double ratio(double a, double b) { return b > 0 ? a / b : 0; }
-
 static void e_train_values(const double *g, double sequences, double *v) {
   (void)sequences;
   v[0] = g[C_LOSS];
   v[1] = g[C_MLM_LOSS];
   v[2] = g[C_DISC_LOSS];
-  v[3] = ratio(g[C_MLM_CORRECT], g[C_MLM_WSUM]);
-  v[4] = ratio(g[C_DISC_CORRECT], g[C_TOKENS]);
-  v[5] = ratio(g[C_TRUE_POSITIVE], g[C_PREDICTED]);
-  v[6] = ratio(g[C_TRUE_POSITIVE], g[C_REPLACED]);
-  v[7] = ratio(g[C_REPLACED], g[C_TOKENS]);
+  v[3] = model_ratio(g[C_MLM_CORRECT], g[C_MLM_WSUM]);
+  v[4] = model_ratio(g[C_DISC_CORRECT], g[C_TOKENS]);
+  v[5] = model_ratio(g[C_TRUE_POSITIVE], g[C_PREDICTED]);
+  v[6] = model_ratio(g[C_TRUE_POSITIVE], g[C_REPLACED]);
+  v[7] = model_ratio(g[C_REPLACED], g[C_TOKENS]);
 }
 
 static const model_metric eval_metrics[] = {
@@ -172,9 +171,9 @@ static const model_metric eval_metrics[] = {
 static void e_eval_values(const double *g, double batches, double sequences, double *v) {
   (void)sequences;
   v[0] = g[C_LOSS] / batches;
-  v[1] = ratio(g[C_MLM_CORRECT], g[C_MLM_WSUM]);
-  v[2] = ratio(g[C_DISC_CORRECT], g[C_TOKENS]);
-  v[3] = ratio(g[C_REPLACED], g[C_TOKENS]);
+  v[1] = model_ratio(g[C_MLM_CORRECT], g[C_MLM_WSUM]);
+  v[2] = model_ratio(g[C_DISC_CORRECT], g[C_TOKENS]);
+  v[3] = model_ratio(g[C_REPLACED], g[C_TOKENS]);
   /* How well the scores rank replaced above original tokens, and how far
    * the held-out log-loss is below that of always predicting the base rate
    * (> 0: the discriminator knows more than the replaced fraction). */
@@ -280,7 +279,8 @@ const model_ops electra_model_ops = {
     .check_batch = e_check_batch,
     .forward = e_forward,
     .backward = e_backward,
-    .n_counters = N_COUNTERS,
+    .n_counters = C_NEG,
+    .n_eval_counters = N_COUNTERS,
     .train_metrics = train_metrics,
     .n_train_metrics = sizeof train_metrics / sizeof train_metrics[0],
     .train_values = e_train_values,

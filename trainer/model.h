@@ -122,8 +122,11 @@ struct model_ops {
 
   /* Metrics: the counters sum across micro-batches and ranks; train_values
    * and eval_values turn the sums into the metrics listed (sequences: the
-   * global batch's; batches: evaluation batches summed). */
-  int n_counters;
+   * global batch's; batches: evaluation batches summed). A training
+   * forward adds n_counters counters, an evaluation one (run.train false)
+   * n_eval_counters >= n_counters: what only the held-out metrics need is
+   * neither computed nor reduced at every step. */
+  int n_counters, n_eval_counters;
   const model_metric *train_metrics;
   int n_train_metrics;
   void (*train_values)(const double *sums, double sequences, double *values);

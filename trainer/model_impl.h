@@ -33,6 +33,8 @@ void model_score_hist_add(double *neg, double *pos, const float *z, const float 
 /* ROC AUC from the histograms: P(score of a positive > score of a
  * negative), ties (the same bin) counting half; 0.5 without both kinds. */
 double model_score_auc(const double *neg, const double *pos);
+/* a / b, or 0 when b is 0 (a rate over no events). */
+static inline double model_ratio(double a, double b) { return b > 0 ? a / b : 0; }
 /* Bernoulli entropy of p, in nats (0 at 0 and 1). */
 double model_binary_entropy(double p);
 

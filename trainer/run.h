@@ -62,6 +62,9 @@ typedef struct {
 static inline uint64_t run_first(const run_state *s, int64_t k) {
   return (uint64_t)(s->rank * s->per_rank + k * s->micro);
 }
+/* How micro-batch k of step (or evaluation batch) `step` runs: the run's
+ * seed, its global sample index, the global batch's normalisers den. */
+model_run run_micro(const run_state *s, int64_t step, int64_t k, const double den[2], bool train);
 /* Fetches this rank's micro-batches of step `step` from src into s->mb and
  * all-reduces the loss normalisers: den[0] = Σ masked_lm_weights, den[1] =
  * real tokens of the global batch. */

@@ -165,6 +165,16 @@ status_t run_fetch(run_state *s, batch_source *src, int64_t step, double den[2])
   return STATUS_OK;
 }
 
+model_run run_micro(const run_state *s, int64_t step, int64_t k, const double den[2], bool train) {
+  return (model_run){.train = train,
+                     .seed = (uint64_t)s->cfg.seed,
+                     .step = (uint32_t)step,
+                     .sample_base = (uint32_t)run_first(s, k),
+                     .mlm_den = den[0],
+                     .token_den = den[1],
+                     .sequences = (double)s->cfg.global_batch};
+}
+
 /* Whether backward all-reduces the gradient (bucket by bucket) during
  * micro-batch k: on the last micro-batch of a step, unless ZeRO-1 reduce-
  * scatters it over MPI afterwards. */
@@ -181,13 +191,7 @@ static status_t forward_backward(run_state *s, int64_t step, const double den[2]
     model_batch b = model_batch_of(&s->mb[k]);
     status_t st = m->check_batch(s->model, &b);
     if (st) return st;
-    model_run run = model_run_default();
-    run.seed = (uint64_t)s->cfg.seed;
-    run.step = (uint32_t)step;
-    run.sample_base = (uint32_t)run_first(s, k);
-    run.mlm_den = den[0];
-    run.token_den = den[1];
-    run.sequences = (double)s->cfg.global_batch;
+    model_run run = run_micro(s, step, k, den, true);
     m->forward(s->model, &b, &run, r->counters);
     reducer_begin(s->red, allreduce_in_backward(s, k), (uint64_t)step);
     m->backward(s->model);

@@ -3,8 +3,6 @@
  * (evaluation batch e is step e of the holdout stream; no dropout; ELECTRA's
  * samples keyed by (train.seed, e, global sample index)), summed over
  * micro-batches and ranks, turned into the model's eval metrics. */
-#include <string.h>
-
 #include "run.h"
 
 status_t run_evaluate(run_state *s, double *values) {
@@ -19,18 +17,11 @@ status_t run_evaluate(run_state *s, double *values) {
     if ((st = comm_allreduce_f64(s->comm, den, 2))) return st;
     for (int64_t k = 0; k < s->accum; k++) {
       model_batch b = model_batch_of(&s->mb[k]);
-      model_run run = model_run_default();
-      run.train = false;
-      run.seed = (uint64_t)c->seed;
-      run.step = (uint32_t)e;
-      run.sample_base = (uint32_t)run_first(s, k);
-      run.mlm_den = den[0];
-      run.token_den = den[1];
-      run.sequences = (double)c->global_batch;
+      model_run run = run_micro(s, e, k, den, false);
       m->forward(s->model, &b, &run, sums);
     }
   }
-  if ((st = comm_allreduce_f64(s->comm, sums, (size_t)m->n_counters))) return st;
+  if ((st = comm_allreduce_f64(s->comm, sums, (size_t)m->n_eval_counters))) return st;
   m->eval_values(sums, (double)c->eval_batches, (double)c->global_batch, values);
   return STATUS_OK;
 }
