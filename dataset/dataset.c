@@ -113,16 +113,20 @@ status_t data_set_key(data_config *c, const char *key, const char *v) {
 }
 
 /* ---- Batches ---------------------------------------------------------------- */
+/* calloc(0) may give NULL, which is no failure: a batch without masked
+ * slots (P 0, fine-tuning) still gets a pointer for each field. */
+static void *calloc_field(size_t n) { return calloc(n ? n : 1, 4); }
+
 status_t data_batch_alloc(data_batch *b, int n, int T, int P) {
   memset(b, 0, sizeof *b);
   size_t nt = (size_t)n * T, np = (size_t)n * P;
-  b->input_ids = calloc(nt, 4);
-  b->input_mask = calloc(nt, 4);
-  b->segment_ids = calloc(nt, 4);
-  b->masked_lm_positions = calloc(np, 4);
-  b->masked_lm_ids = calloc(np, 4);
-  b->masked_lm_weights = calloc(np, 4);
-  b->next_sentence_labels = calloc((size_t)n, 4);
+  b->input_ids = calloc_field(nt);
+  b->input_mask = calloc_field(nt);
+  b->segment_ids = calloc_field(nt);
+  b->masked_lm_positions = calloc_field(np);
+  b->masked_lm_ids = calloc_field(np);
+  b->masked_lm_weights = calloc_field(np);
+  b->next_sentence_labels = calloc_field((size_t)n);
   if (!b->input_ids || !b->input_mask || !b->segment_ids || !b->masked_lm_positions ||
       !b->masked_lm_ids || !b->masked_lm_weights || !b->next_sentence_labels) {
     data_batch_free(b);

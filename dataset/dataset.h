@@ -89,6 +89,7 @@ void data_batch_free(data_batch *b);
  * function, so their users cannot tell them apart. One table per kind
  * (source.c); a source is used from one thread. */
 typedef struct batch_source batch_source;
+typedef struct task_data task_data; /* a labelled task (below) */
 
 typedef struct {
   const char *path;       /* a directory of shards, or TFRecord files (file, glob or comma
@@ -99,6 +100,11 @@ typedef struct {
   data_config config;
   uint64_t global_batch;
   double timeout_s; /* the service: how long a batch may take to arrive */
+  /* A labelled task instead of shards (path, service and split unused): the
+   * caller's, outliving the source. */
+  const task_data *task;
+  bool ordered;       /* the task's examples in file order (evaluation) */
+  uint64_t task_seed; /* the task's epoch permutations */
 } batch_source_options;
 
 /* One slice of a step's global batch: instances first..first+count-1. */
@@ -128,11 +134,71 @@ uint64_t batch_source_instances(const batch_source *s); /* 0: not known */
 /* The data's vocabulary (the shards' tokenizer); 0 when the source does
  * not say (TFRecords, the service alone). */
 int batch_source_vocab_size(const batch_source *s);
+/* The tokenizer the data were made with: the path `mlmpi-data shard`
+ * recorded in the shard directory's mlmpi-tokenizer.json ("" when none is
+ * recorded: older shards, TFRecords, the service alone; a task's own
+ * tokenizer path) and its fingerprint (0: not known). */
+const char *batch_source_tokenizer(const batch_source *s);
+uint64_t batch_source_tokenizer_fingerprint(const batch_source *s);
 /* Whether next_sentence_labels are real: 1 (NSP instances), 0 (packed: all
  * 0), -1 (the records' own: TFRecords, where the model's config decides). */
 int batch_source_nsp(const batch_source *s);
-/* "shards", "tfrecords" or "service", for messages. */
+/* "shards", "tfrecords", "service" or "task", for messages. */
 const char *batch_source_kind(const batch_source *s);
+
+/* ---- Labelled tasks (fine-tuning) -------------------------------------------
+ * A JSON Lines file of examples, one object per line: a text field, an
+ * optional second text (sentence pairs) and a label (a string or an
+ * integer). Each example becomes [CLS] a [SEP] (b [SEP]) with segment ids 0
+ * for [CLS] a [SEP] and 1 for b [SEP], truncated longest-first (one token
+ * at a time from the longer text, from b on a tie) to seq_len, padded with
+ * [PAD] (input_mask 0). The tokenizer gains the [CLS] [SEP] [MASK] [PAD] it
+ * lacks as `mlmpi-data shard` appends them (tok_add_specials), so ids match
+ * the pretraining data's. task_data is declared above, with the batch
+ * sources that take one. */
+
+typedef struct {
+  const char *path;        /* the JSON Lines file */
+  const char *tokenizer;   /* a tokenizer path as tok_load takes it */
+  const char *text_field;  /* NULL or "": "text" */
+  const char *pair_field;  /* NULL or "": single texts */
+  const char *label_field; /* NULL or "": "label" */
+  bool unlabelled;         /* labels not read (prediction input) */
+  int seq_len;
+  /* The label set to map labels onto (the training file's, for dev files
+   * and models); NULL: this file's own, sorted (numerically when every label
+   * is an integer, else by bytes). A label outside a given set is an error
+   * naming the file, line and label. */
+  const char *const *labels;
+  int n_labels;
+} task_options;
+
+#define TASK_MAX_LABELS 512
+
+/* Reads and tokenizes the whole file. Errors name the file and line: not
+ * JSON, not an object, a field missing or of the wrong type, an unknown
+ * label, no examples; more than TASK_MAX_LABELS labels. */
+status_t task_open(task_data **out, const task_options *o);
+void task_free(task_data *t); /* NULL is a no-op */
+uint64_t task_examples(const task_data *t);
+int task_n_labels(const task_data *t);
+const char *const *task_labels(const task_data *t); /* n_labels names, id order */
+int task_vocab_size(const task_data *t);            /* with the appended specials */
+uint64_t task_tokenizer_fingerprint(const task_data *t);
+/* A hash of the examples' ids and labels, seq_len and the label set. */
+uint64_t task_fingerprint(const task_data *t);
+/* Example idx[i] into row i of out (count rows; out has room for them, any
+ * P: masked_lm_* rows are zeroed); labels into next_sentence_labels (-1
+ * when unlabelled). idx[i] < 0 gives a padding row: [CLS] [SEP], label -1. */
+status_t task_fill(const task_data *t, const int64_t *idx, int count, data_batch *out);
+
+/* A task as a batch source (batch_source_options.task): with `ordered`
+ * false, epoch e = step / S of S = ceil(N / global_batch) steps covers the
+ * N examples in the order of a permutation keyed by (seed, e), the last
+ * step wrapping to the permutation's start; with `ordered` true, instance
+ * g = step * global_batch + j is example g in file order, padding rows past
+ * the end (evaluation). */
+uint64_t task_steps_per_epoch(uint64_t examples, uint64_t global_batch);
 
 typedef struct dataset dataset;
 /* Opens every `<split>-*.mlms` in dir (sorted by name), checks that they

@@ -148,21 +148,53 @@ static const char shard_usage[] =
  * once, or refuses them (--no-add-specials). GPT-2's byte-level vocabulary
  * is left as it is (its models want no [MASK]; masked-LM batches refuse it
  * later, naming what is missing). */
-static status_t add_specials(tokenizer *t, const char *path, bool refuse) {
+static status_t add_specials(tokenizer *t, const char *path, bool refuse, int *added) {
   char names[64];
+  *added = 0;
   if (tok_get_kind(t) != TOK_SPM) return STATUS_OK;
   int n = tok_missing_specials(t, names, sizeof names);
   if (!n) return STATUS_OK;
   if (refuse)
     return status_set(STATUS_ARG, "%s has no %s (not appended: --no-add-specials)", path, names);
   const int32_t first = tok_vocab_size(t);
-  tok_add_specials(t);
+  *added = tok_add_specials(t);
   if (n == 1)
     fprintf(stderr, "mlmpi-data shard: %s has no %s: appended as id %d\n", path, names, first);
   else
     fprintf(stderr, "mlmpi-data shard: %s has no %s: appended as ids %d..%d\n", path, names, first,
             first + n - 1);
   return STATUS_OK;
+}
+
+/* Records the tokenizer beside the shards (mlmpi-tokenizer.json), so that
+ * a job fine-tuning from a model pretrained on them finds the same one.
+ * Written to a temporary file and renamed: a reader sees all or nothing. */
+static status_t write_tokenizer_record(const char *dir, const char *tk, const shard_meta *m,
+                                       int added) {
+  char path[4096], tmp[4200], fp[17];
+  snprintf(path, sizeof path, "%s/mlmpi-tokenizer.json", dir);
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  snprintf(fp, sizeof fp, "%016llx", (unsigned long long)m->tokenizer_fingerprint);
+  char *abs = realpath(tk, NULL);
+  cJSON *j = cJSON_CreateObject();
+  cJSON_AddStringToObject(j, "path", abs ? abs : tk);
+  cJSON_AddStringToObject(j, "kind", m->tokenizer_kind);
+  cJSON_AddStringToObject(j, "fingerprint", fp);
+  cJSON_AddNumberToObject(j, "vocab_size", m->vocab_size);
+  cJSON_AddNumberToObject(j, "added_specials", added);
+  char *text = cJSON_Print(j);
+  cJSON_Delete(j);
+  free(abs);
+  if (!text) return status_set(STATUS_NOMEM, "out of memory writing %s", path);
+  FILE *f = fopen(tmp, "wb");
+  bool ok = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF;
+  ok = (f && fclose(f) == 0) && ok && rename(tmp, path) == 0;
+  int err = errno;
+  cJSON_free(text);
+  if (ok) return STATUS_OK;
+  status_t st = status_set(STATUS_IO, "cannot write %s: %s", path, strerror(err));
+  remove(tmp);
+  return st;
 }
 
 int data_shard_main(int argc, char **argv) {
@@ -177,6 +209,7 @@ int data_shard_main(int argc, char **argv) {
   const char *tk = NULL, *out = NULL;
   long long holdout = 0, shard_mb = 256, threads = 0;
   bool no_add_specials = false;
+  int added = 0;
   opterr = 0;
   optind = 1;
   for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
@@ -207,7 +240,7 @@ int data_shard_main(int argc, char **argv) {
   if (threads) omp_set_num_threads((int)threads);
   tokenizer *t = NULL;
   status_t st = tok_load(tk, &t);
-  if (st == STATUS_OK) st = add_specials(t, tk, no_add_specials);
+  if (st == STATUS_OK) st = add_specials(t, tk, no_add_specials, &added);
   if (st == STATUS_OK && mkdir(out, 0755) != 0 && errno != EEXIST)
     st = status_set(STATUS_IO, "cannot create %s: %s", out, strerror(errno));
   if (st) {
@@ -285,6 +318,7 @@ int data_shard_main(int argc, char **argv) {
   status_t c1 = train.w ? shard_writer_close(train.w) : STATUS_OK;
   status_t c2 = hold.w ? shard_writer_close(hold.w) : STATUS_OK;
   if (st == STATUS_OK) st = c1 ? c1 : c2;
+  if (st == STATUS_OK) st = write_tokenizer_record(out, tk, &meta, added);
   double el = core_now_s() - t0;
   if (tty) fputc('\n', stderr);
   if (st) {

@@ -1,9 +1,14 @@
 // test_dataset.cc: the batch function on synthetic shards: instances, epoch
-// permutation, rank slices, determinism, masking statistics, NSP pairs.
+// permutation, rank slices, determinism, masking statistics, NSP pairs; the
+// batch sources; labelled tasks (JSON Lines) and the task source.
+#include <cjson/cJSON.h>
 #include <gtest/gtest.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <filesystem>
 #include <map>
 #include <set>
 #include <string>
@@ -11,6 +16,10 @@
 
 #include "dataset.h"
 #include "shard.h" /* writes the shards it reads */
+
+#ifndef MLMPI_DATA_BIN
+#error "MLMPI_DATA_BIN (the path of mlmpi-data) must be defined"
+#endif
 
 namespace {
 
@@ -377,6 +386,630 @@ TEST(BatchSource, ErrorsNameTheProblem) {
   opt.path = dir.c_str();
   EXPECT_EQ(batch_source_open(&s.s, &opt), STATUS_IO);
   EXPECT_NE(std::string(status_message()).find("holdout"), std::string::npos) << status_message();
+}
+
+// ---- Labelled tasks (dataset.h): JSON Lines examples as rows --------------------------
+// A WordPiece vocabulary: [PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4, then
+// the letters a..z as ids 5..30, so the text "c" is the id 7.
+const int kTPad = 0, kTCls = 2, kTSep = 3;
+int32_t letter(char c) { return 5 + (c - 'a'); }
+
+void write_file(const std::string &path, const std::string &bytes) {
+  FILE *f = fopen(path.c_str(), "wb");
+  ASSERT_NE(f, nullptr) << path;
+  fwrite(bytes.data(), 1, bytes.size(), f);
+  fclose(f);
+}
+
+// Each test process has a directory of its own (ctest may run this file's
+// tests side by side), removed when the tests end.
+bool task_dir_made = false;
+std::string task_dir() {
+  static std::string d = [] {
+    std::string tmpl = ::testing::TempDir() + "mlmpi_task_XXXXXX";
+    std::vector<char> buf(tmpl.begin(), tmpl.end());
+    buf.push_back(0);
+    if (!mkdtemp(buf.data())) abort();
+    task_dir_made = true;
+    return std::string(buf.data());
+  }();
+  return d;
+}
+
+class TaskDirCleanup : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    if (task_dir_made) std::filesystem::remove_all(task_dir());
+  }
+};
+::testing::Environment *const task_dir_cleanup =
+    ::testing::AddGlobalTestEnvironment(new TaskDirCleanup);
+
+std::string task_vocab() {
+  static std::string path = [] {
+    std::string text = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n";
+    for (char c = 'a'; c <= 'z'; c++) text += std::string(1, c) + "\n";
+    std::string p = task_dir() + "/vocab.txt";
+    write_file(p, text);
+    return p;
+  }();
+  return path;
+}
+
+// Writes name under the task directory; returns its path.
+std::string task_file(const std::string &name, const std::string &lines) {
+  std::string p = task_dir() + "/" + name;
+  write_file(p, lines);
+  return p;
+}
+
+// n tokens of letter c as a text: "c c c".
+std::string letters(char c, int n) {
+  std::string s;
+  for (int i = 0; i < n; i++) s += i ? std::string(" ") + c : std::string(1, c);
+  return s;
+}
+
+struct Task {
+  task_data *t = nullptr;
+  ~Task() { task_free(t); }
+};
+
+struct TaskArgs {
+  int seq_len = 16;
+  const char *pair = nullptr;
+  const char *const *labels = nullptr;
+  int n_labels = 0;
+  bool unlabelled = false;
+};
+
+status_t open_task(Task &t, const std::string &path, const TaskArgs &a = TaskArgs()) {
+  std::string vocab = task_vocab();
+  task_options o = {};
+  o.path = path.c_str();
+  o.tokenizer = vocab.c_str();
+  o.pair_field = a.pair;
+  o.seq_len = a.seq_len;
+  o.labels = a.labels;
+  o.n_labels = a.n_labels;
+  o.unlabelled = a.unlabelled;
+  return task_open(&t.t, &o);
+}
+
+struct Batch {
+  data_batch b = {};
+  Batch(int n, int T, int P) { EXPECT_EQ(data_batch_alloc(&b, n, T, P), STATUS_OK); }
+  ~Batch() { data_batch_free(&b); }
+  std::vector<int32_t> ids(int i) const { return row(b.input_ids, i); }
+  std::vector<int32_t> seg(int i) const { return row(b.segment_ids, i); }
+  std::vector<int32_t> mask(int i) const { return row(b.input_mask, i); }
+  std::vector<int32_t> row(const int32_t *v, int i) const {
+    return std::vector<int32_t>(v + (size_t)i * b.T, v + (size_t)(i + 1) * b.T);
+  }
+};
+
+// All examples of t in file order, as rows of a batch.
+void fill_all(const Task &t, Batch &b) {
+  std::vector<int64_t> idx;
+  for (uint64_t i = 0; i < task_examples(t.t); i++) idx.push_back((int64_t)i);
+  ASSERT_EQ(task_fill(t.t, idx.data(), (int)idx.size(), &b.b), STATUS_OK) << status_message();
+}
+
+// [CLS] a.. [SEP] (b.. [SEP]) then [PAD] up to T.
+std::vector<int32_t> want_row(const std::string &a, const std::string &b, int T,
+                              bool pair = false) {
+  std::vector<int32_t> v = {kTCls};
+  for (char c : a) v.push_back(letter(c));
+  v.push_back(kTSep);
+  if (pair || !b.empty()) {
+    for (char c : b) v.push_back(letter(c));
+    v.push_back(kTSep);
+  }
+  v.resize(T, kTPad);
+  return v;
+}
+
+TEST(TaskData, TruncatesTheLongerTextFirst) {
+  std::string p = task_file("trunc.jsonl",
+                            "{\"text\": \"a b c d e f\", \"pair\": \"x y\", \"label\": \"l\"}\n"
+                            "{\"text\": \"a b c d\", \"pair\": \"w x y z\", \"label\": \"l\"}\n"
+                            "{\"text\": \"a\", \"pair\": \"p q r s t u v\", \"label\": \"l\"}\n");
+  TaskArgs a;
+  a.seq_len = 8;  // a budget of 5 text tokens
+  a.pair = "pair";
+  Task t;
+  ASSERT_EQ(open_task(t, p, a), STATUS_OK) << status_message();
+  Batch b(3, 8, 0);
+  fill_all(t, b);
+  EXPECT_EQ(b.ids(0), want_row("abc", "xy", 8));  // only the longer a loses tokens
+  EXPECT_EQ(b.ids(1), want_row("abc", "wx", 8));  // ties take from b: 4+4 -> 4+3 -> 3+3 -> 3+2
+  EXPECT_EQ(b.ids(2), want_row("a", "pqrs", 8));
+  // Single texts keep their first seq_len - 2 tokens.
+  std::string q = task_file("trunc1.jsonl", "{\"text\": \"a b c d e f\", \"label\": \"l\"}\n");
+  a.pair = nullptr;
+  a.seq_len = 5;
+  Task s;
+  ASSERT_EQ(open_task(s, q, a), STATUS_OK) << status_message();
+  Batch c(1, 5, 0);
+  fill_all(s, c);
+  EXPECT_EQ(c.ids(0), want_row("abc", "", 5));
+}
+
+// Every pair of lengths against the closed form of Hugging Face's
+// longest_first rule: a text keeps its length when it is at most its half of
+// the budget (a's half rounded up), else the other text's leftover.
+TEST(TaskData, LongestFirstMatchesItsClosedFormForAllLengths) {
+  const int N = 9;
+  std::string lines;
+  for (int la = 0; la < N; la++)
+    for (int lb = 0; lb < N; lb++)
+      lines += "{\"text\": \"" + letters('a', la) + "\", \"b\": \"" + letters('b', lb) +
+               "\", \"label\": 0}\n";
+  std::string p = task_file("lengths.jsonl", lines);
+  for (int T : {8, 9}) {  // an odd budget (where ties matter) and an even one
+    const int B = T - 3;
+    TaskArgs args;
+    args.seq_len = T;
+    args.pair = "b";
+    Task t;
+    ASSERT_EQ(open_task(t, p, args), STATUS_OK) << status_message();
+    Batch b(N * N, T, 0);
+    fill_all(t, b);
+    for (int la = 0; la < N; la++)
+      for (int lb = 0; lb < N; lb++) {
+        int ka = la, kb = lb;
+        if (la + lb > B) {
+          ka = la <= (B + 1) / 2 ? la : lb <= B / 2 ? B - lb : (B + 1) / 2;
+          kb = B - ka;
+        }
+        EXPECT_EQ(b.ids(la * N + lb), want_row(std::string(ka, 'a'), std::string(kb, 'b'), T, true))
+            << la << " + " << lb << " in " << T;
+      }
+  }
+}
+
+TEST(TaskData, SegmentIdsMaskAndPadding) {
+  std::string p = task_file("seg.jsonl", "{\"text\": \"a b\", \"pair\": \"c\", \"label\": 1}\n");
+  TaskArgs a;
+  a.seq_len = 10;
+  a.pair = "pair";
+  Task t;
+  ASSERT_EQ(open_task(t, p, a), STATUS_OK) << status_message();
+  Batch b(1, 10, 0);
+  fill_all(t, b);
+  EXPECT_EQ(b.ids(0), want_row("ab", "c", 10));
+  EXPECT_EQ(b.seg(0), (std::vector<int32_t>{0, 0, 0, 0, 1, 1, 0, 0, 0, 0}));
+  EXPECT_EQ(b.mask(0), (std::vector<int32_t>{1, 1, 1, 1, 1, 1, 0, 0, 0, 0}));
+  EXPECT_EQ(b.b.next_sentence_labels[0], 0);
+  EXPECT_EQ(task_vocab_size(t.t), 31);
+  EXPECT_NE(task_tokenizer_fingerprint(t.t), 0u);
+}
+
+std::vector<std::string> labels_of(const Task &t) {
+  const char *const *l = task_labels(t.t);
+  return std::vector<std::string>(l, l + task_n_labels(t.t));
+}
+
+std::vector<int32_t> label_ids(const Task &t) {
+  Batch b((int)task_examples(t.t), 4, 0);
+  fill_all(t, b);
+  return std::vector<int32_t>(b.b.next_sentence_labels, b.b.next_sentence_labels + b.b.n);
+}
+
+TEST(TaskData, LabelsAreSortedByBytesOrByValue) {
+  TaskArgs a;
+  a.seq_len = 4;
+  Task s;
+  ASSERT_EQ(open_task(s,
+                      task_file("str.jsonl",
+                                "{\"text\":\"a\",\"label\":\"pos\"}\n{\"text\":\"a\",\"label\":"
+                                "\"neg\"}\n\n{\"text\":\"a\",\"label\":\"neutral\"}\n{\"text\":"
+                                "\"a\",\"label\":\"pos\"}\n"),
+                      a),
+            STATUS_OK)
+      << status_message();
+  EXPECT_EQ(labels_of(s), (std::vector<std::string>{"neg", "neutral", "pos"}));
+  EXPECT_EQ(label_ids(s), (std::vector<int32_t>{2, 0, 1, 2}));
+  // Integers by value: 2 before 10, negatives first.
+  Task n;
+  ASSERT_EQ(open_task(n,
+                      task_file("int.jsonl",
+                                "{\"text\":\"a\",\"label\":10}\n{\"text\":\"a\",\"label\":2}\n{"
+                                "\"text\":\"a\",\"label\":-1}\n"),
+                      a),
+            STATUS_OK)
+      << status_message();
+  EXPECT_EQ(labels_of(n), (std::vector<std::string>{"-1", "2", "10"}));
+  EXPECT_EQ(label_ids(n), (std::vector<int32_t>{2, 1, 0}));
+  // One string among the integers: all by bytes, "10" before "2".
+  Task m;
+  ASSERT_EQ(
+      open_task(m,
+                task_file("mixed.jsonl",
+                          "{\"text\":\"a\",\"label\":10}\n{\"text\":\"a\",\"label\":\"2\"}\n"),
+                a),
+      STATUS_OK)
+      << status_message();
+  EXPECT_EQ(labels_of(m), (std::vector<std::string>{"10", "2"}));
+  // The same data give the same fingerprint; other labels another.
+  Task n2;
+  ASSERT_EQ(open_task(n2, task_dir() + "/int.jsonl", a), STATUS_OK);
+  EXPECT_EQ(task_fingerprint(n.t), task_fingerprint(n2.t));
+  EXPECT_NE(task_fingerprint(n.t), task_fingerprint(m.t));
+  a.seq_len = 5;
+  Task n3;
+  ASSERT_EQ(open_task(n3, task_dir() + "/int.jsonl", a), STATUS_OK);
+  EXPECT_NE(task_fingerprint(n.t), task_fingerprint(n3.t));
+}
+
+TEST(TaskData, DevFilesMapOntoTheTrainingLabels) {
+  const char *train[] = {"pos", "neg"};  // the given order is the id order
+  TaskArgs a;
+  a.seq_len = 4;
+  a.labels = train;
+  a.n_labels = 2;
+  Task t;
+  std::string p = task_file("dev.jsonl", "{\"text\":\"a\",\"label\":\"neg\"}\n");
+  ASSERT_EQ(open_task(t, p, a), STATUS_OK) << status_message();
+  EXPECT_EQ(label_ids(t), (std::vector<int32_t>{1}));
+  EXPECT_EQ(labels_of(t), (std::vector<std::string>{"pos", "neg"}));
+  std::string q =
+      task_file("dev_bad.jsonl",
+                "{\"text\":\"a\",\"label\":\"pos\"}\n\n{\"text\":\"a\",\"label\":\"meh\"}\n");
+  Task u;
+  EXPECT_EQ(open_task(u, q, a), STATUS_FORMAT);
+  EXPECT_EQ(std::string(status_message()),
+            q + ":3: label 'meh' is not one of the 2 labels of the training file");
+  EXPECT_EQ(u.t, nullptr);
+}
+
+// Each bad line (line 3, after a good line and a blank one) fails with one
+// line naming the file, the line and what is wrong.
+TEST(TaskData, MalformedLinesNameFileAndLine) {
+  struct Case {
+    const char *line, *says;
+  } cases[] = {
+      {"not json", "not JSON"},
+      {"{\"text\":\"a\",\"label\":\"x\"} trailing", "not JSON"},
+      {"{\"text\":\"a\",", "not JSON"},
+      {"[1, 2]", "not a JSON object"},
+      {"\"text\"", "not a JSON object"},
+      {"{\"label\":\"x\"}", "no field \"text\""},
+      {"{\"text\":5,\"label\":\"x\"}", "field \"text\" is a number, not a string"},
+      {"{\"text\":null,\"label\":\"x\"}", "field \"text\" is null"},
+      {"{\"text\":\"a\"}", "no field \"label\""},
+      {"{\"text\":\"a\",\"label\":true}", "field \"label\" is a boolean"},
+      {"{\"text\":\"a\",\"label\":0.5}", "is a number that is not an integer"},
+      {"{\"text\":\"a\",\"label\":1e300}", "is a number that is not an integer"},
+      {"{\"text\":\"a\",\"label\":{}}", "field \"label\" is an object"},
+      {"{\"text\":\"a\",\"label\":[1]}", "field \"label\" is an array"},
+      {"{\"text\":\"a\",\"label\":null}", "field \"label\" is null"},
+  };
+  TaskArgs a;
+  a.seq_len = 8;
+  for (const Case &c : cases) {
+    std::string p = task_file(
+        "bad.jsonl", std::string("{\"text\":\"a\",\"label\":\"x\"}\n  \n") + c.line + "\n");
+    Task t;
+    EXPECT_EQ(open_task(t, p, a), STATUS_FORMAT) << c.line;
+    std::string m = status_message();
+    EXPECT_EQ(m.rfind(p + ":3: ", 0), 0u) << m;
+    EXPECT_NE(m.find(c.says), std::string::npos) << m;
+    EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+    EXPECT_EQ(t.t, nullptr);
+  }
+  // A pair task names its missing second text.
+  std::string p = task_file("nopair.jsonl", "{\"text\":\"a\",\"label\":\"x\"}\n");
+  a.pair = "hypothesis";
+  Task t;
+  EXPECT_EQ(open_task(t, p, a), STATUS_FORMAT);
+  EXPECT_EQ(std::string(status_message()), p + ":1: no field \"hypothesis\"");
+}
+
+// Hostile bytes end in an error or a row, never a crash, and every error is one line.
+TEST(TaskData, HostileInputIsAnErrorOrARow) {
+  std::string deep(100000, '['), huge(1 << 20, 'a');
+  std::vector<std::string> lines = {
+      "{\"text\":\"\xff\xfe\x80 a \xc3\",\"label\":\"\xff\"}",
+      std::string("{\"text\":\"a\0b\",\"label\":\"x\"}", 26),
+      std::string("{\"text\":\"a\",\"label\":\"x\"}\0garbage", 32),
+      "{\"text\":\"a\\u0000b\",\"label\":\"\\u0000\"}",
+      "{\"text\":\"" + huge + "\",\"label\":\"x\"}",
+      "{\"text\":\"" + letters('b', 100000) + "\",\"label\":\"x\"}",
+      deep,
+      "{\"text\":\"a\",\"label\":\"" + huge + "\"}",
+      "\xef\xbb\xbf{\"text\":\"a\",\"label\":\"x\"}",
+      "{\"text\":\"a\",\"label\":\"x\"}\r",
+      "{}",
+      "\x01",
+  };
+  const char *given[] = {"x"};
+  for (const std::string &l : lines)
+    for (bool dev : {false, true}) {
+      TaskArgs a;
+      a.seq_len = 6;
+      if (dev) a.labels = given, a.n_labels = 1;
+      Task t;
+      if (open_task(t, task_file("hostile.jsonl", l + "\n"), a) != STATUS_OK) {
+        EXPECT_EQ(std::string(status_message()).find('\n'), std::string::npos) << status_message();
+        EXPECT_LT(strlen(status_message()), 400u);
+        continue;
+      }
+      Batch b(1, 6, 2);
+      fill_all(t, b);
+      EXPECT_EQ(b.ids(0)[0], kTCls);
+    }
+}
+
+TEST(TaskData, EmptyFilesAndBadOptionsAreErrors) {
+  TaskArgs a;
+  for (const char *text : {"", "\n\n  \n\t\r\n"}) {
+    std::string p = task_file("empty.jsonl", text);
+    Task t;
+    EXPECT_EQ(open_task(t, p, a), STATUS_FORMAT);
+    EXPECT_EQ(std::string(status_message()), p + ": no examples");
+  }
+  Task t;
+  EXPECT_EQ(open_task(t, task_dir() + "/absent.jsonl", a), STATUS_IO);
+  EXPECT_NE(std::string(status_message()).find("absent.jsonl"), std::string::npos);
+  std::string p = task_file("one.jsonl", "{\"text\":\"a\",\"label\":\"x\"}\n");
+  a.seq_len = 1;
+  EXPECT_EQ(open_task(t, p, a), STATUS_ARG);
+  a.seq_len = 2;
+  a.pair = "b";
+  EXPECT_EQ(open_task(t, p, a), STATUS_ARG);
+  a.pair = nullptr;
+  const char *twice[] = {"x", "x"};
+  a.labels = twice;
+  a.n_labels = 2;
+  EXPECT_EQ(open_task(t, p, a), STATUS_ARG);
+  EXPECT_NE(std::string(status_message()).find("'x' twice"), std::string::npos);
+  a.n_labels = 0;
+  EXPECT_EQ(open_task(t, p, a), STATUS_ARG);
+  // A tokenizer without [CLS] [SEP] [PAD] cannot make rows.
+  write_file(task_dir() + "/bare.txt", "[UNK]\na\n");
+  task_options o = {};
+  o.path = p.c_str();
+  std::string bare = task_dir() + "/bare.txt";
+  o.tokenizer = bare.c_str();
+  o.seq_len = 8;
+  EXPECT_EQ(task_open(&t.t, &o), STATUS_ARG);
+  EXPECT_NE(std::string(status_message()).find("[CLS] [SEP] [PAD]"), std::string::npos)
+      << status_message();
+  EXPECT_EQ(t.t, nullptr);
+}
+
+TEST(TaskData, AtMost512Labels) {
+  std::string lines;
+  for (int i = 0; i <= TASK_MAX_LABELS; i++)
+    lines += "{\"text\":\"a\",\"label\":" + std::to_string(i) + "}\n";
+  TaskArgs a;
+  Task t;
+  EXPECT_EQ(open_task(t, task_file("many.jsonl", lines), a), STATUS_FORMAT);
+  EXPECT_NE(std::string(status_message()).find(":513: label '512'"), std::string::npos)
+      << status_message();
+  lines.resize(lines.rfind("{"));
+  ASSERT_EQ(open_task(t, task_file("many.jsonl", lines), a), STATUS_OK) << status_message();
+  EXPECT_EQ(task_n_labels(t.t), TASK_MAX_LABELS);
+  EXPECT_STREQ(task_labels(t.t)[TASK_MAX_LABELS - 1], "511");
+}
+
+TEST(TaskData, UnlabelledFilesNeedNoLabels) {
+  std::string p = task_file("pred.jsonl", "{\"text\":\"a\"}\n{\"text\":\"b\",\"label\":true}\n");
+  TaskArgs a;
+  a.seq_len = 4;
+  a.unlabelled = true;
+  Task t;
+  ASSERT_EQ(open_task(t, p, a), STATUS_OK) << status_message();
+  EXPECT_EQ(task_n_labels(t.t), 0);
+  EXPECT_EQ(label_ids(t), (std::vector<int32_t>{-1, -1}));
+  // With the training labels given, they are still there to name predictions.
+  const char *train[] = {"neg", "pos"};
+  a.labels = train;
+  a.n_labels = 2;
+  Task u;
+  ASSERT_EQ(open_task(u, p, a), STATUS_OK) << status_message();
+  EXPECT_EQ(labels_of(u), (std::vector<std::string>{"neg", "pos"}));
+  EXPECT_EQ(label_ids(u), (std::vector<int32_t>{-1, -1}));
+}
+
+TEST(TaskData, FillsPaddingRowsAndBatchesWithoutMaskedSlots) {
+  std::string p = task_file("fill.jsonl", "{\"text\":\"a b\",\"label\":\"x\"}\n");
+  TaskArgs a;
+  a.seq_len = 6;
+  Task t;
+  ASSERT_EQ(open_task(t, p, a), STATUS_OK) << status_message();
+  Batch b(3, 6, 0);  // P 0: a fine-tuning batch
+  ASSERT_NE(b.b.masked_lm_positions, nullptr);
+  const int64_t idx[3] = {-1, 0, -1};
+  ASSERT_EQ(task_fill(t.t, idx, 3, &b.b), STATUS_OK) << status_message();
+  EXPECT_EQ(b.b.n, 3);
+  EXPECT_EQ(b.ids(0), want_row("", "", 6));
+  EXPECT_EQ(b.mask(0), (std::vector<int32_t>{1, 1, 0, 0, 0, 0}));
+  EXPECT_EQ(b.ids(1), want_row("ab", "", 6));
+  EXPECT_EQ((std::vector<int32_t>(b.b.next_sentence_labels, b.b.next_sentence_labels + 3)),
+            (std::vector<int32_t>{-1, 0, -1}));
+  // A batch with masked slots gets them zeroed, whatever they held.
+  Batch m(2, 6, 3);
+  for (int i = 0; i < 6; i++)
+    m.b.masked_lm_positions[i] = m.b.masked_lm_ids[i] = 9, m.b.masked_lm_weights[i] = 1;
+  ASSERT_EQ(task_fill(t.t, idx, 2, &m.b), STATUS_OK);
+  for (int i = 0; i < 6; i++) {
+    EXPECT_EQ(m.b.masked_lm_positions[i], 0);
+    EXPECT_EQ(m.b.masked_lm_ids[i], 0);
+    EXPECT_EQ(m.b.masked_lm_weights[i], 0.0f);
+  }
+  // The batch's T must be the task's seq_len; indexes must be examples.
+  Batch w(1, 8, 0);
+  EXPECT_EQ(task_fill(t.t, idx + 1, 1, &w.b), STATUS_ARG);
+  const int64_t past = 1;
+  EXPECT_EQ(task_fill(t.t, &past, 1, &b.b), STATUS_ARG);
+  EXPECT_EQ(task_steps_per_epoch(10, 4), 3u);
+  EXPECT_EQ(task_steps_per_epoch(8, 4), 2u);
+  EXPECT_EQ(task_steps_per_epoch(3, 4), 1u);
+}
+
+// ---- The task as a batch source ---------------------------------------------------
+// N examples whose texts are single distinct letters, so a row's second id
+// names its example.
+const int kTaskN = 10;
+std::string letter_task() {
+  std::string lines;
+  for (int i = 0; i < kTaskN; i++)
+    lines += "{\"text\":\"" + std::string(1, (char)('a' + i)) +
+             "\",\"label\":" + std::to_string(i % 3) + "}\n";
+  return task_file("letters.jsonl", lines);
+}
+
+std::vector<int> examples_of(const data_batch &b) {
+  std::vector<int> v;
+  for (int i = 0; i < b.n; i++)
+    v.push_back(b.input_mask[i * b.T + 2] ? b.input_ids[i * b.T + 1] - 5 : -1);
+  return v;
+}
+
+struct TaskSource {
+  Task task;
+  Source src;
+  batch_source_options opt = {};
+  TaskSource(uint64_t gb, uint64_t seed, bool ordered) {
+    TaskArgs a;
+    a.seq_len = 4;
+    EXPECT_EQ(open_task(task, letter_task(), a), STATUS_OK) << status_message();
+    opt.task = task.t;
+    opt.global_batch = gb;
+    opt.task_seed = seed;
+    opt.ordered = ordered;
+    opt.config = data_config_default();
+    EXPECT_EQ(batch_source_open(&src.s, &opt), STATUS_OK) << status_message();
+  }
+  std::vector<int> get(uint64_t step, uint64_t first, int count) {
+    Batch b(count, 4, 0);
+    EXPECT_EQ(batch_source_get(src.s, step, first, count, &b.b), STATUS_OK) << status_message();
+    return examples_of(b.b);
+  }
+};
+
+TEST(BatchSource, TaskEpochsArePermutations) {
+  const uint64_t GB = 4, S = 3;  // 10 examples: 3 steps, the last wrapping by 2
+  TaskSource ts(GB, 5, false);
+  EXPECT_STREQ(batch_source_kind(ts.src.s), "task");
+  EXPECT_EQ(batch_source_nsp(ts.src.s), 1);
+  EXPECT_EQ(batch_source_vocab_size(ts.src.s), 31);
+  EXPECT_EQ(batch_source_instances(ts.src.s), (uint64_t)kTaskN);
+  EXPECT_EQ(batch_source_tokenizer_fingerprint(ts.src.s), task_tokenizer_fingerprint(ts.task.t));
+  char *abs = realpath(task_vocab().c_str(), nullptr);
+  EXPECT_STREQ(batch_source_tokenizer(ts.src.s), abs);
+  free(abs);
+  std::vector<std::vector<int>> epochs;
+  for (uint64_t e = 0; e < 3; e++) {
+    std::vector<int> order;
+    for (uint64_t k = 0; k < S; k++)
+      for (int x : ts.get(e * S + k, 0, (int)GB)) order.push_back(x);
+    ASSERT_EQ(order.size(), 12u);
+    std::set<int> once(order.begin(), order.begin() + kTaskN);
+    EXPECT_EQ(once.size(), (size_t)kTaskN) << "epoch " << e;
+    EXPECT_EQ(*once.begin(), 0);
+    EXPECT_EQ(*once.rbegin(), kTaskN - 1);
+    EXPECT_EQ(order[10], order[0]);  // the documented wrap to the permutation's start
+    EXPECT_EQ(order[11], order[1]);
+    epochs.push_back(order);
+  }
+  EXPECT_NE(epochs[0], epochs[1]);
+  EXPECT_NE(epochs[1], epochs[2]);
+  // The same (seed, step, first, count) gives the same rows; rank slices
+  // put together give the whole global batch.
+  for (uint64_t step : {0ull, 4ull, 1000ull}) {
+    std::vector<int> whole = ts.get(step, 0, (int)GB);
+    EXPECT_EQ(ts.get(step, 0, (int)GB), whole);
+    std::vector<int> parts = ts.get(step, 0, 1);
+    for (int x : ts.get(step, 1, 3)) parts.push_back(x);
+    EXPECT_EQ(parts, whole);
+    std::vector<int> halves = ts.get(step, 0, 2);
+    for (int x : ts.get(step, 2, 2)) halves.push_back(x);
+    EXPECT_EQ(halves, whole);
+  }
+  // The labels travel with the rows.
+  Batch b(4, 4, 0);
+  ASSERT_EQ(batch_source_get(ts.src.s, 1, 0, 4, &b.b), STATUS_OK);
+  for (int i = 0; i < 4; i++) EXPECT_EQ(b.b.next_sentence_labels[i], (b.ids(i)[1] - 5) % 3);
+  // Another seed: another order and another fingerprint.
+  TaskSource other(GB, 6, false);
+  std::vector<int> o;
+  for (uint64_t k = 0; k < S; k++)
+    for (int x : other.get(k, 0, (int)GB)) o.push_back(x);
+  EXPECT_NE(o, epochs[0]);
+  EXPECT_NE(batch_source_fingerprint(other.src.s), batch_source_fingerprint(ts.src.s));
+}
+
+TEST(BatchSource, OrderedTaskPadsPastTheEnd) {
+  TaskSource ts(4, 5, true);
+  EXPECT_EQ(ts.get(0, 0, 4), (std::vector<int>{0, 1, 2, 3}));
+  EXPECT_EQ(ts.get(1, 2, 2), (std::vector<int>{6, 7}));
+  EXPECT_EQ(ts.get(2, 0, 4), (std::vector<int>{8, 9, -1, -1}));
+  EXPECT_EQ(ts.get(~0ull / 2, 0, 2), (std::vector<int>{-1, -1}));  // no overflow into range
+  Batch b(4, 4, 0);
+  ASSERT_EQ(batch_source_get(ts.src.s, 2, 0, 4, &b.b), STATUS_OK);
+  EXPECT_EQ(b.b.next_sentence_labels[1], 9 % 3);
+  EXPECT_EQ(b.b.next_sentence_labels[2], -1);
+  EXPECT_EQ(b.b.next_sentence_labels[3], -1);
+  EXPECT_EQ(b.ids(3), want_row("", "", 4));
+  TaskSource shuffled(4, 5, false);
+  EXPECT_NE(batch_source_fingerprint(shuffled.src.s), batch_source_fingerprint(ts.src.s));
+}
+
+// `mlmpi-data shard` records its tokenizer beside the shards; the shard
+// source reports it, and a task on the same tokenizer has its fingerprint.
+TEST(BatchSource, ShardsReportTheTokenizerTheyWereMadeWith) {
+  std::string dir = task_dir() + "/shards",
+              corpus = task_file("corpus.txt", "a b c\nd e\n\nf g h\n");
+  std::string cmd = std::string(MLMPI_DATA_BIN) + " shard --tokenizer " + task_vocab() + " --out " +
+                    dir + " " + corpus + " 2>/dev/null";
+  ASSERT_EQ(system(cmd.c_str()), 0) << cmd;
+  char *text = nullptr;
+  size_t len = 0;
+  ASSERT_EQ(core_read_file("", (dir + "/mlmpi-tokenizer.json").c_str(), 0, &text, &len), STATUS_OK)
+      << status_message();
+  EXPECT_NE(access((dir + "/mlmpi-tokenizer.json.tmp").c_str(), F_OK), 0);
+  cJSON *j = cJSON_Parse(text);
+  free(text);
+  ASSERT_NE(j, nullptr);
+  char *abs = realpath(task_vocab().c_str(), nullptr);
+  EXPECT_STREQ(cJSON_GetStringValue(cJSON_GetObjectItem(j, "path")), abs);
+  EXPECT_STREQ(cJSON_GetStringValue(cJSON_GetObjectItem(j, "kind")), "wordpiece");
+  EXPECT_EQ(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "vocab_size")), 31.0);
+  EXPECT_EQ(cJSON_GetNumberValue(cJSON_GetObjectItem(j, "added_specials")), 0.0);
+  std::string fp = cJSON_GetStringValue(cJSON_GetObjectItem(j, "fingerprint"));
+  cJSON_Delete(j);
+  batch_source_options opt = {};
+  opt.path = dir.c_str();
+  opt.config = data_config_default();
+  opt.global_batch = 2;
+  Source src;
+  ASSERT_EQ(batch_source_open(&src.s, &opt), STATUS_OK) << status_message();
+  EXPECT_STREQ(batch_source_tokenizer(src.s), abs);
+  free(abs);
+  char hex[17];
+  snprintf(hex, sizeof hex, "%016llx",
+           (unsigned long long)batch_source_tokenizer_fingerprint(src.s));
+  EXPECT_EQ(fp, hex);
+  Task t;
+  ASSERT_EQ(open_task(t, letter_task()), STATUS_OK);
+  EXPECT_EQ(batch_source_tokenizer_fingerprint(src.s), task_tokenizer_fingerprint(t.t));
+  // A record whose fingerprint is not the shards' is stale and ignored.
+  write_file(dir + "/mlmpi-tokenizer.json", "{\"path\": \"/elsewhere\", \"fingerprint\": \"1\"}\n");
+  Source stale;
+  ASSERT_EQ(batch_source_open(&stale.s, &opt), STATUS_OK) << status_message();
+  EXPECT_STREQ(batch_source_tokenizer(stale.s), "");
+  EXPECT_EQ(batch_source_tokenizer_fingerprint(stale.s), task_tokenizer_fingerprint(t.t));
+  // Shards without a record: the header's fingerprint and no path.
+  std::string old = task_dir() + "/old_shards";
+  make_corpus(old, 10, 3);
+  opt.path = old.c_str();
+  Source o;
+  ASSERT_EQ(batch_source_open(&o.s, &opt), STATUS_OK) << status_message();
+  EXPECT_STREQ(batch_source_tokenizer(o.s), "");
+  EXPECT_EQ(batch_source_tokenizer_fingerprint(o.s), 42u);
 }
 
 }  // namespace

@@ -94,7 +94,60 @@ TEST(ModelRegistry, ChoosesByModelTypeThenPreset) {
   EXPECT_EQ(model_lookup("", "gpt-9", &m), STATUS_CONFIG);
   EXPECT_NE(std::string(status_message()).find("electra-small"), std::string::npos);
   EXPECT_EQ(model_by_name("electra"), model_at(1));
-  EXPECT_EQ(model_at(2), nullptr);
+  EXPECT_EQ(model_at(4), nullptr);
+}
+
+TEST(ModelRegistry, ClassifiersByArchitectureOrTask) {
+  const model_ops *m = nullptr;
+  std::string bc = write_tmp("bc.json", R"({"model_type": "bert",
+      "architectures": ["BertForSequenceClassification"], "id2label": {"0": "x"}})");
+  ASSERT_EQ(model_lookup(bc.c_str(), "", &m), STATUS_OK);
+  EXPECT_STREQ(m->name, "bert-classify");
+  EXPECT_STREQ(m->task, "classify");
+  std::string ec = write_tmp("ec.json", R"({"model_type": "electra",
+      "architectures": ["ElectraForSequenceClassification"]})");
+  ASSERT_EQ(model_lookup(ec.c_str(), "", &m), STATUS_OK);
+  EXPECT_STREQ(m->name, "electra-classify");
+  /* A pretraining config or a preset fine-tuned: the classifier on its encoder. */
+  std::string ep = write_tmp("ep.json", R"({"model_type": "electra",
+      "architectures": ["ElectraForPreTraining"]})");
+  ASSERT_EQ(model_lookup_task(ep.c_str(), "", "classify", &m), STATUS_OK);
+  EXPECT_STREQ(m->name, "electra-classify");
+  ASSERT_EQ(model_lookup_task("", "bert-mini", "classify", &m), STATUS_OK);
+  EXPECT_STREQ(m->name, "bert-classify");
+  ASSERT_EQ(model_lookup_task("", "electra-small", "classify", &m), STATUS_OK);
+  EXPECT_STREQ(m->name, "electra-classify");
+  ASSERT_EQ(model_lookup_task(bc.c_str(), "", nullptr, &m), STATUS_OK);
+  EXPECT_STREQ(m->name, "bert");
+  EXPECT_EQ(model_lookup_task("", "gpt-9", "classify", &m), STATUS_CONFIG);
+}
+
+TEST(ModelRegistry, ClassifierNeedsItsLabels) {
+  std::string nolab = write_tmp("nl.json", R"({"model_type": "bert", "hidden_size": 32,
+      "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+      "vocab_size": 50, "architectures": ["BertForSequenceClassification"]})");
+  model_spec spec = {};
+  spec.config_path = nolab.c_str();
+  spec.nsp = -1;
+  model *m = nullptr;
+  model_shape shape = {2, 8, 0, 1};
+  EXPECT_EQ(model_create(&m, &spec, &shape), STATUS_CONFIG);
+  EXPECT_NE(std::string(status_message()).find("id2label"), std::string::npos) << status_message();
+  const char *names[] = {"neg", "pos", "mixed"};
+  spec.num_labels = 3;
+  spec.labels = names;
+  ASSERT_EQ(model_create(&m, &spec, &shape), STATUS_OK) << status_message();
+  const char *const *got;
+  EXPECT_EQ(classify_labels(m, &got), 3);
+  EXPECT_STREQ(got[2], "mixed");
+  const param_table *t = m->ops->params(m);
+  EXPECT_GE(param_table_find(t, "bert.pooler.dense.weight"), 0);
+  int w = param_table_find(t, "classifier.weight");
+  ASSERT_GE(w, 0);
+  EXPECT_EQ(t->p[w].shape[0], 3);
+  EXPECT_TRUE(classify_is_head(m, w));
+  EXPECT_FALSE(classify_is_head(m, param_table_find(t, "bert.embeddings.word_embeddings.weight")));
+  model_free(m);
 }
 
 }  // namespace

@@ -616,3 +616,118 @@ TEST(TrainConfig, DumpAsIniFileGivesTheSameDump) {
 }
 
 }  // namespace
+
+/* ---- Fine-tuning ------------------------------------------------------------ */
+namespace {
+train_config Finetune() {
+  train_config c;
+  train_config_default_finetune(&c);
+  return c;
+}
+}  // namespace
+
+TEST(FinetuneConfig, KeysAreRefusedOutsideFineTuning) {
+  for (const char *k : {"model.init", "task.type", "task.train", "task.dev", "task.text_field",
+                        "task.pair_field", "task.label_field", "data.tokenizer", "train.epochs"}) {
+    train_config c = Default();
+    EXPECT_EQ(train_config_set(&c, k, "1"), STATUS_CONFIG) << k;
+    EXPECT_NE(std::string(status_message()).find(k), std::string::npos) << status_message();
+    EXPECT_NE(std::string(status_message()).find("finetune"), std::string::npos);
+  }
+}
+
+TEST(FinetuneConfig, DefaultsAreTheUsualRecipe) {
+  train_config c = Finetune();
+  EXPECT_TRUE(c.finetune);
+  EXPECT_EQ(c.optim.kind, OPTIM_ADAMW);
+  EXPECT_DOUBLE_EQ(c.sched.lr, 1e-4);
+  EXPECT_DOUBLE_EQ(c.sched.warmup, 0.1);
+  EXPECT_EQ(c.sched.kind, SCHED_POLY);
+  EXPECT_DOUBLE_EQ(c.sched.power, 1.0);
+  EXPECT_DOUBLE_EQ(c.sched.end_lr, 0.0);
+  EXPECT_EQ(c.epochs, 3);
+  EXPECT_EQ(c.data.max_predictions, 0);
+  EXPECT_STREQ(c.task_type, "classify");
+  EXPECT_STREQ(c.task_text_field, "text");
+  EXPECT_STREQ(c.task_label_field, "label");
+  EXPECT_STREQ(c.task_pair_field, "");
+}
+
+TEST(FinetuneConfig, KeysSetTheirFieldsAndDumpLines) {
+  train_config c = Finetune();
+  ASSERT_EQ(train_config_set(&c, "model.init", "/ck/step-9"), STATUS_OK);
+  ASSERT_EQ(train_config_set(&c, "task.train", "tr.jsonl"), STATUS_OK);
+  ASSERT_EQ(train_config_set(&c, "task.dev", "dev.jsonl"), STATUS_OK);
+  ASSERT_EQ(train_config_set(&c, "task.pair_field", "hypothesis"), STATUS_OK);
+  ASSERT_EQ(train_config_set(&c, "task.text_field", "premise"), STATUS_OK);
+  ASSERT_EQ(train_config_set(&c, "task.label_field", "gold"), STATUS_OK);
+  ASSERT_EQ(train_config_set(&c, "data.tokenizer", "spm.model"), STATUS_OK);
+  ASSERT_EQ(train_config_set(&c, "train.epochs", "5"), STATUS_OK);
+  EXPECT_EQ(c.epochs, 5);
+  char *d = train_config_dump(&c);
+  std::string dump(d);
+  free(d);
+  for (const char *line :
+       {"model.init = /ck/step-9\n", "task.train = tr.jsonl\n", "task.dev = dev.jsonl\n",
+        "task.pair_field = hypothesis\n", "task.text_field = premise\n",
+        "task.label_field = gold\n", "data.tokenizer = spm.model\n", "train.epochs = 5\n",
+        "task.type = classify\n", "optim.name = adamw\n"})
+    EXPECT_NE(dump.find(line), std::string::npos) << line << dump;
+  /* A pretraining dump has none of them. */
+  train_config p = Default();
+  d = train_config_dump(&p);
+  EXPECT_EQ(std::string(d).find("task."), std::string::npos);
+  free(d);
+}
+
+TEST(FinetuneConfig, BadValuesAreRefused) {
+  train_config c = Finetune();
+  EXPECT_EQ(train_config_set(&c, "task.type", "regress"), STATUS_CONFIG);
+  EXPECT_NE(std::string(status_message()).find("task.type"), std::string::npos);
+  EXPECT_EQ(train_config_set(&c, "train.epochs", "0"), STATUS_CONFIG);
+  EXPECT_EQ(train_config_set(&c, "task.text_field", ""), STATUS_CONFIG);
+  EXPECT_EQ(train_config_set(&c, "task.foo", "x"), STATUS_CONFIG);
+  EXPECT_NE(std::string(status_message()).find("task.foo"), std::string::npos);
+}
+
+/* Arguments in writable storage, as a process gets them (--set writes into them). */
+struct Argv {
+  std::vector<std::string> s;
+  std::vector<char *> p;
+  explicit Argv(std::initializer_list<const char *> a) : s(a.begin(), a.end()) {
+    for (auto &x : s) p.push_back(x.data());
+  }
+  int argc() const { return (int)p.size(); }
+  char **argv() { return p.data(); }
+};
+
+TEST(FinetuneConfig, ArgsNeedATrainingFileAndATokenizer) {
+  train_config c;
+  bool help;
+  Argv a1{"finetune", "--set", "data.tokenizer=x.model"};
+  EXPECT_EQ(finetune_config_from_args(a1.argc(), a1.argv(), &c, &help), STATUS_CONFIG);
+  EXPECT_NE(std::string(status_message()).find("task.train"), std::string::npos);
+  Argv a2{"finetune", "--set", "task.train=t.jsonl"};
+  EXPECT_EQ(finetune_config_from_args(a2.argc(), a2.argv(), &c, &help), STATUS_CONFIG);
+  EXPECT_NE(std::string(status_message()).find("data.tokenizer"), std::string::npos);
+  Argv a3{"finetune", "--set", "task.train=t.jsonl", "--set", "model.init=ck"};
+  EXPECT_EQ(finetune_config_from_args(a3.argc(), a3.argv(), &c, &help), STATUS_OK);
+  EXPECT_EQ(c.data.max_predictions, 0);
+  Argv a4{"finetune", "--set", "task.train=t.jsonl", "--init-from", "ck", "--set", "model.init=ck"};
+  EXPECT_EQ(finetune_config_from_args(a4.argc(), a4.argv(), &c, &help), STATUS_ARG);
+}
+
+TEST(FinetuneConfig, PretrainingRefusesAClassifierConfig) {
+  std::string dir = ::testing::TempDir() + "/ftcfg";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json")
+      << R"({"model_type": "bert", "architectures": ["BertForSequenceClassification"],
+             "id2label": {"0": "a", "1": "b"}})";
+  std::string set = "model.config=" + dir + "/config.json";
+  Argv a{"mlmpi-train", "--set", set.c_str(), "--set", "data.path=x"};
+  train_config c;
+  const char *init;
+  bool help;
+  EXPECT_EQ(train_config_from_args(a.argc(), a.argv(), &c, &init, &help), STATUS_CONFIG);
+  EXPECT_NE(std::string(status_message()).find("finetune"), std::string::npos) << status_message();
+}

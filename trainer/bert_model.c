@@ -130,7 +130,7 @@ static void b_eval_values(const double *g, double batches, double sequences, dou
 
 /* ---- `mlmpi-train step` ------------------------------------------------------------- */
 static unsigned b_required(const model *m) {
-  return bert_get_config(BM(m))->nsp ? MODEL_FIELD_NSP : 0u;
+  return MODEL_FIELD_MLM | (bert_get_config(BM(m))->nsp ? MODEL_FIELD_NSP : 0u);
 }
 
 static int b_outputs(const model *m, const model_batch *b, const double *g, model_output *o) {
@@ -171,7 +171,7 @@ static status_t b_export(const model *m, const char *dir, char *what, size_t n) 
   snprintf(path, sizeof path, "%s/config.json", dir);
   if (st == STATUS_OK)
     st = model_write_hf_config(path, c->nsp ? "BertForPreTraining" : "BertForMaskedLM", "bert", c,
-                               0);
+                               0, NULL);
   snprintf(what, n, "%s (model.safetensors, config.json)", dir);
   return st;
 }

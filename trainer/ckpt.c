@@ -89,13 +89,13 @@ static int remove_one(const char *path, const struct stat *sb, int flag, struct 
 /* Removes path and everything below it (children first, links not followed). */
 static void remove_tree(const char *path) { nftw(path, remove_one, 16, FTW_DEPTH | FTW_PHYS); }
 
-/* Removes what writers killed mid-checkpoint left: .step-N.tmpPID. */
+/* Removes what writers killed mid-checkpoint left: .step-N.tmpPID, .best.tmpPID. */
 static void remove_partial(const char *dir) {
   DIR *d = opendir(dir);
   if (!d) return;
   char p[4096 + 256];
   for (struct dirent *e; (e = readdir(d));) {
-    if (strncmp(e->d_name, ".step-", 6) != 0 || !strstr(e->d_name, ".tmp")) continue;
+    if (e->d_name[0] != '.' || !strstr(e->d_name, ".tmp")) continue;
     snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
     LOG_INFO(TRAINER, "removing %s, a checkpoint whose writing was cut off", p);
     remove_tree(p);
@@ -126,11 +126,23 @@ out:
 status_t ckpt_save(const char *dir, const ckpt_info *info, const param_table *t,
                    const float *params, const ckpt_optim *o, const char *config_text,
                    int64_t keep) {
+  ckpt_extra none = {0};
+  return ckpt_save_ex(dir, info, &none, t, params, o, config_text, keep);
+}
+
+status_t ckpt_save_ex(const char *dir, const ckpt_info *info, const ckpt_extra *extra,
+                      const param_table *t, const float *params, const ckpt_optim *o,
+                      const char *config_text, int64_t keep) {
   char tmp[4096], final[4096], p[4096 + 64];
   if (mkdir(dir, 0755) != 0 && errno != EEXIST)
     return status_set(STATUS_IO, "cannot create checkpoint directory %s: %s", dir, strerror(errno));
-  snprintf(tmp, sizeof tmp, "%s/.step-%lld.tmp%d", dir, (long long)info->step, (int)getpid());
-  snprintf(final, sizeof final, "%s/step-%lld", dir, (long long)info->step);
+  char name[256];
+  if (extra->name)
+    snprintf(name, sizeof name, "%s", extra->name);
+  else
+    snprintf(name, sizeof name, "step-%lld", (long long)info->step);
+  snprintf(tmp, sizeof tmp, "%s/.%s.tmp%d", dir, name, (int)getpid());
+  snprintf(final, sizeof final, "%s/%s", dir, name);
   remove_tree(tmp);
   if (mkdir(tmp, 0755) != 0)
     return status_set(STATUS_IO, "cannot create %s: %s", tmp, strerror(errno));
@@ -170,6 +182,13 @@ status_t ckpt_save(const char *dir, const ckpt_info *info, const param_table *t,
     snprintf(fp, sizeof fp, "%08x", crc_optim);
     cJSON_AddStringToObject(cs, "optimizer.safetensors", fp);
     cJSON_AddStringToObject(j, "config", config_text ? config_text : "");
+    if (extra->tokenizer && extra->tokenizer[0]) {
+      cJSON *tk = cJSON_AddObjectToObject(j, "tokenizer");
+      cJSON_AddStringToObject(tk, "path", extra->tokenizer);
+      snprintf(fp, sizeof fp, "%016llx", (unsigned long long)extra->tokenizer_fingerprint);
+      cJSON_AddStringToObject(tk, "fingerprint", fp);
+    }
+    if (extra->task_json) cJSON_AddItemToObject(j, "task", cJSON_Parse(extra->task_json));
     char *text = cJSON_Print(j);
     cJSON_Delete(j);
     snprintf(p, sizeof p, "%s/meta.json", tmp);
@@ -181,7 +200,7 @@ status_t ckpt_save(const char *dir, const ckpt_info *info, const param_table *t,
     /* A checkpoint of the same step from an earlier attempt is moved aside
      * and removed only once the new one is in place. */
     char old[4096 + 32];
-    snprintf(old, sizeof old, "%s/.step-%lld.tmpold%d", dir, (long long)info->step, (int)getpid());
+    snprintf(old, sizeof old, "%s/.%s.tmpold%d", dir, name, (int)getpid());
     bool aside = rename(final, old) == 0;
     if (rename(tmp, final) != 0) {
       st = status_set(STATUS_IO, "cannot rename %s to %s: %s", tmp, final, strerror(errno));
@@ -206,21 +225,49 @@ status_t ckpt_save(const char *dir, const ckpt_info *info, const param_table *t,
   return STATUS_OK;
 }
 
-static status_t read_meta(const char *path, ckpt_info *info, uint32_t *crc_model,
-                          uint32_t *crc_optim) {
+status_t ckpt_read_meta(const char *path, cJSON **out) {
   char p[4096 + 64], *text = NULL;
   size_t len = 0;
+  *out = NULL;
   snprintf(p, sizeof p, "%s/meta.json", path);
   if (core_read_file("", p, 64u << 20, &text, &len))
     return status_set(STATUS_IO, "checkpoint %s has no meta.json", path);
-  cJSON *j = cJSON_Parse(text);
+  *out = cJSON_Parse(text);
   free(text);
+  if (!cJSON_IsObject(*out)) {
+    cJSON_Delete(*out);
+    *out = NULL;
+    return status_set(STATUS_FORMAT, "checkpoint %s: meta.json is not a JSON object", path);
+  }
+  return STATUS_OK;
+}
+
+bool ckpt_config_value(const cJSON *meta, const char *key, char *out, size_t n) {
+  const char *cfg = cJSON_GetStringValue(cJSON_GetObjectItem(meta, "config"));
+  size_t k = strlen(key);
+  /* The dump is "section.key = value" lines. */
+  for (const char *line = cfg; line && *line;) {
+    const char *end = strchr(line, '\n');
+    size_t len = end ? (size_t)(end - line) : strlen(line);
+    if (len >= k + 3 && !strncmp(line, key, k) && !strncmp(line + k, " = ", 3)) {
+      snprintf(out, n, "%.*s", (int)(len - k - 3), line + k + 3);
+      return true;
+    }
+    line = end ? end + 1 : NULL;
+  }
+  return false;
+}
+
+static status_t read_meta(const char *path, ckpt_info *info, uint32_t *crc_model,
+                          uint32_t *crc_optim) {
+  cJSON *j;
+  status_t st = ckpt_read_meta(path, &j);
+  if (st) return st;
   const cJSON *s = cJSON_GetObjectItem(j, "step"), *w = cJSON_GetObjectItem(j, "world_size"),
               *fp = cJSON_GetObjectItem(j, "data_fingerprint"),
               *cs = cJSON_GetObjectItem(j, "crc32c"), *sd = cJSON_GetObjectItem(j, "seed");
   const cJSON *cm = cJSON_GetObjectItem(cs, "model.safetensors"),
               *co = cJSON_GetObjectItem(cs, "optimizer.safetensors");
-  status_t st = STATUS_OK;
   if (!cJSON_IsNumber(s) || !cJSON_IsNumber(w) || !cJSON_IsString(fp) || !cJSON_IsString(cm) ||
       !cJSON_IsString(co) || !(cJSON_IsNumber(sd) || cJSON_IsString(sd)))
     st = status_set(STATUS_FORMAT, "checkpoint %s: meta.json is incomplete", path);
@@ -252,6 +299,20 @@ static status_t verify(const char *path, ckpt_info *info) {
     return status_set(STATUS_FORMAT, "checkpoint %s: optimizer.safetensors is damaged (checksum)",
                       path);
   return STATUS_OK;
+}
+
+status_t ckpt_resolve(const char *dir, char *path, size_t n) {
+  char p[4096 + 64];
+  struct stat sb;
+  snprintf(p, sizeof p, "%s/meta.json", dir);
+  if (stat(p, &sb) == 0) return snprintf(path, n, "%s", dir), STATUS_OK;
+  snprintf(p, sizeof p, "%s/best/meta.json", dir);
+  if (stat(p, &sb) == 0) return snprintf(path, n, "%s/best", dir), STATUS_OK;
+  status_t st = ckpt_find_latest(dir, path, n);
+  if (st == STATUS_OK && !path[0])
+    st = status_set(STATUS_IO, "%s is not a checkpoint (no meta.json, best/ or complete step-N)",
+                    dir);
+  return st;
 }
 
 status_t ckpt_find_latest(const char *dir, char *path, size_t n) {

@@ -184,11 +184,11 @@ static void e_eval_values(const double *g, double batches, double sequences, dou
 /* ---- `mlmpi-train step` ------------------------------------------------------------- */
 static unsigned e_required(const model *m) {
   (void)m;
-  return 0;
+  return MODEL_FIELD_MLM;
 }
 static unsigned e_allowed(const model *m) {
   (void)m;
-  return MODEL_FIELD_SAMPLED;
+  return MODEL_FIELD_MLM | MODEL_FIELD_SAMPLED;
 }
 
 static int e_outputs(const model *m, const model_batch *b, const double *g, model_output *o) {
@@ -235,7 +235,7 @@ static status_t net_config_json(const char *path, const electra_config *c, bool 
                    .layer_norm_eps = c->layer_norm_eps,
                    .initializer_range = c->initializer_range};
   return model_write_hf_config(path, generator ? "ElectraForMaskedLM" : "ElectraForPreTraining",
-                               "electra", &b, c->embedding_size);
+                               "electra", &b, c->embedding_size, NULL);
 }
 
 /* Two directories: discriminator/ (ElectraForPreTraining) and generator/

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "ckpt.h"
 #include "model_impl.h"
 #include "train_config.h"
 
@@ -19,7 +20,10 @@ static const char export_usage[] =
     "  Writes the checkpoint's model as a Hugging Face directory: model.safetensors and\n"
     "  config.json (BertForPreTraining, or BertForMaskedLM for models without NSP). An ELECTRA\n"
     "  model gives two: OUT/discriminator (ElectraForPreTraining) and OUT/generator\n"
-    "  (ElectraForMaskedLM), each with its own copy of the shared embeddings.\n";
+    "  (ElectraForMaskedLM), each with its own copy of the shared embeddings. A fine-tuned\n"
+    "  checkpoint gives BertForSequenceClassification or ElectraForSequenceClassification with\n"
+    "  id2label and label2id. DIR may be a checkpoint (step-N, best) or a ckpt.dir (its best/,\n"
+    "  else its newest step-N).\n";
 
 /* ---- Hugging Face writers ------------------------------------------------------ */
 static status_t write_json(const char *path, cJSON *j) {
@@ -52,7 +56,7 @@ static void add_float(cJSON *j, const char *key, float f) {
 }
 
 status_t model_write_hf_config(const char *path, const char *arch, const char *model_type,
-                               const bert_config *c, int embedding_size) {
+                               const bert_config *c, int embedding_size, const hf_head *head) {
   cJSON *j = cJSON_CreateObject();
   cJSON *archs = cJSON_AddArrayToObject(j, "architectures");
   cJSON_AddItemToArray(archs, cJSON_CreateString(arch));
@@ -73,6 +77,17 @@ status_t model_write_hf_config(const char *path, const char *arch, const char *m
   add_float(j, "initializer_range", c->initializer_range);
   cJSON_AddStringToObject(j, "position_embedding_type", "absolute");
   cJSON_AddStringToObject(j, "torch_dtype", "float32");
+  if (head) {
+    cJSON *id2 = cJSON_AddObjectToObject(j, "id2label"),
+          *l2 = cJSON_AddObjectToObject(j, "label2id");
+    for (int i = 0; i < head->n; i++) {
+      char id[16];
+      snprintf(id, sizeof id, "%d", i);
+      cJSON_AddStringToObject(id2, id, head->labels[i]);
+      cJSON_AddNumberToObject(l2, head->labels[i], i);
+    }
+    add_float(j, "classifier_dropout", head->dropout);
+  }
   return write_json(path, j);
 }
 
@@ -101,60 +116,69 @@ status_t model_write_hf_weights(const param_table *t, const float *w, const char
   return st;
 }
 
-/* ---- The command ------------------------------------------------------------------ */
-/* The model.config and model.preset of the checkpoint's effective config. */
-static status_t model_keys_of(const char *ckpt, train_config *tc) {
-  char path[4096], *text = NULL;
-  size_t len;
-  snprintf(path, sizeof path, "%s/meta.json", ckpt);
-  status_t st = core_read_file("", path, 64u << 20, &text, &len);
+/* ---- A checkpoint's model --------------------------------------------------------- */
+/* The label names of a fine-tuned checkpoint's task (meta.json "task"). */
+static status_t task_labels_of(const cJSON *task, const char *path, const char ***names, int *n) {
+  const cJSON *labels = cJSON_GetObjectItem(task, "labels");
+  *n = cJSON_GetArraySize(labels);
+  if (!cJSON_IsArray(labels) || *n < 1)
+    return status_set(STATUS_FORMAT, "checkpoint %s: the task has no labels", path);
+  *names = calloc((size_t)*n, sizeof **names);
+  if (!*names) return status_set(STATUS_NOMEM, "out of memory");
+  for (int i = 0; i < *n; i++)
+    if (!((*names)[i] = cJSON_GetStringValue(cJSON_GetArrayItem(labels, i))))
+      return status_set(STATUS_FORMAT, "checkpoint %s: label %d is not a string", path, i);
+  return STATUS_OK;
+}
+
+status_t model_from_checkpoint(const char *path, const model_shape *shape, model **out,
+                               cJSON **meta) {
+  char config[CFG_PATH] = "", preset[32] = "bert-mini", wpath[4096 + 32];
+  const char **labels = NULL;
+  st_file *w = NULL;
+  const model_ops *ops = NULL;
+  *out = NULL;
+  status_t st = ckpt_read_meta(path, meta);
   if (st) return st;
-  cJSON *j = cJSON_Parse(text);
-  free(text);
-  const cJSON *cfg = cJSON_GetObjectItem(j, "config");
-  if (!cJSON_IsString(cfg)) {
-    cJSON_Delete(j);
-    return status_set(STATUS_FORMAT, "%s: no effective config", path);
+  ckpt_config_value(*meta, "model.config", config, sizeof config);
+  ckpt_config_value(*meta, "model.preset", preset, sizeof preset);
+  const cJSON *task = cJSON_GetObjectItem(*meta, "task");
+  model_spec spec = {.config_path = config, .preset = preset, .nsp = -1};
+  if (task && (st = task_labels_of(task, path, &labels, &spec.num_labels)) == STATUS_OK)
+    spec.labels = labels;
+  snprintf(wpath, sizeof wpath, "%s/model.safetensors", path);
+  if (st == STATUS_OK)
+    st = task ? model_lookup_task(config, preset, "classify", &ops)
+              : model_lookup(config, preset, &ops);
+  if (st == STATUS_OK) st = st_read(wpath, &w);
+  /* A preset's vocabulary (and what else the weights tell) from the weights. */
+  if (st == STATUS_OK) st = ops->spec_from_weights(w, wpath, &spec);
+  if (st == STATUS_OK) st = ops->create(out, &spec, shape);
+  /* Loading through the model's table checks every name and shape. */
+  if (st == STATUS_OK)
+    st = param_load_safetensors(ops->params(*out), ops->param_buf(*out), w, wpath, true);
+  st_free(w);
+  free(labels);
+  if (st) {
+    model_free(*out);
+    *out = NULL;
+    cJSON_Delete(*meta);
+    *meta = NULL;
   }
-  train_config_default(tc);
-  /* The dump is "section.key = value" lines. */
-  for (char *line = strtok(cfg->valuestring, "\n"); line && st == STATUS_OK;
-       line = strtok(NULL, "\n")) {
-    char *eq = strstr(line, " = ");
-    if (!eq) continue;
-    *eq = 0;
-    if (!strcmp(line, "model.config") || !strcmp(line, "model.preset"))
-      st = train_config_set(tc, line, eq + 3);
-  }
-  cJSON_Delete(j);
   return st;
 }
 
-static status_t export_checkpoint(const char *ckpt, const char *out) {
+/* ---- The command ------------------------------------------------------------------ */
+static status_t export_checkpoint(const char *dir, const char *out) {
   char path[4096], what[8300];
-  snprintf(path, sizeof path, "%s/model.safetensors", ckpt);
-  st_file *w = NULL;
   model *m = NULL;
-  train_config tc;
-  const model_ops *ops = NULL;
-  model_spec spec = {.nsp = -1};
-  status_t st = st_read(path, &w);
-  if (st == STATUS_OK) st = model_keys_of(ckpt, &tc);
-  if (st == STATUS_OK) {
-    spec.config_path = tc.model_config;
-    spec.preset = tc.model_preset;
-    st = model_lookup(spec.config_path, spec.preset, &ops);
-  }
-  /* A preset's vocabulary (and what else the weights tell) from the weights. */
-  if (st == STATUS_OK) st = ops->spec_from_weights(w, path, &spec);
-  if (st == STATUS_OK) st = ops->create(&m, &spec, &(model_shape){1, 1, 1, 1});
-  /* Loading through the model's table checks every name and shape. */
-  if (st == STATUS_OK)
-    st = param_load_safetensors(ops->params(m), ops->param_buf(m), w, path, true);
-  if (st == STATUS_OK) st = ops->export_hf(m, out, what, sizeof what);
-  if (st == STATUS_OK) printf("exported %s to %s\n", ckpt, what);
+  cJSON *meta = NULL;
+  status_t st = ckpt_resolve(dir, path, sizeof path);
+  if (st == STATUS_OK) st = model_from_checkpoint(path, &(model_shape){1, 1, 1, 1}, &m, &meta);
+  if (st == STATUS_OK) st = m->ops->export_hf(m, out, what, sizeof what);
+  if (st == STATUS_OK) printf("exported %s to %s\n", path, what);
   model_free(m);
-  st_free(w);
+  cJSON_Delete(meta);
   return st;
 }
 

@@ -21,6 +21,9 @@ static const char usage[] =
     "  step   one forward+backward of a model on given weights and batch (the oracle hook)\n"
     "  demo   initialise a model and train it on a synthetic batch, printing the loss\n"
     "  export a checkpoint as a Hugging Face model directory (model.safetensors, config.json)\n"
+    "  finetune  fine-tune a pretrained model (or a fresh one) on a labelled task, under mpirun\n"
+    "            like pretraining (`mlmpi-train finetune --help` lists its keys)\n"
+    "  predict   a fine-tuned checkpoint's labels and class probabilities for a JSON Lines file\n"
     "\n"
     "`mlmpi-train <command> --help` describes each command.\n";
 
@@ -30,16 +33,34 @@ static const char train_usage[] =
     "\n"
     "Trains under mpirun/srun (or as one process). Config keys (INI sections) and defaults:\n";
 
+static const char finetune_usage[] =
+    "usage: mlmpi-train finetune [--config FT.ini] [--set section.key=value ...]\n"
+    "\n"
+    "Fine-tunes a sequence classifier (BertForSequenceClassification or\n"
+    "ElectraForSequenceClassification) under mpirun/srun (or as one process): the pretraining\n"
+    "keys below, with AdamW (lr 1e-4, 10% warmup, linear decay, eps 1e-8) and these:\n"
+    "[model]  init = DIR (a pretraining checkpoint, step-N or its ckpt.dir, or a Hugging Face\n"
+    "         directory; unset: fresh weights from model.preset / model.config, the control)\n"
+    "[task]   type = classify, train = FILE.jsonl, dev = FILE.jsonl (evaluated after every\n"
+    "         epoch: dev_accuracy and dev_macro_f1 in metrics.jsonl; the best epoch's model is\n"
+    "         kept in ckpt.dir/best), text_field = text, pair_field = (none: single texts),\n"
+    "         label_field = label (strings or integers; the labels of task.train, sorted)\n"
+    "[data]   tokenizer = PATH (default: the one model.init records), seq_len = 128\n"
+    "[train]  epochs = 3, global_batch = 32, seed = 42 (the head's initialisation, dropout and\n"
+    "         the order of the examples), log_every = 10\n"
+    "\n";
+
 int trainer_demo_main(int argc, char **argv);
 int trainer_export_main(int argc, char **argv);
+int trainer_predict_main(int argc, char **argv);
 
 static void on_signal(int sig) {
   (void)sig;
   train_request_stop();
 }
 
-static void print_train_help(void) {
-  fputs(train_usage, stdout);
+static void print_train_help(bool finetune) {
+  fputs(finetune ? finetune_usage : train_usage, stdout);
   fputs(train_config_help(), stdout);
 }
 
@@ -57,7 +78,7 @@ static int size_threads(const train_config *cfg, const comm_t *comm) {
 /* Training: every rank runs this. A failure every rank met alike is said
  * once (rank 0); one that only some ranks met ends the whole job, so that
  * no rank waits for them. */
-static int train_main(int argc, char **argv) {
+static int train_main(int argc, char **argv, bool finetune) {
   status_t st = comm_process_init(&argc, &argv);
   if (st) {
     fprintf(stderr, "mlmpi-train: %s\n", status_message());
@@ -69,9 +90,11 @@ static int train_main(int argc, char **argv) {
   const char *init_from;
   bool help, uniform = true;
   comm_t *comm = NULL;
-  st = train_config_from_args(argc, argv, &cfg, &init_from, &help);
+  init_from = NULL;
+  st = finetune ? finetune_config_from_args(argc, argv, &cfg, &help)
+                : train_config_from_args(argc, argv, &cfg, &init_from, &help);
   if (help) {
-    if (rank == 0) print_train_help();
+    if (rank == 0) print_train_help(finetune);
     comm_process_finalize();
     return 0;
   }
@@ -109,15 +132,17 @@ int main(int argc, char **argv) {
     return 0;
   }
   if (argc >= 2 && !strcmp(argv[1], "--help-config")) {
-    print_train_help();
+    print_train_help(false);
     return 0;
   }
   if (argc >= 2 && !strcmp(argv[1], "step")) return trainer_step_main(argc - 1, argv + 1);
   if (argc >= 2 && !strcmp(argv[1], "demo")) return trainer_demo_main(argc - 1, argv + 1);
   if (argc >= 2 && !strcmp(argv[1], "export")) return trainer_export_main(argc - 1, argv + 1);
+  if (argc >= 2 && !strcmp(argv[1], "predict")) return trainer_predict_main(argc - 1, argv + 1);
+  if (argc >= 2 && !strcmp(argv[1], "finetune")) return train_main(argc - 1, argv + 1, true);
   if (argc >= 2 && argv[1][0] != '-') {
     fprintf(stderr, "mlmpi-train: unknown command '%s' (see mlmpi-train --help)\n", argv[1]);
     return 2;
   }
-  return train_main(argc, argv);
+  return train_main(argc, argv, false);
 }

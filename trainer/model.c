@@ -13,11 +13,15 @@
 
 /* ---- The registry: one line a model (and its declaration). The first entry
  * also reads configs that name no model_type. ------------------------------ */
-extern const model_ops bert_model_ops;    /* bert_model.c */
-extern const model_ops electra_model_ops; /* electra_model.c */
+extern const model_ops bert_model_ops;       /* bert_model.c */
+extern const model_ops electra_model_ops;    /* electra_model.c */
+extern const model_ops bert_classify_ops;    /* classify.c */
+extern const model_ops electra_classify_ops; /* classify.c */
 static const model_ops *const registry[] = {
     &bert_model_ops,
     &electra_model_ops,
+    &bert_classify_ops,
+    &electra_classify_ops,
 };
 enum { N_MODELS = sizeof registry / sizeof registry[0] };
 
@@ -29,15 +33,41 @@ const model_ops *model_by_name(const char *name) {
 
 const model_ops *model_at(int i) { return i >= 0 && i < N_MODELS ? registry[i] : NULL; }
 
+static bool same_task(const model_ops *m, const char *task) {
+  return task ? m->task && !strcmp(m->task, task) : !m->task;
+}
+
+/* The pretraining models' model types or presets, for messages. */
 static void known(char *buf, size_t n, bool presets) {
   size_t u = 0;
   buf[0] = 0;
   for (int i = 0; i < N_MODELS && u < n; i++)
-    u += (size_t)snprintf(buf + u, n - u, "%s%s", i ? ", " : "",
-                          presets ? registry[i]->presets : registry[i]->model_type);
+    if (!registry[i]->task)
+      u += (size_t)snprintf(buf + u, n - u, "%s%s", u ? ", " : "",
+                            presets ? registry[i]->presets : registry[i]->model_type);
 }
 
-status_t model_lookup(const char *config_path, const char *preset, const model_ops **out) {
+/* The entry of a model type and task. */
+static const model_ops *entry(const char *model_type, const char *task) {
+  for (int i = 0; i < N_MODELS; i++)
+    if (!strcmp(model_type, registry[i]->model_type) && same_task(registry[i], task))
+      return registry[i];
+  return NULL;
+}
+
+/* "classify" when config.json's architectures name a sequence classifier. */
+static const char *task_of(const cJSON *j) {
+  const cJSON *a, *archs = cJSON_GetObjectItem(j, "architectures");
+  cJSON_ArrayForEach(a, archs) {
+    const char *s = cJSON_GetStringValue(a);
+    size_t n = s ? strlen(s) : 0, k = strlen("ForSequenceClassification");
+    if (n > k && !strcmp(s + n - k, "ForSequenceClassification")) return "classify";
+  }
+  return NULL;
+}
+
+static status_t lookup(const char *config_path, const char *preset, const char *task,
+                       bool task_from_file, const model_ops **out) {
   char names[512];
   *out = NULL;
   if (config_path && config_path[0]) {
@@ -45,32 +75,37 @@ status_t model_lookup(const char *config_path, const char *preset, const model_o
      * report, naming the file. */
     cJSON *j = NULL;
     if (cfgj_read(config_path, &j) != STATUS_OK) {
-      *out = registry[0];
+      *out = entry(registry[0]->model_type, task);
       return STATUS_OK;
     }
+    if (task_from_file) task = task_of(j);
     const cJSON *t = cJSON_GetObjectItem(j, "model_type");
+    const char *type = cJSON_IsString(t) ? t->valuestring : registry[0]->model_type;
     status_t st = STATUS_OK;
-    *out = registry[0];
-    if (cJSON_IsString(t)) {
-      *out = NULL;
-      for (int i = 0; i < N_MODELS && !*out; i++)
-        if (!strcmp(t->valuestring, registry[i]->model_type)) *out = registry[i];
-      if (!*out) {
-        known(names, sizeof names, false);
-        st = status_set(STATUS_CONFIG, "%s: model_type '%s' is not one mlmpi trains (%s)",
-                        config_path, t->valuestring, names);
-      }
+    if (!(*out = entry(type, task))) {
+      known(names, sizeof names, false);
+      st = status_set(STATUS_CONFIG, "%s: model_type '%s' is not one mlmpi %s (%s)", config_path,
+                      type, task ? "fine-tunes" : "trains", names);
     }
     cJSON_Delete(j);
     return st;
   }
   for (int i = 0; i < N_MODELS; i++)
-    if (registry[i]->has_preset(preset)) {
-      *out = registry[i];
-      return STATUS_OK;
+    if (!registry[i]->task && registry[i]->has_preset(preset)) {
+      *out = entry(registry[i]->model_type, task);
+      if (*out) return STATUS_OK;
     }
   known(names, sizeof names, true);
   return status_set(STATUS_CONFIG, "model.preset: unknown preset '%s' (%s)", preset, names);
+}
+
+status_t model_lookup(const char *config_path, const char *preset, const model_ops **out) {
+  return lookup(config_path, preset, NULL, true, out);
+}
+
+status_t model_lookup_task(const char *config_path, const char *preset, const char *task,
+                           const model_ops **out) {
+  return lookup(config_path, preset, task, false, out);
 }
 
 status_t model_create(model **out, const model_spec *spec, const model_shape *shape) {

@@ -26,6 +26,10 @@ typedef struct {
   /* Overrides for small synthetic runs (demo): > 0 replaces the config's. */
   int max_positions;
   bool no_dropout; /* dropout probabilities 0 */
+  /* Classifiers: the labels (names in id order; NULL names: LABEL_i); 0:
+   * config.json's id2label. */
+  int num_labels;
+  const char *const *labels;
 } model_spec;
 
 /* The batches a model object will take: up to max_batch sequences of
@@ -65,6 +69,7 @@ typedef struct {
 #define MODEL_MAX_COUNTERS 2100
 #define MODEL_MAX_METRICS 12
 #define MODEL_MAX_OUTPUTS 8
+#define MODEL_MAX_LABELS 512 /* a classifier's classes (TASK_MAX_LABELS) */
 
 /* One output tensor of `mlmpi-train step` (loss, logits, ...), a copy owned
  * by whoever holds it (model_outputs_free). */
@@ -78,7 +83,12 @@ typedef struct {
 void model_outputs_free(model_output *o, int n);
 
 /* Batch fields beyond the six every model reads, for `step`'s checks. */
-enum { MODEL_FIELD_NSP = 1 << 0, MODEL_FIELD_SAMPLED = 1 << 1 };
+enum {
+  MODEL_FIELD_NSP = 1 << 0,
+  MODEL_FIELD_SAMPLED = 1 << 1,
+  MODEL_FIELD_MLM = 1 << 2,    /* masked_lm_positions, _ids, _weights [B,P] */
+  MODEL_FIELD_LABELS = 1 << 3, /* labels [B] (next_sentence_labels' place) */
+};
 
 typedef struct model model;
 typedef struct model_ops model_ops;
@@ -86,6 +96,7 @@ typedef struct model_ops model_ops;
 struct model_ops {
   const char *name;       /* registry key: "bert", "electra" */
   const char *model_type; /* config.json "model_type" it reads */
+  const char *task;       /* NULL: pretraining; "classify": sequence classification */
   const char *presets;    /* its presets, comma-separated, for messages */
   bool (*has_preset)(const char *preset);
   mask_style masking; /* data.masking when the config leaves it unset */
@@ -164,10 +175,23 @@ struct model {
  * set (no model_type: BERT), else the preset's owner. STATUS_CONFIG naming
  * the model_type or the preset (and the known ones) otherwise. */
 status_t model_lookup(const char *config_path, const char *preset, const model_ops **out);
+/* The model of a task (NULL: pretraining, "classify") on the encoder a
+ * config or preset names; model_lookup's task is "classify" when the
+ * config.json's architectures name a *ForSequenceClassification. */
+status_t model_lookup_task(const char *config_path, const char *preset, const char *task,
+                           const model_ops **out);
 /* Registry entry by name, or NULL; entry i in registry order, NULL past the
  * last. */
 const model_ops *model_by_name(const char *name);
 const model_ops *model_at(int i);
+
+/* Classifiers (classify.c): the softmax of the last forward's logits into
+ * probs [B, labels], and the label names in id order (returns their count). */
+void classify_probs(const model *m, float *probs);
+int classify_labels(const model *m, const char *const **names);
+/* Whether table tensor i is the head's (pooler and classifier), which a
+ * pretrained encoder need not have. */
+bool classify_is_head(const model *m, int i);
 
 /* Looks up the model and creates it (ops->create). */
 status_t model_create(model **out, const model_spec *spec, const model_shape *shape);

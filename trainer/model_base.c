@@ -8,7 +8,7 @@
 #include <string.h>
 
 status_t model_base_check_shape(int max_batch, int seq_len, int max_pred, int max_pos) {
-  if (max_batch < 1 || seq_len < 1 || max_pred < 1 || seq_len > max_pos)
+  if (max_batch < 1 || seq_len < 1 || max_pred < 0 || seq_len > max_pos)
     return status_set(STATUS_ARG,
                       "batch shape %d x %d with %d masked slots does not fit the model "
                       "(max_position_embeddings %d)",
@@ -85,7 +85,7 @@ void model_base_set_grad_ready(model_base *b, bert_grad_ready_fn fn, void *ctx) 
 
 status_t model_base_check_batch(const model_base *b, const model_batch *x, int vocab,
                                 int type_vocab) {
-  if (x->B < 1 || x->B > b->maxB || x->T < 1 || x->T > b->T || x->P < 1 || x->P > b->P)
+  if (x->B < 1 || x->B > b->maxB || x->T < 1 || x->T > b->T || x->P < 0 || x->P > b->P)
     return status_set(STATUS_ARG,
                       "batch shape B=%d T=%d P=%d does not fit the model's B<=%d T<=%d P<=%d", x->B,
                       x->T, x->P, b->maxB, b->T, b->P);

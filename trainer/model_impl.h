@@ -3,6 +3,8 @@
 #ifndef MLMPI_MODEL_IMPL_H
 #define MLMPI_MODEL_IMPL_H
 
+#include <cjson/cJSON.h>
+
 #include "electra.h"
 #include "model.h"
 
@@ -46,14 +48,27 @@ status_t model_spec_check(const model_spec *s, int vocab_size, int max_positions
 status_t model_output_copy(model_output *o, const char *name, dtype_t dtype, int ndim,
                            const int64_t *shape, const void *data);
 status_t model_output_scalar(model_output *o, const char *name, double v);
+/* A classifier's part of config.json: id2label, label2id, classifier_dropout. */
+typedef struct {
+  const char *const *labels;
+  int n;
+  float dropout;
+} hf_head;
 /* Writes a Hugging Face config.json of an encoder (BertConfig's fields;
- * embedding_size too when > 0) with the given architecture and model_type. */
+ * embedding_size too when > 0) with the given architecture and model_type,
+ * and a classifier's labels when head is not NULL. */
 status_t model_write_hf_config(const char *path, const char *arch, const char *model_type,
-                               const bert_config *c, int embedding_size);
+                               const bert_config *c, int embedding_size, const hf_head *head);
 /* Writes the tensors of t under prefix (renamed: prefix removed; plus, when
  * also is set, those under `also` renamed with `also_strip` removed) to
  * dir/model.safetensors, creating dir. */
 status_t model_write_hf_weights(const param_table *t, const float *w, const char *dir,
                                 const char *prefix, const char *also, const char *also_strip);
+
+/* The model of checkpoint `path` (a step-N or best directory) with its
+ * weights, for batches of `shape`: a classifier when meta.json has a task.
+ * *meta is its meta.json (the caller's, cJSON_Delete). */
+status_t model_from_checkpoint(const char *path, const model_shape *shape, model **out,
+                               cJSON **meta);
 
 #endif

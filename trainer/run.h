@@ -56,6 +56,18 @@ typedef struct {
   tb_writer *tb;     /* rank 0: TensorBoard events */
   bool tty;
   double t_start; /* core_now_s() when the loop began: train.time_limit_s counts from it */
+  /* Fine-tuning (cfg.finetune; finetune.c): the task's examples, epochs of
+   * steps_per_epoch steps (the holdout source is task.dev, evaluated after
+   * every epoch), the best epoch's dev accuracy (-1: none yet), what
+   * checkpoints record of the task, and the model the run starts from. */
+  task_data *task, *dev_task;
+  int64_t steps_per_epoch;
+  double best;
+  char *task_json;
+  char tokenizer[4096];
+  uint64_t tokenizer_fp;
+  char init_config[CFG_PATH + 16], init_preset[32], init_weights[4096 + 128];
+  int init_vocab;
 } run_state;
 
 /* The global index of the first sequence of micro-batch k of this rank. */
@@ -77,6 +89,27 @@ status_t run_init_weights(run_state *s, const char *init_from, int64_t *start);
 /* Writes ckpt.dir/step-N (rank 0, the optimizer state gathered first);
  * every rank learns whether it worked. */
 status_t run_save(run_state *s, int64_t steps_done);
+/* The same under another name than step-N (ckpt_extra.name); task_json
+ * NULL: the run's. */
+status_t run_save_as(run_state *s, int64_t steps_done, const char *name, const char *task_json);
+
+/* finetune.c */
+/* Reads task.train (and task.dev) with the tokenizer (data.tokenizer or
+ * model.init's) and opens them as the run's sources; sets train.steps
+ * (epochs), the schedule's length and the per-epoch evaluation. */
+status_t ft_open_sources(run_state *s);
+/* The classifier's spec and model-table entry: model.init's encoder, or
+ * model.config / model.preset with the tokenizer's vocabulary; the labels
+ * of task.train. */
+status_t ft_model_spec(run_state *s, model_spec *spec, const model_ops **ops);
+/* Rank 0: fresh weights (train.seed), then every tensor of model.init that
+ * the classifier has (a pretraining checkpoint's ELECTRA discriminator
+ * under "discriminator."); only the head may be missing. */
+status_t ft_load_init(run_state *s);
+/* After an evaluation at the end of an epoch: keeps the model in ckpt.dir/best when
+ * its dev accuracy is the best so far. */
+status_t ft_after_eval(run_state *s, int64_t step, const double *values);
+void ft_free(run_state *s);
 
 /* train_eval.c: the held-out metrics (the model's eval_metrics) on
  * train.eval_batches fixed batches. */

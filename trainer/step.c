@@ -141,69 +141,87 @@ static int parse_args(int argc, char **argv, step_args *a) {
 
 static const char *const batch_fields[] = {
     "input_ids",     "input_mask",        "segment_ids",          "masked_lm_positions",
-    "masked_lm_ids", "masked_lm_weights", "next_sentence_labels", "sampled_ids"};
-enum { N_BATCH_FIELDS = 8, FIELD_NSP = 6, FIELD_SAMPLED = 7 };
+    "masked_lm_ids", "masked_lm_weights", "next_sentence_labels", "sampled_ids",
+    "labels"};
+enum { N_BATCH_FIELDS = 9, FIELD_MLM = 3, FIELD_NSP = 6, FIELD_SAMPLED = 7, FIELD_LABELS = 8 };
 
-/* B, T and P of the batch in f (input_ids [B,T], masked_lm_positions [B,P]). */
+/* Whether field k may be in a batch of a model allowing `allowed`. */
+static bool field_allowed(int k, unsigned allowed) {
+  if (k >= FIELD_MLM && k < FIELD_MLM + 3) return allowed & MODEL_FIELD_MLM;
+  if (k == FIELD_NSP) return allowed & MODEL_FIELD_NSP;
+  if (k == FIELD_SAMPLED) return allowed & MODEL_FIELD_SAMPLED;
+  if (k == FIELD_LABELS) return allowed & MODEL_FIELD_LABELS;
+  return k < N_BATCH_FIELDS;
+}
+
+/* B, T and P of the batch in f (input_ids [B,T], masked_lm_positions [B,P];
+ * P = 0 without it: load_batch then says whether the model needs it). */
 static status_t batch_shape(const st_file *f, const char *path, int64_t *B, int64_t *T,
                             int64_t *P) {
   const st_tensor *ids = st_find(f, "input_ids"), *pos = st_find(f, "masked_lm_positions");
+  bool mlm = pos != NULL;
   if (!ids) return status_set(STATUS_ARG, "%s: tensor 'input_ids' is missing", path);
-  if (!pos) return status_set(STATUS_ARG, "%s: tensor 'masked_lm_positions' is missing", path);
   if (ids->ndim != 2 || ids->shape[0] < 1 || ids->shape[1] < 1 || ids->shape[0] > (1 << 20) ||
       ids->shape[1] > (1 << 20))
     return status_set(STATUS_ARG, "%s: tensor 'input_ids' must be [B,T]", path);
-  if (pos->ndim != 2 || pos->shape[0] != ids->shape[0] || pos->shape[1] < 1 ||
-      pos->shape[1] > (1 << 20))
+  if (mlm && (pos->ndim != 2 || pos->shape[0] != ids->shape[0] || pos->shape[1] < 1 ||
+              pos->shape[1] > (1 << 20)))
     return status_set(STATUS_ARG, "%s: tensor 'masked_lm_positions' must be [B,P] with B = %lld",
                       path, (long long)ids->shape[0]);
   *B = ids->shape[0];
   *T = ids->shape[1];
-  *P = pos->shape[1];
+  *P = mlm ? pos->shape[1] : 0;
   return STATUS_OK;
 }
 
 /* Points b at the tensors of f after checking names, dtypes and shapes:
- * the six every model reads, next_sentence_labels when the model requires
- * it, sampled_ids when it allows it and f has it; any other tensor is an
+ * input_ids, input_mask and segment_ids; the masked-LM fields,
+ * next_sentence_labels [B,1] and labels [B] where the model requires them;
+ * sampled_ids where it allows it and f has it; any other tensor is an
  * error. */
 static status_t load_batch(const st_file *f, const char *path, unsigned required, unsigned allowed,
                            model_batch *b) {
   int64_t B, T, P;
   status_t st = batch_shape(f, path, &B, &T, &P);
   if (st) return st;
-  int64_t bt[2] = {B, T}, bp[2] = {B, P}, b1[2] = {B, 1};
+  int64_t bt[2] = {B, T}, bp[2] = {B, P}, b1[2] = {B, 1}, bl[1] = {B};
   const st_tensor *t[N_BATCH_FIELDS] = {0};
-  bool nsp = required & MODEL_FIELD_NSP, sampled = allowed & MODEL_FIELD_SAMPLED;
   if ((st = st_expect(f, path, "input_ids", DTYPE_I32, 2, bt, &t[0])) ||
       (st = st_expect(f, path, "input_mask", DTYPE_I32, 2, bt, &t[1])) ||
-      (st = st_expect(f, path, "segment_ids", DTYPE_I32, 2, bt, &t[2])) ||
-      (st = st_expect(f, path, "masked_lm_positions", DTYPE_I32, 2, bp, &t[3])) ||
-      (st = st_expect(f, path, "masked_lm_ids", DTYPE_I32, 2, bp, &t[4])) ||
-      (st = st_expect(f, path, "masked_lm_weights", DTYPE_F32, 2, bp, &t[5])))
+      (st = st_expect(f, path, "segment_ids", DTYPE_I32, 2, bt, &t[2])))
     return st;
-  if (nsp && (st = st_expect(f, path, "next_sentence_labels", DTYPE_I32, 2, b1, &t[FIELD_NSP])))
+  if ((required & MODEL_FIELD_MLM) &&
+      ((st = st_expect(f, path, "masked_lm_positions", DTYPE_I32, 2, bp, &t[3])) ||
+       (st = st_expect(f, path, "masked_lm_ids", DTYPE_I32, 2, bp, &t[4])) ||
+       (st = st_expect(f, path, "masked_lm_weights", DTYPE_F32, 2, bp, &t[5]))))
     return st;
-  if (sampled && st_find(f, "sampled_ids") &&
+  if ((required & MODEL_FIELD_NSP) &&
+      (st = st_expect(f, path, "next_sentence_labels", DTYPE_I32, 2, b1, &t[FIELD_NSP])))
+    return st;
+  if ((required & MODEL_FIELD_LABELS) &&
+      (st = st_expect(f, path, "labels", DTYPE_I32, 1, bl, &t[FIELD_LABELS])))
+    return st;
+  if ((allowed & MODEL_FIELD_SAMPLED) && st_find(f, "sampled_ids") &&
       (st = st_expect(f, path, "sampled_ids", DTYPE_I32, 2, bp, &t[FIELD_SAMPLED])))
     return st;
   for (int i = 0; i < f->n; i++) {
     int k = 0;
     while (k < N_BATCH_FIELDS && strcmp(f->tensors[i].name, batch_fields[k])) k++;
-    if (k == N_BATCH_FIELDS || (k == FIELD_NSP && !nsp) || (k == FIELD_SAMPLED && !sampled))
+    if (!field_allowed(k, allowed | required))
       return status_set(STATUS_ARG, "%s: tensor '%s' is not a batch field of this model", path,
                         f->tensors[i].name);
   }
+  const st_tensor *labels = t[FIELD_LABELS] ? t[FIELD_LABELS] : t[FIELD_NSP];
   *b = (model_batch){.B = (int)B,
                      .T = (int)T,
                      .P = (int)P,
                      .input_ids = t[0]->data,
                      .input_mask = t[1]->data,
                      .segment_ids = t[2]->data,
-                     .masked_lm_positions = t[3]->data,
-                     .masked_lm_ids = t[4]->data,
-                     .masked_lm_weights = t[5]->data,
-                     .next_sentence_labels = t[FIELD_NSP] ? t[FIELD_NSP]->data : NULL,
+                     .masked_lm_positions = t[3] ? t[3]->data : NULL,
+                     .masked_lm_ids = t[4] ? t[4]->data : NULL,
+                     .masked_lm_weights = t[5] ? t[5]->data : NULL,
+                     .next_sentence_labels = labels ? labels->data : NULL,
                      .sampled_ids = t[FIELD_SAMPLED] ? t[FIELD_SAMPLED]->data : NULL};
   return STATUS_OK;
 }

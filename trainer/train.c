@@ -43,6 +43,7 @@ static status_t setup_batches(run_state *s) {
 
 static status_t open_sources(run_state *s) {
   train_config *c = &s->cfg;
+  if (c->finetune) return ft_open_sources(s);
   batch_source_options o = {.path = c->data_path,
                             .service = c->data_service,
                             .token_file = c->data_token_file,
@@ -101,8 +102,10 @@ static status_t setup_model(run_state *s) {
                      .nsp = batch_source_nsp(s->data),
                      .seq_len = c->data.seq_len};
   model_shape shape = {(int)s->micro, c->data.seq_len, c->data.max_predictions, s->threads};
-  status_t st = model_create(&s->model, &spec, &shape);
-  if (st) return st;
+  const model_ops *ops;
+  status_t st = c->finetune ? ft_model_spec(s, &spec, &ops)
+                            : model_lookup(spec.config_path, spec.preset, &ops);
+  if (st || (st = ops->create(&s->model, &spec, &shape))) return st;
   s->mops = s->model->ops;
   const param_table *t = s->mops->params(s->model);
   if (c->shared_memory) {
@@ -273,6 +276,7 @@ static status_t after_step(run_state *s, int64_t step, bool stop) {
     double values[MODEL_MAX_METRICS];
     if ((st = run_evaluate(s, values))) return st;
     run_log_eval(s, step, values);
+    if (c->finetune && (st = ft_after_eval(s, step, values))) return st;
   }
   bool periodic = c->ckpt_every && (step + 1) % c->ckpt_every == 0;
   if (periodic || stop || step + 1 == c->steps)
@@ -337,6 +341,7 @@ static void free_state(run_state *s) {
   mem_free(s->gslice);
   batch_source_free(s->data);
   batch_source_free(s->holdout);
+  ft_free(s);
   free(s->cfg_text);
 }
 

@@ -53,6 +53,10 @@ static status_t gather_optim(run_state *s, ckpt_optim *o, bool *owned) {
 }
 
 status_t run_save(run_state *s, int64_t steps_done) {
+  return run_save_as(s, steps_done, NULL, NULL);
+}
+
+status_t run_save_as(run_state *s, int64_t steps_done, const char *name, const char *task_json) {
   if (!s->cfg.ckpt_dir[0]) return STATUS_OK;
   ckpt_optim o = {0};
   bool owned = false;
@@ -61,9 +65,18 @@ status_t run_save(run_state *s, int64_t steps_done) {
   if (st != STATUS_OK) return st; /* a failed collective: the job ends */
   if (s->rank == 0) {
     ckpt_info info = {steps_done, s->world, batch_source_fingerprint(s->data), s->cfg.seed};
-    st = ckpt_save(s->cfg.ckpt_dir, &info, s->mops->params(s->model), s->mops->param_buf(s->model),
-                   &o, s->cfg_text, s->cfg.ckpt_keep);
-    if (st == STATUS_OK)
+    ckpt_extra x = {.tokenizer = s->tokenizer[0] ? s->tokenizer : batch_source_tokenizer(s->data),
+                    .tokenizer_fingerprint = s->tokenizer[0]
+                                                 ? s->tokenizer_fp
+                                                 : batch_source_tokenizer_fingerprint(s->data),
+                    .task_json = task_json ? task_json : s->task_json,
+                    .name = name};
+    st = ckpt_save_ex(s->cfg.ckpt_dir, &info, &x, s->mops->params(s->model),
+                      s->mops->param_buf(s->model), &o, s->cfg_text, s->cfg.ckpt_keep);
+    if (st == STATUS_OK && name)
+      LOG_INFO(TRAINER, "checkpoint: %s/%s (step %lld)", s->cfg.ckpt_dir, name,
+               (long long)steps_done);
+    else if (st == STATUS_OK)
       LOG_INFO(TRAINER, "checkpoint: %s/step-%lld", s->cfg.ckpt_dir, (long long)steps_done);
   }
   if (owned) free_bufs(&o);
@@ -109,6 +122,8 @@ static status_t load_on_root(run_state *s, const char *init_from, ckpt_optim *o,
       LOG_INFO(TRAINER, "resuming from %s (step %lld, written by %d rank(s))", path,
                (long long)info.step, info.world_size);
     }
+  } else if (st == STATUS_OK && c->finetune) {
+    st = ft_load_init(s);
   } else if (st == STATUS_OK && init_from) {
     st = ckpt_load(init_from, &info, t, params, NULL);
     if (st == STATUS_OK)

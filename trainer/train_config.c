@@ -35,6 +35,26 @@ void train_config_default(train_config *c) {
   snprintf(c->ckpt_resume, sizeof c->ckpt_resume, "none");
 }
 
+void train_config_default_finetune(train_config *c) {
+  train_config_default(c);
+  c->finetune = true;
+  snprintf(c->task_type, sizeof c->task_type, "classify");
+  snprintf(c->task_text_field, sizeof c->task_text_field, "text");
+  snprintf(c->task_label_field, sizeof c->task_label_field, "label");
+  c->epochs = 3;
+  c->steps = 0; /* epochs x steps per epoch, once the task is read */
+  c->log_every = 10;
+  c->data.max_predictions = 0;
+  c->optim.kind = OPTIM_ADAMW;
+  c->optim.eps = 1e-8f;
+  c->sched.lr = 1e-4;
+  c->sched.warmup = 0.1;
+}
+
+/* The fine-tuning keys; STATUS_CONFIG naming the key outside fine-tuning.
+ * *done false: not one of them. */
+static status_t set_finetune_key(train_config *c, const char *key, const char *v, bool *done);
+
 static status_t set_i64(int64_t *dst, const char *key, const char *v, int64_t lo) {
   char *e;
   errno = 0;
@@ -63,7 +83,9 @@ static status_t set_str(char *dst, size_t n, const char *key, const char *v) {
 
 status_t train_config_set(train_config *c, const char *key, const char *v) {
   int64_t tmp = 0;
-  status_t st;
+  bool done;
+  status_t st = set_finetune_key(c, key, v, &done);
+  if (done) return st;
 #define STR(k, f) \
   if (!strcmp(key, k)) return set_str(c->f, sizeof c->f, key, v)
 #define I64(k, f, lo) \
@@ -122,6 +144,35 @@ status_t train_config_set(train_config *c, const char *key, const char *v) {
   return status_set(STATUS_CONFIG, "unknown config key '%s'", key);
 }
 
+static status_t set_finetune_key(train_config *c, const char *key, const char *v, bool *done) {
+  static const char *const keys[] = {"model.init",       "task.type",       "task.train",
+                                     "task.dev",         "task.text_field", "task.pair_field",
+                                     "task.label_field", "data.tokenizer",  "train.epochs"};
+  size_t k = 0, n = sizeof keys / sizeof keys[0];
+  while (k < n && strcmp(key, keys[k])) k++;
+  *done = k < n;
+  if (!*done) return STATUS_OK;
+  if (!c->finetune)
+    return status_set(STATUS_CONFIG, "'%s' is a fine-tuning key (mlmpi-train finetune)", key);
+  struct {
+    char *dst;
+    size_t n;
+  } str[] = {{c->model_init, sizeof c->model_init},
+             {c->task_type, sizeof c->task_type},
+             {c->task_train, sizeof c->task_train},
+             {c->task_dev, sizeof c->task_dev},
+             {c->task_text_field, sizeof c->task_text_field},
+             {c->task_pair_field, sizeof c->task_pair_field},
+             {c->task_label_field, sizeof c->task_label_field},
+             {c->data_tokenizer, sizeof c->data_tokenizer}};
+  if (k == 8) return set_i64(&c->epochs, key, v, 1);
+  if (k == 1 && strcmp(v, "classify"))
+    return status_set(STATUS_CONFIG, "task.type: '%s' is not a task mlmpi fine-tunes (classify)",
+                      v);
+  if ((k == 4 || k == 6) && !v[0]) return status_set(STATUS_CONFIG, "%s: empty field name", key);
+  return set_str(str[k].dst, str[k].n, key, v);
+}
+
 typedef struct {
   train_config *c;
   const char *path;
@@ -150,6 +201,15 @@ status_t train_config_load(train_config *c, const char *path) {
 }
 
 status_t train_config_check(const train_config *c) {
+  if (c->finetune) {
+    if (!c->task_train[0])
+      return status_set(STATUS_CONFIG, "task.train (a JSON Lines file) is not set");
+    if (!c->data_tokenizer[0] && !c->model_init[0])
+      return status_set(STATUS_CONFIG,
+                        "data.tokenizer is not set (it defaults to model.init's, and model.init "
+                        "is not set either)");
+    return STATUS_OK;
+  }
   if (!c->data_path[0] && !c->data_service[0])
     return status_set(STATUS_CONFIG,
                       "data.path (a directory of shards, or TFRecord files) or "
@@ -219,6 +279,14 @@ char *train_config_dump(const train_config *c) {
   fprintf(f, "ckpt.dir = %s\nckpt.every_steps = %lld\nckpt.keep = %lld\nckpt.resume = %s\n",
           c->ckpt_dir, (long long)c->ckpt_every, (long long)c->ckpt_keep, c->ckpt_resume);
   fprintf(f, "log.dir = %s\n", c->log_dir);
+  if (c->finetune) {
+    fprintf(f, "model.init = %s\ntask.type = %s\ntask.train = %s\ntask.dev = %s\n", c->model_init,
+            c->task_type, c->task_train, c->task_dev);
+    fprintf(f, "task.text_field = %s\ntask.pair_field = %s\ntask.label_field = %s\n",
+            c->task_text_field, c->task_pair_field, c->task_label_field);
+    fprintf(f, "data.tokenizer = %s\ntrain.epochs = %lld\n", c->data_tokenizer,
+            (long long)c->epochs);
+  }
   fclose(f);
   return buf;
 }
@@ -255,18 +323,16 @@ const char *train_config_help(void) { return help; }
 /* data.masking before parsing: not given (the default then follows the model). */
 #define MASKING_UNSET ((mask_style)0x7f)
 
-status_t train_config_from_args(int argc, char **argv, train_config *c, const char **init_from,
-                                bool *help) {
+/* --config first, then every --set on top, whatever their order; --init-from
+ * where init_from is not NULL. */
+static status_t parse_args(int argc, char **argv, train_config *c, const char **init_from,
+                           bool *help) {
   static const struct option opts[] = {{"config", required_argument, 0, 'c'},
                                        {"set", required_argument, 0, 's'},
                                        {"init-from", required_argument, 0, 'i'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
-  train_config_default(c);
-  c->data.masking = MASKING_UNSET;
-  *init_from = NULL;
   *help = false;
-  /* The file first, then every --set on top, whatever their order. */
   opterr = 0;
   optind = 1;
   for (int o; (o = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
@@ -276,7 +342,7 @@ status_t train_config_from_args(int argc, char **argv, train_config *c, const ch
     } else if (o == 'h') {
       *help = true;
       return STATUS_OK;
-    } else if (o == '?') {
+    } else if (o == '?' || (o == 'i' && !init_from)) {
       return status_set(STATUS_ARG, "unknown or incomplete option '%s' (see --help)",
                         argv[optind - 1]);
     }
@@ -295,14 +361,38 @@ status_t train_config_from_args(int argc, char **argv, train_config *c, const ch
     }
   }
   if (optind < argc) return status_set(STATUS_ARG, "unexpected argument '%s'", argv[optind]);
+  return STATUS_OK;
+}
+
+status_t train_config_from_args(int argc, char **argv, train_config *c, const char **init_from,
+                                bool *help) {
+  train_config_default(c);
+  c->data.masking = MASKING_UNSET;
+  *init_from = NULL;
+  status_t st = parse_args(argc, argv, c, init_from, help);
+  if (st || *help) return st;
   if (c->sched.total_steps == 0) c->sched.total_steps = c->steps;
   /* data.masking defaults to the model's scheme (BERT's 80/10/10, ELECTRA's
    * 85/15). */
-  if (c->data.masking == MASKING_UNSET) {
+  const model_ops *m;
+  if ((st = model_lookup(c->model_config, c->model_preset, &m))) return st;
+  if (m->task)
+    return status_set(STATUS_CONFIG,
+                      "model.config %s is a sequence classifier: fine-tune it with mlmpi-train "
+                      "finetune",
+                      c->model_config);
+  if (c->data.masking == MASKING_UNSET) c->data.masking = m->masking;
+  return train_config_check(c);
+}
+
+status_t finetune_config_from_args(int argc, char **argv, train_config *c, bool *help) {
+  train_config_default_finetune(c);
+  status_t st = parse_args(argc, argv, c, NULL, help);
+  if (st || *help) return st;
+  c->data.max_predictions = 0; /* no masked slots in a task's batches */
+  if (!c->model_init[0]) {
     const model_ops *m;
-    status_t st = model_lookup(c->model_config, c->model_preset, &m);
-    if (st) return st;
-    c->data.masking = m->masking;
+    if ((st = model_lookup_task(c->model_config, c->model_preset, "classify", &m))) return st;
   }
   return train_config_check(c);
 }

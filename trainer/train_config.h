@@ -38,9 +38,23 @@ typedef struct {
   char ckpt_resume[CFG_PATH]; /* none, auto, or a checkpoint directory */
   /* [log] */
   char log_dir[CFG_PATH];
+  /* Fine-tuning (`mlmpi-train finetune`; its keys are errors elsewhere). */
+  bool finetune;
+  char model_init[CFG_PATH]; /* model.init: a checkpoint or Hugging Face directory */
+  char task_type[16];        /* task.type: classify */
+  char task_train[CFG_PATH]; /* task.train, task.dev: JSON Lines */
+  char task_dev[CFG_PATH];
+  char task_text_field[64];      /* task.text_field (text) */
+  char task_pair_field[64];      /* task.pair_field ("": single texts) */
+  char task_label_field[64];     /* task.label_field (label) */
+  char data_tokenizer[CFG_PATH]; /* data.tokenizer ("": model.init's) */
+  int64_t epochs;                /* train.epochs */
 } train_config;
 
 void train_config_default(train_config *c);
+/* Fine-tuning's defaults (AdamW 1e-4, 10% warmup, linear decay, 3 epochs,
+ * no masked slots) and keys. */
+void train_config_default_finetune(train_config *c);
 /* Sets "section.key" from text; STATUS_CONFIG names the key when unknown or
  * when the value is wrong. */
 status_t train_config_set(train_config *c, const char *key, const char *value);
@@ -61,5 +75,8 @@ const char *train_config_help(void);
  * then train_config_check. *init_from points into argv (or is NULL). */
 status_t train_config_from_args(int argc, char **argv, train_config *c, const char **init_from,
                                 bool *help);
+/* The same for `mlmpi-train finetune` (argv[0] the command): its defaults
+ * and keys; --init-from is not taken (model.init is). */
+status_t finetune_config_from_args(int argc, char **argv, train_config *c, bool *help);
 
 #endif

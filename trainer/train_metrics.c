@@ -148,7 +148,10 @@ void run_log_eval(run_state *s, int64_t step, const double *v) {
   const model_ops *m = s->mops;
   if (s->rank != 0) return;
   if (s->metrics) {
-    fprintf(s->metrics, "{\"eval_step\":%lld", (long long)step + 1);
+    fputc('{', s->metrics);
+    if (s->steps_per_epoch > 0)
+      fprintf(s->metrics, "\"epoch\":%lld,", (long long)((step + 1) / s->steps_per_epoch));
+    fprintf(s->metrics, "\"eval_step\":%lld", (long long)step + 1);
     for (int i = 0; i < m->n_eval_metrics; i++)
       fprintf(s->metrics, ",\"%s\":%.*f", m->eval_metrics[i].key, m->eval_metrics[i].digits, v[i]);
     fputs("}\n", s->metrics);
@@ -158,5 +161,9 @@ void run_log_eval(run_state *s, int64_t step, const double *v) {
   if (s->tty) fputc('\n', stderr);
   char line[512];
   log_values(line, sizeof line, " ", m->eval_metrics, m->n_eval_metrics, v);
-  LOG_INFO(TRAINER, "eval at step %lld:%s", (long long)step + 1, line);
+  if (s->steps_per_epoch > 0)
+    LOG_INFO(TRAINER, "epoch %lld (step %lld):%s", (long long)((step + 1) / s->steps_per_epoch),
+             (long long)step + 1, line);
+  else
+    LOG_INFO(TRAINER, "eval at step %lld:%s", (long long)step + 1, line);
 }
