@@ -20,7 +20,6 @@ round trip, finite-difference check of the reference gradients, explicit vs
 torch.nn.functional paths, a float32 positive control, the negative check,
 and the whole driver against an in-process float32 emulation of the binary.
 """
-import argparse
 import contextlib
 import io
 import json
@@ -39,6 +38,7 @@ sys.path.insert(0, HERE)
 import torch  # noqa: E402
 
 import bert_ref  # noqa: E402
+import ref_cli  # noqa: E402
 import st_io  # noqa: E402
 
 # tolerances (see compare())
@@ -583,27 +583,11 @@ def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--emulate":
         emulate(sys.argv[2:])
         return 0
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bin", help="path to mlmpi-train")
-    ap.add_argument("--workdir", help="keep inputs/outputs here (default: temp dir)")
-    ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--timeout", type=int, default=600, help="per-run timeout of the binary (s)")
-    ap.add_argument("--self-test", action="store_true", help="reference-side checks only")
-    a = ap.parse_args()
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-    def log(s):
-        print(s, flush=True)
-
-    if a.self_test:
-        return self_test(a.seed, log)
-    if not a.bin:
-        ap.error("--bin is required (or --self-test)")
-    if not os.path.exists(a.bin):
-        log("FAIL binary not found: %s" % a.bin)
-        return 1
-    workdir = a.workdir or tempfile.mkdtemp(prefix="bert_step_")
-    os.makedirs(workdir, exist_ok=True)
+    r = ref_cli.start(__doc__, 1234, 600, self_test, "bert_step_")
+    if isinstance(r, int):
+        return r
+    a, workdir = r
+    log = ref_cli.log
     t0 = time.time()
     runner = SubprocessRunner(os.path.abspath(a.bin), a.timeout)
     fails = 0

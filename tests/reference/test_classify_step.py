@@ -62,6 +62,7 @@ import bert_ref  # noqa: E402
 import classify_ref  # noqa: E402
 import electra_ref  # noqa: E402
 import optim_ref  # noqa: E402
+import ref_cli  # noqa: E402
 import st_io  # noqa: E402
 
 SCALAR_RTOL = 1e-5
@@ -927,31 +928,15 @@ def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--emulate":
         emulate(sys.argv[2:])
         return 0
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bin", help="path to mlmpi-train")
-    ap.add_argument("--workdir", help="keep inputs and outputs here (default: a temp dir)")
-    ap.add_argument("--seed", type=int, default=3141)
-    ap.add_argument("--timeout", type=int, default=300, help="per-run timeout of the binary (s)")
-    ap.add_argument("--self-test", action="store_true", help="reference-side checks only")
-    a = ap.parse_args()
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-    def log(s):
-        print(s, flush=True)
-
-    if a.self_test:
-        return self_test(a.seed, log)
-    if not a.bin:
-        ap.error("--bin is required (or --self-test)")
-    if not os.path.exists(a.bin):
-        log("FAIL binary not found: %s" % a.bin)
-        return 1
+    r = ref_cli.start(__doc__, 3141, 300, self_test, "classify_step_")
+    if isinstance(r, int):
+        return r
+    a, workdir = r
+    log = ref_cli.log
     t0 = time.time()
     ran = []
     classify_ref.self_check(log)
     ran.append("classify_ref GELU/head/loss self-checks")
-    workdir = a.workdir or tempfile.mkdtemp(prefix="classify_step_")
-    os.makedirs(workdir, exist_ok=True)
     runner = SubprocessRunner(os.path.abspath(a.bin), a.timeout)
     hits = {}
     nconf = run_configs(runner, workdir, a.seed, log, hits, ran)

@@ -28,13 +28,11 @@ nonzero exit and one stderr line naming the culprit.
 gradcheck of the reference, and the comparisons' power to reject the
 wrong variants.
 """
-import argparse
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -46,6 +44,7 @@ import torch  # noqa: E402
 
 import electra_ref  # noqa: E402
 import optim_ref  # noqa: E402
+import ref_cli  # noqa: E402
 import st_io  # noqa: E402
 
 SCALAR_RTOL = 1e-5
@@ -532,29 +531,13 @@ def self_test(seed, log):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bin", help="path to mlmpi-train")
-    ap.add_argument("--workdir", help="keep inputs and outputs here (default: a temp dir)")
-    ap.add_argument("--seed", type=int, default=2718)
-    ap.add_argument("--timeout", type=int, default=300, help="per-run timeout of the binary (s)")
-    ap.add_argument("--self-test", action="store_true", help="reference-side checks only")
-    a = ap.parse_args()
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-    def log(s):
-        print(s, flush=True)
-
-    if a.self_test:
-        return self_test(a.seed, log)
-    if not a.bin:
-        ap.error("--bin is required (or --self-test)")
-    if not os.path.exists(a.bin):
-        log("FAIL binary not found: %s" % a.bin)
-        return 1
+    r = ref_cli.start(__doc__, 2718, 300, self_test, "electra_step_")
+    if isinstance(r, int):
+        return r
+    a, workdir = r
+    log = ref_cli.log
     t0 = time.time()
     electra_ref.self_check(log)
-    workdir = a.workdir or tempfile.mkdtemp(prefix="electra_step_")
-    os.makedirs(workdir, exist_ok=True)
     binary = os.path.abspath(a.bin)
     hits = {}
     nconf = run_configs(binary, workdir, a.seed, a.timeout, log, hits)

@@ -53,6 +53,7 @@ import torch  # noqa: E402
 
 import bert_ref  # noqa: E402
 import optim_ref  # noqa: E402
+import ref_cli  # noqa: E402
 import st_io  # noqa: E402
 from test_bert_step import make_batch, make_config, make_weights  # noqa: E402
 
@@ -462,29 +463,13 @@ def self_test(seed, log):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--bin", help="path to mlmpi-train")
-    ap.add_argument("--workdir", help="keep inputs and outputs here (default: a temp dir)")
-    ap.add_argument("--seed", type=int, default=4321)
-    ap.add_argument("--timeout", type=int, default=300, help="per-run timeout of the binary (s)")
-    ap.add_argument("--self-test", action="store_true", help="reference-side checks only")
-    a = ap.parse_args()
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
-    def log(s):
-        print(s, flush=True)
-
-    if a.self_test:
-        return self_test(a.seed, log)
-    if not a.bin:
-        ap.error("--bin is required (or --self-test)")
-    if not os.path.exists(a.bin):
-        log("FAIL binary not found: %s" % a.bin)
-        return 1
+    r = ref_cli.start(__doc__, 4321, 300, self_test, "optim_step_")
+    if isinstance(r, int):
+        return r
+    a, workdir = r
+    log = ref_cli.log
     t0 = time.time()
     optim_ref.self_check(log)
-    workdir = a.workdir or tempfile.mkdtemp(prefix="optim_step_")
-    os.makedirs(workdir, exist_ok=True)
     nfail, nneg = run_cases(SubprocessRunner(os.path.abspath(a.bin), a.timeout), workdir,
                             a.seed, log)
     fails = nfail + nneg
