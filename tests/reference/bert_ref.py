@@ -64,19 +64,11 @@ def has_nsp(cfg):
     return archs is None or "BertForPreTraining" in archs
 
 
-def param_shapes(cfg):
-    """Ordered list of (name, shape) of every stored parameter."""
-    d = cfg if isinstance(cfg, Dims) else Dims(cfg, require_no_dropout=False)
-    H, I, V = d.H, d.I, d.V
-    out = [
-        ("bert.embeddings.word_embeddings.weight", (V, H)),
-        ("bert.embeddings.position_embeddings.weight", (d.max_pos, H)),
-        ("bert.embeddings.token_type_embeddings.weight", (d.type_vocab, H)),
-        ("bert.embeddings.LayerNorm.weight", (H,)),
-        ("bert.embeddings.LayerNorm.bias", (H,)),
-    ]
-    for i in range(d.L):
-        p = "bert.encoder.layer.%d." % i
+def layer_shapes(prefix, H, I, L):
+    """(name, shape) of the L encoder layers' tensors under prefix ("bert.encoder.layer.")."""
+    out = []
+    for i in range(L):
+        p = "%s%d." % (prefix, i)
         for qkv in ("query", "key", "value"):
             out.append((p + "attention.self.%s.weight" % qkv, (H, H)))
             out.append((p + "attention.self.%s.bias" % qkv, (H,)))
@@ -92,6 +84,21 @@ def param_shapes(cfg):
             (p + "output.LayerNorm.weight", (H,)),
             (p + "output.LayerNorm.bias", (H,)),
         ]
+    return out
+
+
+def param_shapes(cfg):
+    """Ordered list of (name, shape) of every stored parameter."""
+    d = cfg if isinstance(cfg, Dims) else Dims(cfg, require_no_dropout=False)
+    H, I, V = d.H, d.I, d.V
+    out = [
+        ("bert.embeddings.word_embeddings.weight", (V, H)),
+        ("bert.embeddings.position_embeddings.weight", (d.max_pos, H)),
+        ("bert.embeddings.token_type_embeddings.weight", (d.type_vocab, H)),
+        ("bert.embeddings.LayerNorm.weight", (H,)),
+        ("bert.embeddings.LayerNorm.bias", (H,)),
+    ]
+    out += layer_shapes("bert.encoder.layer.", H, I, d.L)
     if d.nsp:
         out += [
             ("bert.pooler.dense.weight", (H, H)),
@@ -318,9 +325,10 @@ def batch_to_torch(batch_np, dtype):
     return bt
 
 
-def params_to_torch(cfg, weights_np, dtype, requires_grad=True):
+def weights_to_torch(shapes, weights_np, dtype, requires_grad=True):
+    """The weights named in shapes [(name, shape)] as torch tensors, shapes checked."""
     p = {}
-    for name, shape in param_shapes(cfg):
+    for name, shape in shapes:
         if name not in weights_np:
             raise KeyError("missing parameter %s" % name)
         a = np.asarray(weights_np[name])
@@ -328,9 +336,12 @@ def params_to_torch(cfg, weights_np, dtype, requires_grad=True):
             raise ValueError("parameter %s has shape %s, expected %s"
                              % (name, list(a.shape), list(shape)))
         t = torch.from_numpy(np.ascontiguousarray(a)).to(dtype).clone()
-        t.requires_grad_(requires_grad)
-        p[name] = t
+        p[name] = t.requires_grad_(requires_grad)
     return p
+
+
+def params_to_torch(cfg, weights_np, dtype, requires_grad=True):
+    return weights_to_torch(param_shapes(cfg), weights_np, dtype, requires_grad)
 
 
 def reference_step(cfg, weights_np, batch_np, dtype=torch.float64, fast=False,

@@ -135,26 +135,6 @@ class Dims:
                     raise ValueError("reference has no dropout: %s must be 0" % key)
 
 
-def _layer_shapes(prefix, H, I, L):
-    out = []
-    for i in range(L):
-        p = "%sencoder.layer.%d." % (prefix, i)
-        for qkv in ("query", "key", "value"):
-            out.append((p + "attention.self.%s.weight" % qkv, (H, H)))
-            out.append((p + "attention.self.%s.bias" % qkv, (H,)))
-        out += [(p + "attention.output.dense.weight", (H, H)),
-                (p + "attention.output.dense.bias", (H,)),
-                (p + "attention.output.LayerNorm.weight", (H,)),
-                (p + "attention.output.LayerNorm.bias", (H,)),
-                (p + "intermediate.dense.weight", (I, H)),
-                (p + "intermediate.dense.bias", (I,)),
-                (p + "output.dense.weight", (H, I)),
-                (p + "output.dense.bias", (H,)),
-                (p + "output.LayerNorm.weight", (H,)),
-                (p + "output.LayerNorm.bias", (H,))]
-    return out
-
-
 def param_shapes(cfg):
     """Ordered (name, shape) of every parameter, as in the HF state dict."""
     d = cfg if isinstance(cfg, Dims) else Dims(cfg, require_no_dropout=False)
@@ -166,7 +146,7 @@ def param_shapes(cfg):
            (P + "embeddings.LayerNorm.bias", (E,))]
     if d.kind == "electra" and E != H:
         out += [(P + "embeddings_project.weight", (H, E)), (P + "embeddings_project.bias", (H,))]
-    out += _layer_shapes(P, H, d.I, d.L)
+    out += bert_ref.layer_shapes(P + "encoder.layer.", H, d.I, d.L)
     if d.kind == "bert":
         out += [("bert.pooler.dense.weight", (H, H)), ("bert.pooler.dense.bias", (H,)),
                 ("classifier.weight", (C, H)), ("classifier.bias", (C,))]
@@ -304,17 +284,7 @@ def batch_to_torch(batch_np, dtype):
 
 
 def params_to_torch(cfg, weights_np, dtype, requires_grad=True):
-    p = {}
-    for name, shape in param_shapes(cfg):
-        if name not in weights_np:
-            raise KeyError("missing parameter %s" % name)
-        a = np.asarray(weights_np[name])
-        if tuple(a.shape) != tuple(shape):
-            raise ValueError("parameter %s has shape %s, expected %s"
-                             % (name, list(a.shape), list(shape)))
-        t = torch.from_numpy(np.ascontiguousarray(a)).to(dtype).clone()
-        p[name] = t.requires_grad_(requires_grad)
-    return p
+    return bert_ref.weights_to_torch(param_shapes(cfg), weights_np, dtype, requires_grad)
 
 
 def reference_step(cfg, weights_np, batch_np, dtype=torch.float64, fast=False, variant=None):

@@ -35,6 +35,8 @@ import math
 import numpy as np
 import torch
 
+import bert_ref
+
 MASK_NEG = -10000.0
 LOSS_EPS = 1e-5
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
@@ -91,24 +93,7 @@ class Dims:
 
 
 def _layer_shapes(prefix, n):
-    H, I = n.H, n.I
-    out = []
-    for i in range(n.L):
-        p = "%s.electra.encoder.layer.%d." % (prefix, i)
-        for qkv in ("query", "key", "value"):
-            out.append((p + "attention.self.%s.weight" % qkv, (H, H)))
-            out.append((p + "attention.self.%s.bias" % qkv, (H,)))
-        out += [(p + "attention.output.dense.weight", (H, H)),
-                (p + "attention.output.dense.bias", (H,)),
-                (p + "attention.output.LayerNorm.weight", (H,)),
-                (p + "attention.output.LayerNorm.bias", (H,)),
-                (p + "intermediate.dense.weight", (I, H)),
-                (p + "intermediate.dense.bias", (I,)),
-                (p + "output.dense.weight", (H, I)),
-                (p + "output.dense.bias", (H,)),
-                (p + "output.LayerNorm.weight", (H,)),
-                (p + "output.LayerNorm.bias", (H,))]
-    return out
+    return bert_ref.layer_shapes(prefix + ".electra.encoder.layer.", n.H, n.I, n.L)
 
 
 def param_shapes(cfg):

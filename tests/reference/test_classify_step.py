@@ -453,51 +453,10 @@ def as_out(run):
     return out
 
 
-def rel_l2(a, b):
-    num, den = float(np.linalg.norm((a - b).ravel())), float(np.linalg.norm(b.ravel()))
-    if den == 0.0:
-        return 0.0 if num == 0.0 else float("inf")
-    return num / den
-
-
 def compare_steps(cfg, w0, ref, out, skip):
     """Final weights (relative L2 of the change), losses and grad_norms."""
-    problems, records = [], []
-    for n, shape in classify_ref.param_shapes(cfg):
-        o = out.get(n)
-        if o is None:
-            problems.append("%s: final weights missing from OUT" % n)
-            continue
-        if tuple(o.shape) != tuple(shape) or o.dtype != np.float32:
-            problems.append("%s: final weights %s %s, expected F32 %s"
-                            % (n, o.dtype, list(o.shape), list(shape)))
-            continue
-        if not np.all(np.isfinite(o)):
-            problems.append("%s: final weights not finite" % n)
-            continue
-        if n in skip:
-            continue
-        w = np.asarray(w0[n], np.float64)
-        err = rel_l2(o.astype(np.float64) - w, ref["weights"][n].astype(np.float64) - w)
-        records.append((n, err))
-        if not err <= DELTA_RTOL:
-            problems.append("%s: change differs, relative L2 error %.3e > %.0e"
-                            % (n, err, DELTA_RTOL))
-    for key in ("losses", "grad_norms"):
-        if key not in out:
-            problems.append("%s: missing from OUT" % key)
-            continue
-        o, r = np.asarray(out[key], np.float64), np.asarray(ref[key], np.float64)
-        if o.shape != r.shape:
-            problems.append("%s: shape %s, expected %s" % (key, list(o.shape), list(r.shape)))
-            continue
-        err = float(np.max(np.abs(o - r) / np.abs(r))) if np.all(np.isfinite(o)) else float("inf")
-        records.append((key, err))
-        if not err <= STEP_SCALAR_RTOL:
-            problems.append("%s: relative error %.3e > %.0e (out %s, ref %s)"
-                            % (key, err, STEP_SCALAR_RTOL, np.array2string(o, precision=7),
-                               np.array2string(r, precision=7)))
-    return records, problems
+    return optim_ref.compare_trajectory(classify_ref.param_shapes(cfg), w0, ref, out, skip,
+                                        DELTA_RTOL, STEP_SCALAR_RTOL)
 
 
 def step_names(cfg):

@@ -164,54 +164,11 @@ def zero_grad_tensors(grads0):
     return {n for n, g in grads0.items() if float(np.max(np.abs(g))) < ZERO_GRAD_FRAC * gmax}
 
 
-def rel_l2(a, b):
-    """|a - b| / |b|, with 0/0 = 0."""
-    num = float(np.linalg.norm((a - b).ravel()))
-    den = float(np.linalg.norm(b.ravel()))
-    if den == 0.0:
-        return 0.0 if num == 0.0 else float("inf")
-    return num / den
-
-
 def compare(cfg, w0, ref, out, skip):
     """Returns (records, problems): records (name, rel err) per compared
     tensor or scalar series; problems one string per failure."""
-    problems, records = [], []
-    for n, shape in bert_ref.param_shapes(cfg):
-        if n not in out:
-            problems.append("%s: missing from OUT" % n)
-            continue
-        o = np.asarray(out[n])
-        if tuple(o.shape) != tuple(shape):
-            problems.append("%s: shape %s, expected %s" % (n, list(o.shape), list(shape)))
-            continue
-        if not np.all(np.isfinite(o)):
-            problems.append("%s: final weights not finite" % n)
-            continue
-        if n in skip:
-            continue
-        w = np.asarray(w0[n], np.float64)
-        err = rel_l2(o.astype(np.float64) - w, ref["weights"][n].astype(np.float64) - w)
-        records.append((n, err))
-        if not err <= DELTA_RTOL:
-            problems.append("%s: change differs, relative L2 error %.3e > %.0e"
-                            % (n, err, DELTA_RTOL))
-    for key in ("losses", "grad_norms"):
-        if key not in out:
-            problems.append("%s: missing from OUT" % key)
-            continue
-        o = np.asarray(out[key], np.float64)
-        r = np.asarray(ref[key], np.float64)
-        if o.shape != r.shape:
-            problems.append("%s: shape %s, expected %s" % (key, list(o.shape), list(r.shape)))
-            continue
-        err = float(np.max(np.abs(o - r) / np.abs(r))) if np.all(np.isfinite(o)) else float("inf")
-        records.append((key, err))
-        if not err <= SCALAR_RTOL:
-            problems.append("%s: relative error %.3e > %.0e (out %s, ref %s)"
-                            % (key, err, SCALAR_RTOL, np.array2string(o, precision=7),
-                               np.array2string(r, precision=7)))
-    return records, problems
+    return optim_ref.compare_trajectory(bert_ref.param_shapes(cfg), w0, ref, out, skip,
+                                        DELTA_RTOL, SCALAR_RTOL)
 
 
 def worst(records):
