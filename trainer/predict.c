@@ -154,7 +154,13 @@ static status_t predict_all(predict_run *x, const predict_args *a) {
   int64_t idx[65536];
   double counters[MODEL_MAX_COUNTERS];
   status_t st = STATUS_OK;
+  double t0 = core_now_s(), shown = t0;
   for (uint64_t first = 0; first < n && st == STATUS_OK; first += (uint64_t)B) {
+    if (core_now_s() - shown >= 10) { /* long inputs show progress */
+      shown = core_now_s();
+      LOG_INFO(TRAINER, "predicted %llu of %llu examples (%.0f s)", (unsigned long long)first,
+               (unsigned long long)n, shown - t0);
+    }
     int count = n - first < (uint64_t)B ? (int)(n - first) : B;
     for (int i = 0; i < count; i++) idx[i] = (int64_t)(first + (uint64_t)i);
     if ((st = task_fill(x->task, idx, count, &x->b))) break;
