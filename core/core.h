@@ -66,6 +66,9 @@ double core_now_s(void);
  * Errors read "<what> <path>: <reason>" (what may be "", then "<path>: ..."). */
 status_t core_read_file(const char *what, const char *path, size_t max_bytes, char **out,
                         size_t *len);
+/* Creates directory path and any missing parents (mode 0755); an existing
+ * directory is fine. STATUS_IO naming the path otherwise. */
+status_t core_mkdir_p(const char *path);
 
 /* ---- Logging --------------------------------------------------------------
  * Lines go to stderr as "[mlmpi r<rank> <subsys>] message". The subsystem

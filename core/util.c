@@ -1,9 +1,10 @@
 /* util.c: the small helpers of core.h that every module uses: string
- * hashing, the monotonic clock and reading a whole file. */
+ * hashing, the monotonic clock, reading a whole file, making directories. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "core.h"
@@ -52,5 +53,23 @@ status_t core_read_file(const char *what, const char *path, size_t max_bytes, ch
   b[n] = 0;
   *out = b;
   *len = n;
+  return STATUS_OK;
+}
+
+status_t core_mkdir_p(const char *path) {
+  char p[4096];
+  if (!path[0] || strlen(path) >= sizeof p)
+    return status_set(STATUS_IO, "cannot create directory '%s': empty or too long a path", path);
+  snprintf(p, sizeof p, "%s", path);
+  for (char *q = p + 1; *q; q++)
+    if (*q == '/') {
+      *q = 0;
+      mkdir(p, 0755); /* a parent that fails shows in the last mkdir */
+      *q = '/';
+    }
+  struct stat sb;
+  if (mkdir(p, 0755) != 0 && !(errno == EEXIST && stat(p, &sb) == 0 && S_ISDIR(sb.st_mode)))
+    return status_set(STATUS_IO, "cannot create directory %s: %s", path,
+                      errno == EEXIST ? "a file is in the way" : strerror(errno));
   return STATUS_OK;
 }

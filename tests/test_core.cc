@@ -910,3 +910,21 @@ TEST_F(ParamIo, WrongDtypeFails) {
 }
 
 }  // namespace
+
+TEST(CoreMkdir, MakesParentsAcceptsExistingAndRefusesAFileInTheWay) {
+  namespace fs = std::filesystem;
+  std::string base = testing::TempDir() + "mlmpi_mkdir_" + std::to_string(getpid());
+  fs::remove_all(base);
+  std::string deep = base + "/a/b/c";
+  ASSERT_EQ(core_mkdir_p(deep.c_str()), STATUS_OK) << status_message();
+  EXPECT_TRUE(fs::is_directory(deep));
+  EXPECT_EQ(core_mkdir_p(deep.c_str()), STATUS_OK);  // already there
+  std::ofstream(base + "/file") << "x";
+  std::string blocked = base + "/file";
+  EXPECT_EQ(core_mkdir_p(blocked.c_str()), STATUS_IO);
+  EXPECT_NE(std::string(status_message()).find(blocked), std::string::npos) << status_message();
+  std::string under = base + "/file/sub";
+  EXPECT_EQ(core_mkdir_p(under.c_str()), STATUS_IO);
+  EXPECT_EQ(core_mkdir_p(""), STATUS_IO);
+  fs::remove_all(base);
+}

@@ -134,8 +134,8 @@ status_t ckpt_save_ex(const char *dir, const ckpt_info *info, const ckpt_extra *
                       const param_table *t, const float *params, const ckpt_optim *o,
                       const char *config_text, int64_t keep) {
   char tmp[4096], final[4096], p[4096 + 64];
-  if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-    return status_set(STATUS_IO, "cannot create checkpoint directory %s: %s", dir, strerror(errno));
+  status_t st = core_mkdir_p(dir);
+  if (st) return status_prefix("ckpt.dir"), st;
   char name[256];
   if (extra->name)
     snprintf(name, sizeof name, "%s", extra->name);
@@ -146,7 +146,6 @@ status_t ckpt_save_ex(const char *dir, const ckpt_info *info, const ckpt_extra *
   remove_tree(tmp);
   if (mkdir(tmp, 0755) != 0)
     return status_set(STATUS_IO, "cannot create %s: %s", tmp, strerror(errno));
-  status_t st;
   st_writer *w = st_writer_init();
   if (!w) return STATUS_NOMEM;
   snprintf(p, sizeof p, "%s/model.safetensors", tmp);

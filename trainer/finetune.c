@@ -136,6 +136,13 @@ status_t ft_open_sources(run_state *s) {
   if ((st = settle_tokenizer(s)) ||
       (st = open_task(s, c->task_train, "task.train", NULL, &s->task)) || (st = check_tokenizer(s)))
     return st;
+  /* Checkpoints record the model that runs: model.init's, not the defaults. */
+  if (c->model_init[0]) {
+    if (strlen(s->init_config) >= sizeof c->model_config)
+      return status_set(STATUS_CONFIG, "model.init: path too long");
+    memcpy(c->model_config, s->init_config, strlen(s->init_config) + 1);
+    if (s->init_preset[0]) snprintf(c->model_preset, sizeof c->model_preset, "%s", s->init_preset);
+  }
   if (c->task_dev[0] && (st = open_task(s, c->task_dev, "task.dev", s->task, &s->dev_task)))
     return st;
   batch_source_options o = {.config = c->data,

@@ -126,6 +126,21 @@ static status_t setup_model(run_state *s) {
   return STATUS_OK;
 }
 
+/* A set-up failure every rank met (a wrong key, a file missing on a shared
+ * file system) is said once, by rank 0; one that only some ranks met ends
+ * the job, each of those ranks saying why. */
+static status_t agree_on_setup(run_state *s, status_t st) {
+  double failed[1] = {st != STATUS_OK};
+  comm_set_context(s->comm, "the start-up check");
+  status_t cs = comm_allreduce_f64(s->comm, failed, 1);
+  if (cs) return cs;
+  if (failed[0] == s->world) s->uniform = true;
+  if (failed[0] > 0 && st == STATUS_OK)
+    st = status_set(STATUS_CONFIG, "%.0f of the %d ranks could not set up the run", failed[0],
+                    s->world);
+  return st;
+}
+
 /* Every rank must run the same job: compare hashes of the effective config,
  * the parameter layout and the data with every other rank's. */
 typedef struct {
@@ -310,8 +325,10 @@ static status_t loop(run_state *s, int64_t start) {
 
 static status_t run(run_state *s, const char *init_from) {
   train_config *c = &s->cfg;
-  status_t st;
-  if ((st = setup_batches(s)) || (st = open_sources(s)) || (st = setup_model(s))) return st;
+  status_t st = setup_batches(s);
+  if (st == STATUS_OK) st = open_sources(s);
+  if (st == STATUS_OK) st = setup_model(s);
+  if ((st = agree_on_setup(s, st))) return st;
   s->uniform = true; /* the verdict of the job check is everyone's */
   if ((st = check_same_job(s))) return st;
   s->uniform = false;

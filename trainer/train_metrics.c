@@ -7,29 +7,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 
 #include "run.h"
-
-static status_t mkdir_p(const char *path) {
-  char p[CFG_PATH];
-  snprintf(p, sizeof p, "%s", path);
-  for (char *q = p + 1; *q; q++)
-    if (*q == '/') {
-      *q = 0;
-      mkdir(p, 0755);
-      *q = '/';
-    }
-  if (mkdir(p, 0755) != 0 && errno != EEXIST)
-    return status_set(STATUS_IO, "cannot create %s: %s", path, strerror(errno));
-  return STATUS_OK;
-}
 
 status_t run_open_logs(run_state *s, int64_t start) {
   const char *dir = s->cfg.log_dir;
   if (!dir[0]) return STATUS_OK;
   char p[CFG_PATH + 32];
-  status_t st = mkdir_p(dir);
+  status_t st = core_mkdir_p(dir);
   if (st) return st;
   snprintf(p, sizeof p, "%s/metrics.jsonl", dir);
   s->metrics = fopen(p, start ? "a" : "w");
