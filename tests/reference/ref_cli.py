@@ -5,6 +5,7 @@
 """
 import argparse
 import os
+import subprocess
 import tempfile
 
 import torch
@@ -37,3 +38,18 @@ def start(doc, seed, timeout, self_test, prefix):
     workdir = a.workdir or tempfile.mkdtemp(prefix=prefix)
     os.makedirs(workdir, exist_ok=True)
     return a, workdir
+
+
+class SubprocessRunner:
+    """Runs the binary with args: (exit code, stderr), or (None, why) past the timeout."""
+
+    def __init__(self, binary, timeout):
+        self.binary, self.timeout = binary, timeout
+
+    def __call__(self, args):
+        try:
+            p = subprocess.run([self.binary] + args, capture_output=True, text=True,
+                               timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            return None, "timed out after %ds" % self.timeout
+        return p.returncode, p.stderr

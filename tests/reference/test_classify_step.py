@@ -46,7 +46,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -327,19 +326,6 @@ def check_foils(hits, log, ran):
 
 # ----------------------------------------------------------------------------
 # running the program
-
-
-class SubprocessRunner:
-    def __init__(self, binary, timeout):
-        self.binary, self.timeout = binary, timeout
-
-    def __call__(self, args):
-        try:
-            p = subprocess.run([self.binary] + args, capture_output=True, text=True,
-                               timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            return None, "timed out after %ds" % self.timeout
-        return p.returncode, p.stderr
 
 
 class EmulatorRunner:
@@ -896,7 +882,7 @@ def main():
     ran = []
     classify_ref.self_check(log)
     ran.append("classify_ref GELU/head/loss self-checks")
-    runner = SubprocessRunner(os.path.abspath(a.bin), a.timeout)
+    runner = ref_cli.SubprocessRunner(os.path.abspath(a.bin), a.timeout)
     hits = {}
     nconf = run_configs(runner, workdir, a.seed, log, hits, ran)
     nfoil = check_foils(hits, log, ran)

@@ -31,7 +31,6 @@ wrong variants.
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 
@@ -251,11 +250,7 @@ def check_draws(cfg, weights, batch, drawn, seed):
 
 
 def run_bin(binary, args, timeout):
-    try:
-        p = subprocess.run([binary] + args, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return None, "timed out after %ds" % timeout
-    return p.returncode, p.stderr
+    return ref_cli.SubprocessRunner(binary, timeout)(args)
 
 
 def write_case(d, cfg, weights, batch):
@@ -359,35 +354,9 @@ def reference_run(cfg, weights, batch, ocfg, K):
             "losses": np.array(losses), "grad_norms": np.array(norms), "grads0": grads0}
 
 
-def rel_l2(a, b):
-    num, den = float(np.linalg.norm((a - b).ravel())), float(np.linalg.norm(b.ravel()))
-    return (0.0 if num == 0.0 else float("inf")) if den == 0.0 else num / den
-
-
 def compare_steps(cfg, w0, ref, out, skip):
-    problems, records = [], []
-    for n, shape in electra_ref.param_shapes(cfg):
-        o = out.get(n)
-        if o is None or tuple(o.shape) != tuple(shape) or not np.all(np.isfinite(o)):
-            problems.append("%s: missing, misshapen or not finite" % n)
-            continue
-        if n in skip:
-            continue
-        w = np.asarray(w0[n], np.float64)
-        err = rel_l2(o.astype(np.float64) - w, ref["weights"][n].astype(np.float64) - w)
-        records.append((n, err))
-        if not err <= DELTA_RTOL:
-            problems.append("%s: change differs, relative L2 error %.3e > %.0e" % (n, err, DELTA_RTOL))
-    for key in ("losses", "grad_norms"):
-        o, r = np.asarray(out.get(key, np.zeros(0)), np.float64), np.asarray(ref[key], np.float64)
-        if o.shape != r.shape:
-            problems.append("%s: shape %s, expected %s" % (key, list(o.shape), list(r.shape)))
-            continue
-        err = float(np.max(np.abs(o - r) / np.abs(r)))
-        records.append((key, err))
-        if not err <= STEP_SCALAR_RTOL:
-            problems.append("%s: relative error %.3e (out %s, ref %s)" % (key, err, o, r))
-    return records, problems
+    return optim_ref.compare_trajectory(electra_ref.param_shapes(cfg), w0, ref, out, skip,
+                                        DELTA_RTOL, STEP_SCALAR_RTOL)
 
 
 def run_lamb(binary, workdir, seed, timeout, log):

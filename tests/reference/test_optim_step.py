@@ -39,7 +39,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -356,19 +355,6 @@ def run_cases(runner, workdir, seed, log):
 # running the program
 
 
-class SubprocessRunner:
-    def __init__(self, binary, timeout):
-        self.binary, self.timeout = binary, timeout
-
-    def __call__(self, args):
-        try:
-            p = subprocess.run([self.binary] + args, capture_output=True, text=True,
-                               timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            return None, "timed out after %ds" % self.timeout
-        return p.returncode, p.stderr
-
-
 class EmulatorRunner:
     """The program's `step --steps K` emulated in float32 in-process: the
     functional float32 model and optim_ref's update in float32."""
@@ -427,7 +413,7 @@ def main():
     log = ref_cli.log
     t0 = time.time()
     optim_ref.self_check(log)
-    nfail, nneg = run_cases(SubprocessRunner(os.path.abspath(a.bin), a.timeout), workdir,
+    nfail, nneg = run_cases(ref_cli.SubprocessRunner(os.path.abspath(a.bin), a.timeout), workdir,
                             a.seed, log)
     fails = nfail + nneg
     log("SUMMARY: %d/%d cases passed, %d/%d negative checks passed (%.1fs)%s"
