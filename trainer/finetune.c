@@ -136,6 +136,10 @@ status_t ft_open_sources(run_state *s) {
   if ((st = settle_tokenizer(s)) ||
       (st = open_task(s, c->task_train, "task.train", NULL, &s->task)) || (st = check_tokenizer(s)))
     return st;
+  if (task_n_labels(s->task) < 2)
+    return status_set(STATUS_CONFIG,
+                      "task.train %s has one label ('%s'): a classifier needs two or more",
+                      c->task_train, task_labels(s->task)[0]);
   /* Checkpoints record the model that runs: model.init's, not the defaults. */
   if (c->model_init[0]) {
     if (strlen(s->init_config) >= sizeof c->model_config)
