@@ -472,10 +472,17 @@ int classify_labels(const model *mm, const char *const **names) {
 bool classify_is_head(const model *mm, int i) { return i >= CM(mm)->dw; }
 
 /* ---- Export --------------------------------------------------------------------------- */
+/* The vocabulary from the word embeddings: a classifier's or a pretraining
+ * model's (BERT, a Hugging Face ELECTRA discriminator, or an mlmpi ELECTRA
+ * checkpoint's discriminator). */
 static status_t c_spec_from_weights(const st_file *w, const char *path, model_spec *spec) {
-  const st_tensor *we = st_find(w, "bert.embeddings.word_embeddings.weight");
-  if (!we) we = st_find(w, "electra.embeddings.word_embeddings.weight");
-  if (!we || we->ndim != 2) return status_set(STATUS_FORMAT, "%s: no word embeddings", path);
+  static const char *const names[] = {"bert.embeddings.word_embeddings.weight",
+                                      "electra.embeddings.word_embeddings.weight",
+                                      "discriminator.electra.embeddings.word_embeddings.weight"};
+  const st_tensor *we = NULL;
+  for (size_t i = 0; i < sizeof names / sizeof names[0] && !we; i++) we = st_find(w, names[i]);
+  if (!we || we->ndim != 2)
+    return status_set(STATUS_FORMAT, "%s has no BERT or ELECTRA word embeddings", path);
   spec->vocab_size = (int)we->shape[0];
   return STATUS_OK;
 }

@@ -131,18 +131,17 @@ static status_t task_labels_of(const cJSON *task, const char *path, const char *
   return STATUS_OK;
 }
 
-status_t model_from_checkpoint(const char *path, const model_shape *shape, model **out,
-                               cJSON **meta) {
+status_t model_from_checkpoint(const char *path, const cJSON *meta, const model_shape *shape,
+                               model **out) {
   char config[CFG_PATH] = "", preset[32] = "bert-mini", wpath[4096 + 32];
   const char **labels = NULL;
   st_file *w = NULL;
   const model_ops *ops = NULL;
   *out = NULL;
-  status_t st = ckpt_read_meta(path, meta);
-  if (st) return st;
-  ckpt_config_value(*meta, "model.config", config, sizeof config);
-  ckpt_config_value(*meta, "model.preset", preset, sizeof preset);
-  const cJSON *task = cJSON_GetObjectItem(*meta, "task");
+  status_t st = STATUS_OK;
+  ckpt_config_value(meta, "model.config", config, sizeof config);
+  ckpt_config_value(meta, "model.preset", preset, sizeof preset);
+  const cJSON *task = cJSON_GetObjectItem(meta, "task");
   model_spec spec = {.config_path = config, .preset = preset, .nsp = -1};
   if (task && (st = task_labels_of(task, path, &labels, &spec.num_labels)) == STATUS_OK)
     spec.labels = labels;
@@ -162,8 +161,6 @@ status_t model_from_checkpoint(const char *path, const model_shape *shape, model
   if (st) {
     model_free(*out);
     *out = NULL;
-    cJSON_Delete(*meta);
-    *meta = NULL;
   }
   return st;
 }
@@ -174,7 +171,8 @@ static status_t export_checkpoint(const char *dir, const char *out) {
   model *m = NULL;
   cJSON *meta = NULL;
   status_t st = ckpt_resolve(dir, path, sizeof path);
-  if (st == STATUS_OK) st = model_from_checkpoint(path, &(model_shape){1, 1, 1, 1}, &m, &meta);
+  if (st == STATUS_OK) st = ckpt_read_meta(path, &meta);
+  if (st == STATUS_OK) st = model_from_checkpoint(path, meta, &(model_shape){1, 1, 1, 1}, &m);
   if (st == STATUS_OK) st = m->ops->export_hf(m, out, what, sizeof what);
   if (st == STATUS_OK) printf("exported %s to %s\n", path, what);
   model_free(m);

@@ -5,7 +5,6 @@
  * fresh one (the control), the pretrained weights loaded by name, and the
  * best epoch's model kept in ckpt.dir/best. The loop itself is train.c's. */
 #include <cjson/cJSON.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,8 +109,7 @@ static status_t settle_tokenizer(run_state *s) {
   if (!tok[0])
     return status_set(STATUS_CONFIG, "data.tokenizer is not set and model.init %s records none",
                       c->model_init);
-  char abs[PATH_MAX];
-  snprintf(s->tokenizer, sizeof s->tokenizer, "%s", realpath(tok, abs) ? abs : tok);
+  snprintf(s->tokenizer, sizeof s->tokenizer, "%s", tok);
   s->tokenizer_fp = rec_fp;
   return STATUS_OK;
 }
@@ -125,7 +123,6 @@ static status_t check_tokenizer(run_state *s) {
                       "(fingerprint %016llx, recorded %016llx)",
                       s->tokenizer, s->cfg.model_init, (unsigned long long)fp,
                       (unsigned long long)s->tokenizer_fp);
-  s->tokenizer_fp = fp;
   return STATUS_OK;
 }
 
@@ -178,45 +175,37 @@ status_t ft_open_sources(run_state *s) {
 }
 
 /* ---- The model ------------------------------------------------------------------------ */
-/* The vocabulary of model.init's weights (a preset's checkpoint). */
-static status_t init_vocab(run_state *s) {
+/* A preset's checkpoint (model.init without a config.json): its vocabulary
+ * from its weights, which must cover the tokenizer's. */
+static status_t init_vocab(run_state *s, const model_ops *ops, int *vocab) {
   st_file *w;
+  model_spec ws = {.nsp = -1};
   status_t st = st_read(s->init_weights, &w);
   if (st) return status_prefix("model.init"), st;
-  const st_tensor *we = init_tensor(w, "bert.embeddings.word_embeddings.weight");
-  if (!we) we = init_tensor(w, "electra.embeddings.word_embeddings.weight");
-  if (!we || we->ndim != 2)
-    st = status_set(STATUS_FORMAT, "model.init %s has no BERT or ELECTRA word embeddings",
-                    s->init_weights);
-  else
-    s->init_vocab = (int)we->shape[0];
+  st = ops->spec_from_weights(w, s->init_weights, &ws);
   st_free(w);
+  if (st == STATUS_OK && *vocab > ws.vocab_size)
+    st = status_set(STATUS_CONFIG,
+                    "data.tokenizer %s has %d tokens, more than model.init's vocabulary (%d)",
+                    s->tokenizer, *vocab, ws.vocab_size);
+  *vocab = ws.vocab_size;
   return st;
 }
 
 status_t ft_model_spec(run_state *s, model_spec *spec, const model_ops **ops) {
   const train_config *c = &s->cfg;
-  const char *config = c->model_config, *preset = c->model_preset;
   int vocab = task_vocab_size(s->task);
-  status_t st;
-  if (c->model_init[0]) {
-    config = s->init_config;
-    preset = s->init_preset;
-    if (!config[0] && (st = init_vocab(s))) return st;
-    if (!config[0] && vocab > s->init_vocab)
-      return status_set(STATUS_CONFIG,
-                        "data.tokenizer %s has %d tokens, more than model.init's vocabulary (%d)",
-                        s->tokenizer, vocab, s->init_vocab);
-    if (!config[0]) vocab = s->init_vocab;
-  }
-  *spec = (model_spec){.config_path = config,
-                       .preset = preset,
+  /* With model.init, ft_open_sources set model.config / model.preset to its model. */
+  status_t st = model_lookup_task(c->model_config, c->model_preset, "classify", ops);
+  if (st == STATUS_OK && c->model_init[0] && !c->model_config[0]) st = init_vocab(s, *ops, &vocab);
+  *spec = (model_spec){.config_path = c->model_config,
+                       .preset = c->model_preset,
                        .vocab_size = vocab,
                        .nsp = -1,
                        .seq_len = c->data.seq_len,
                        .num_labels = task_n_labels(s->task),
                        .labels = task_labels(s->task)};
-  return model_lookup_task(config, preset, "classify", ops);
+  return st;
 }
 
 status_t ft_load_init(run_state *s) {

@@ -65,10 +65,10 @@ status_t model_write_hf_config(const char *path, const char *arch, const char *m
 status_t model_write_hf_weights(const param_table *t, const float *w, const char *dir,
                                 const char *prefix, const char *also, const char *also_strip);
 
-/* The model of checkpoint `path` (a step-N or best directory) with its
- * weights, for batches of `shape`: a classifier when meta.json has a task.
- * *meta is its meta.json (the caller's, cJSON_Delete). */
-status_t model_from_checkpoint(const char *path, const model_shape *shape, model **out,
-                               cJSON **meta);
+/* The model of checkpoint `path` (a step-N or best directory) whose
+ * meta.json is `meta` (ckpt_read_meta), with its weights, for batches of
+ * `shape`: a classifier when meta has a task. */
+status_t model_from_checkpoint(const char *path, const cJSON *meta, const model_shape *shape,
+                               model **out);
 
 #endif

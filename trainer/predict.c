@@ -190,10 +190,8 @@ static status_t run_predict(predict_run *x, const predict_args *a) {
   int seq_len = cJSON_IsNumber(T) ? (int)T->valuedouble : 0;
   if (seq_len < 2 || seq_len > (1 << 16))
     return status_set(STATUS_FORMAT, "checkpoint %s: the task's seq_len is missing", path);
-  cJSON_Delete(x->meta);
-  x->meta = NULL;
   model_shape shape = {a->batch, seq_len, 0, a->threads};
-  if ((st = model_from_checkpoint(path, &shape, &x->m, &x->meta)) ||
+  if ((st = model_from_checkpoint(path, x->meta, &shape, &x->m)) ||
       (st = open_input(x, a, seq_len)) || (st = data_batch_alloc(&x->b, a->batch, seq_len, 0)))
     return st;
   const char *const *names;

@@ -64,10 +64,10 @@ typedef struct {
   int64_t steps_per_epoch;
   double best;
   char *task_json;
-  char tokenizer[4096];
-  uint64_t tokenizer_fp;
+  char tokenizer[4096];  /* data.tokenizer, else model.init's record (the task source
+                           reports the resolved path checkpoints record) */
+  uint64_t tokenizer_fp; /* model.init's recorded fingerprint (0: none) */
   char init_config[CFG_PATH + 16], init_preset[32], init_weights[4096 + 128];
-  int init_vocab;
 } run_state;
 
 /* The global index of the first sequence of micro-batch k of this rank. */

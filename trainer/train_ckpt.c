@@ -65,10 +65,8 @@ status_t run_save_as(run_state *s, int64_t steps_done, const char *name, const c
   if (st != STATUS_OK) return st; /* a failed collective: the job ends */
   if (s->rank == 0) {
     ckpt_info info = {steps_done, s->world, batch_source_fingerprint(s->data), s->cfg.seed};
-    ckpt_extra x = {.tokenizer = s->tokenizer[0] ? s->tokenizer : batch_source_tokenizer(s->data),
-                    .tokenizer_fingerprint = s->tokenizer[0]
-                                                 ? s->tokenizer_fp
-                                                 : batch_source_tokenizer_fingerprint(s->data),
+    ckpt_extra x = {.tokenizer = batch_source_tokenizer(s->data),
+                    .tokenizer_fingerprint = batch_source_tokenizer_fingerprint(s->data),
                     .task_json = task_json ? task_json : s->task_json,
                     .name = name};
     st = ckpt_save_ex(s->cfg.ckpt_dir, &info, &x, s->mops->params(s->model),
