@@ -2,7 +2,7 @@
 # packages when they are missing (as root), or says which are missing.
 mlmpi_deps=(
   build-essential cmake pkg-config
-  libopenblas-openmp-dev libcjson-dev libinih-dev libgtest-dev
+  libopenblas-openmp-dev libdnnl-dev libcjson-dev libinih-dev libgtest-dev
   libopenmpi-dev openmpi-bin libprotobuf-c-dev protobuf-c-compiler
   python3 python3-numpy python3-torch python3-protobuf
   libpcre2-dev libutf8proc-dev libnng-dev iproute2 gnuplot-nox slurm-wlm munge

@@ -313,7 +313,7 @@ static void head_forward(cls_model *m, const enc_ctx *c) {
     k_dropout(m->x0d, &d0, B, H);
     in = m->x0d;
   }
-  k_linear_fwd(m->z, in, P_(m, m->dw), B, H, H);
+  cx_linear_fwd(&m->base.cx, m->z, in, P_(m, m->dw), B, H, H);
   if (m->cfg.kind == CLS_ELECTRA) {
     k_bias_act_fwd(m->z, m->a, P_(m, m->db), B, H, ACT_GELU);
   } else {
@@ -322,7 +322,7 @@ static void head_forward(cls_model *m, const enc_ctx *c) {
   }
   memcpy(m->ad, m->a, (size_t)B * H * sizeof(float));
   k_dropout(m->ad, &d1, B, H);
-  k_linear_fwd(m->logits, m->ad, P_(m, m->ow), B, H, C);
+  cx_linear_fwd(&m->base.cx, m->logits, m->ad, P_(m, m->ow), B, H, C);
 }
 
 static void count_eval(const cls_model *m, double *g) {
@@ -372,8 +372,8 @@ static void c_backward(model *mm) {
   enc_ctx c = model_base_ctx(&m->base);
   const float *ones = m->base.ones;
   dropout_desc d0 = head_dropout(m, &c, 0), d1 = head_dropout(m, &c, 1);
-  k_linear_bwd(m->dad, false, G_(m, m->ow), G_(m, m->ob), m->dlogits, m->ad, P_(m, m->ow), ones, B,
-               H, C);
+  cx_linear_bwd(&m->base.cx, m->dad, false, G_(m, m->ow), G_(m, m->ob), m->dlogits, m->ad,
+                P_(m, m->ow), ones, B, H, C);
   k_dropout(m->dad, &d1, B, H);
   if (m->cfg.kind == CLS_ELECTRA) {
     k_act_bwd(m->dad, m->dad, m->z, B, H, ACT_GELU);
@@ -381,7 +381,8 @@ static void c_backward(model *mm) {
     for (int i = 0; i < B * H; i++) m->dad[i] *= 1.0f - m->a[i] * m->a[i];
   }
   const float *in = m->cfg.kind == CLS_ELECTRA ? m->x0d : m->x0;
-  k_linear_bwd(m->dx0, false, G_(m, m->dw), G_(m, m->db), m->dad, in, P_(m, m->dw), ones, B, H, H);
+  cx_linear_bwd(&m->base.cx, m->dx0, false, G_(m, m->dw), G_(m, m->db), m->dad, in, P_(m, m->dw),
+                ones, B, H, H);
   if (m->cfg.kind == CLS_ELECTRA) k_dropout(m->dx0, &d0, B, H);
   enc_announce(&c, m->dw, m->ob);
   memset(m->net.dh, 0, (size_t)B * m->base.Tcur * H * sizeof(float));

@@ -287,9 +287,9 @@ static void disc_head_fwd(electra_model *m, electra_losses *out) {
   const electra_config *c = &m->cfg;
   const int H = c->disc.hidden_size, N = m->base.B * m->base.Tcur;
   const float *X = m->net[DISC].enc.hs[c->disc.num_hidden_layers];
-  k_linear_fwd(m->u, X, P_(m, m->dh_w), N, H, H);
+  cx_linear_fwd(&m->base.cx, m->u, X, P_(m, m->dh_w), N, H, H);
   k_bias_act_fwd(m->u, m->ua, P_(m, m->dh_b), N, H, c->hidden_act);
-  k_linear_fwd(m->dlogit, m->ua, P_(m, m->dp_w), N, H, 1);
+  cx_linear_fwd(&m->base.cx, m->dlogit, m->ua, P_(m, m->dp_w), N, H, 1);
   const float bias = P_(m, m->dp_b)[0];
   double count = 0.0;
   for (int n = 0; n < N; n++) {
@@ -342,11 +342,11 @@ static void disc_head_bwd(electra_model *m, const enc_ctx *c) {
   const electra_config *cf = &m->cfg;
   const int H = cf->disc.hidden_size, N = m->base.B * m->base.Tcur;
   const float *X = m->net[DISC].enc.hs[cf->disc.num_hidden_layers];
-  k_linear_bwd(m->da, false, G_(m, m->dp_w), G_(m, m->dp_b), m->ddlogit, m->ua, P_(m, m->dp_w),
-               m->base.ones, N, H, 1);
+  cx_linear_bwd(&m->base.cx, m->da, false, G_(m, m->dp_w), G_(m, m->dp_b), m->ddlogit, m->ua,
+                P_(m, m->dp_w), m->base.ones, N, H, 1);
   k_act_bwd(m->da, m->da, m->u, N, H, cf->hidden_act);
-  k_linear_bwd(m->net[DISC].dh, false, G_(m, m->dh_w), G_(m, m->dh_b), m->da, X, P_(m, m->dh_w),
-               m->base.ones, N, H, H);
+  cx_linear_bwd(&m->base.cx, m->net[DISC].dh, false, G_(m, m->dh_w), G_(m, m->dh_b), m->da, X,
+                P_(m, m->dh_w), m->base.ones, N, H, H);
   enc_announce(c, m->dh_w, m->dp_b);
 }
 

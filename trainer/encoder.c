@@ -237,18 +237,18 @@ static void layer_fwd(encoder *e, const enc_ctx *c, int l) {
   const enc_layer_idx *w = &e->li[l];
   enc_layer_acts *a = &e->la[l];
   const float *x = e->hs[l];
-  k_linear_fwd(a->qkv, x, P_(c, w->q_w), N, H, 3 * H);
+  cx_linear_fwd(c->cx, a->qkv, x, P_(c, w->q_w), N, H, 3 * H);
   enc_add_bias(a->qkv, P_(c, w->q_b), N, 3 * H);
   dropout_desc dp = enc_dropout(c, g, SITE_ATTN_PROBS, e->attn_dropout);
-  k_attention_fwd(a->ctx, a->probs, a->qkv, c->input_mask, c->B, T, NH, H / NH, &dp, c->scratch,
-                  c->nthreads);
-  k_linear_fwd(e->proj, a->ctx, P_(c, w->ao_w), N, H, H);
+  cx_attention_fwd(c->cx, a->ctx, a->probs, a->qkv, c->input_mask, c->B, T, NH, H / NH, &dp,
+                   c->scratch, c->nthreads);
+  cx_linear_fwd(c->cx, e->proj, a->ctx, P_(c, w->ao_w), N, H, H);
   dropout_desc d1 = enc_dropout(c, g, SITE_ATTN_OUT, e->hidden_dropout);
   k_add_ln_fwd(a->sum1, a->x1, a->mean1, a->rstd1, e->proj, P_(c, w->ao_b), &d1, x, P_(c, w->ln1_g),
                P_(c, w->ln1_b), N, H, e->eps);
-  k_linear_fwd(a->pre, a->x1, P_(c, w->i_w), N, H, I);
+  cx_linear_fwd(c->cx, a->pre, a->x1, P_(c, w->i_w), N, H, I);
   k_bias_act_fwd(a->pre, a->act, P_(c, w->i_b), N, I, e->act);
-  k_linear_fwd(e->proj, a->act, P_(c, w->o_w), N, I, H);
+  cx_linear_fwd(c->cx, e->proj, a->act, P_(c, w->o_w), N, I, H);
   dropout_desc d2 = enc_dropout(c, g, SITE_FFN_OUT, e->hidden_dropout);
   k_add_ln_fwd(a->sum2, e->hs[l + 1], a->mean2, a->rstd2, e->proj, P_(c, w->o_b), &d2, a->x1,
                P_(c, w->ln2_g), P_(c, w->ln2_b), N, H, e->eps);
@@ -268,21 +268,21 @@ static void layer_bwd(encoder *e, const enc_ctx *c, int l, float *dh) {
   dropout_desc d2 = enc_dropout(c, g, SITE_FFN_OUT, e->hidden_dropout);
   k_add_ln_bwd(e->dtmp, e->dx1, G_(c, w->o_b), G_(c, w->ln2_g), G_(c, w->ln2_b), dh, a->sum2,
                a->mean2, a->rstd2, P_(c, w->ln2_g), &d2, N, H, c->scratch, c->nthreads);
-  k_linear_bwd(e->dbig, false, G_(c, w->o_w), NULL, e->dtmp, a->act, P_(c, w->o_w), c->ones, N, I,
-               H);
+  cx_linear_bwd(c->cx, e->dbig, false, G_(c, w->o_w), NULL, e->dtmp, a->act, P_(c, w->o_w), c->ones,
+                N, I, H);
   k_act_bwd(e->dbig, e->dbig, a->pre, N, I, e->act);
-  k_linear_bwd(e->dx1, true, G_(c, w->i_w), G_(c, w->i_b), e->dbig, a->x1, P_(c, w->i_w), c->ones,
-               N, H, I);
+  cx_linear_bwd(c->cx, e->dx1, true, G_(c, w->i_w), G_(c, w->i_b), e->dbig, a->x1, P_(c, w->i_w),
+                c->ones, N, H, I);
   dropout_desc d1 = enc_dropout(c, g, SITE_ATTN_OUT, e->hidden_dropout);
   k_add_ln_bwd(e->dtmp, dh, G_(c, w->ao_b), G_(c, w->ln1_g), G_(c, w->ln1_b), e->dx1, a->sum1,
                a->mean1, a->rstd1, P_(c, w->ln1_g), &d1, N, H, c->scratch, c->nthreads);
-  k_linear_bwd(e->dctx, false, G_(c, w->ao_w), NULL, e->dtmp, a->ctx, P_(c, w->ao_w), c->ones, N, H,
-               H);
+  cx_linear_bwd(c->cx, e->dctx, false, G_(c, w->ao_w), NULL, e->dtmp, a->ctx, P_(c, w->ao_w),
+                c->ones, N, H, H);
   dropout_desc dp = enc_dropout(c, g, SITE_ATTN_PROBS, e->attn_dropout);
-  k_attention_bwd(e->dqkv, e->dctx, a->probs, a->qkv, c->B, T, NH, H / NH, &dp, c->scratch,
-                  c->nthreads);
-  k_linear_bwd(dh, true, G_(c, w->q_w), G_(c, w->q_b), e->dqkv, e->hs[l], P_(c, w->q_w), c->ones, N,
-               H, 3 * H);
+  cx_attention_bwd(c->cx, e->dqkv, e->dctx, a->probs, a->qkv, c->B, T, NH, H / NH, &dp, c->scratch,
+                   c->nthreads);
+  cx_linear_bwd(c->cx, dh, true, G_(c, w->q_w), G_(c, w->q_b), e->dqkv, e->hs[l], P_(c, w->q_w),
+                c->ones, N, H, 3 * H);
   enc_announce(c, w->q_w, w->ln2_b);
 }
 
@@ -314,7 +314,7 @@ void enc_net_forward(const enc_ctx *c, enc_net *n, const int32_t *ids, const int
   const int N = c->B * c->T, E = n->emb.C, H = n->enc.H;
   emb_forward(c, &n->emb, &n->ea, ids, seg, n->emb_out);
   if (n->proj_w >= 0) {
-    k_linear_fwd(n->enc.hs[0], n->emb_out, P_(c, n->proj_w), N, E, H);
+    cx_linear_fwd(c->cx, n->enc.hs[0], n->emb_out, P_(c, n->proj_w), N, E, H);
     enc_add_bias(n->enc.hs[0], P_(c, n->proj_b), N, H);
   }
   encoder_forward(&n->enc, c);
@@ -325,8 +325,8 @@ void enc_net_backward(const enc_ctx *c, enc_net *n, const int32_t *ids, const in
   const int N = c->B * c->T, E = n->emb.C, H = n->enc.H;
   encoder_backward(&n->enc, c, n->dh);
   if (n->proj_w >= 0) {
-    k_linear_bwd(n->de, false, G_(c, n->proj_w), G_(c, n->proj_b), n->dh, n->emb_out,
-                 P_(c, n->proj_w), c->ones, N, E, H);
+    cx_linear_bwd(c->cx, n->de, false, G_(c, n->proj_w), G_(c, n->proj_b), n->dh, n->emb_out,
+                  P_(c, n->proj_w), c->ones, N, E, H);
     enc_announce(c, n->proj_w, n->proj_b);
   }
   emb_backward(c, &n->emb, &n->ea, ids, seg, n->de, dtmp);

@@ -8,7 +8,7 @@
 #ifndef MLMPI_ENCODER_H
 #define MLMPI_ENCODER_H
 
-#include "kernels.h"
+#include "compute.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -30,6 +30,7 @@ static inline float *arena_carve(float *base, size_t *used, size_t n) {
 typedef struct {
   const param_table *table;
   float *params, *grads;     /* table layout */
+  const compute *cx;         /* the model's compute backend */
   int B, T;                  /* this batch: N = B*T rows */
   const int32_t *input_mask; /* [B,T] attention mask over keys */
   bool train;                /* dropout on */

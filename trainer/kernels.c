@@ -305,6 +305,54 @@ static void attn_dropout_probs(float *out, const float *P, const dropout_desc *d
   for (size_t i = 0; i < n; i++) out[i] = out[i] >= p ? P[i] * s : 0.0f;
 }
 
+/* One head's scores in place: + the key mask's -10000, softmax per row. */
+static inline void attn_softmax(float *P, const int32_t *mask, int T) {
+  for (int i = 0; i < T; i++) {
+    float *row = P + (size_t)i * T, mx = -INFINITY, sum = 0.0f;
+    for (int j = 0; j < T; j++) {
+      row[j] += mask[j] ? 0.0f : -10000.0f;
+      mx = row[j] > mx ? row[j] : mx;
+    }
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < T; j++) {
+      row[j] = fast_expf(row[j] - mx);
+      sum += row[j];
+    }
+    float inv = 1.0f / sum;
+#pragma omp simd
+    for (int j = 0; j < T; j++) row[j] *= inv;
+  }
+}
+
+/* dP (the gradient of one head's dropped probabilities Pd) into that of its
+ * scores, through the dropout mask (when dr) and the softmax P. */
+static inline void attn_softmax_bwd(float *dP, const float *P, const float *Pd, bool dr, float ds,
+                                    int T) {
+  for (int i = 0; i < T; i++) {
+    const float *pr = P + (size_t)i * T, *pd = Pd + (size_t)i * T;
+    float *g = dP + (size_t)i * T, dot = 0.0f;
+    if (dr)
+      for (int j = 0; j < T; j++) g[j] = pd[j] != 0.0f ? g[j] * ds : 0.0f;
+#pragma omp simd reduction(+ : dot)
+    for (int j = 0; j < T; j++) dot += g[j] * pr[j];
+#pragma omp simd
+    for (int j = 0; j < T; j++) g[j] = pr[j] * (g[j] - dot);
+  }
+}
+
+void k_attn_softmax(float *P, const int32_t *mask, int T) { attn_softmax(P, mask, T); }
+
+bool k_attn_dropout(float *out, const float *P, const dropout_desc *d, int b, int h, int T) {
+  if (!drop_on(d)) return false;
+  attn_dropout_probs(out, P, d, b, h, T);
+  return true;
+}
+
+void k_attn_softmax_bwd(float *dP, const float *P, const float *Pd, const dropout_desc *d, int T) {
+  bool dr = drop_on(d);
+  attn_softmax_bwd(dP, P, Pd, dr, dr ? drop_scale(d) : 1.0f, T);
+}
+
 void k_attention_fwd(float *ctx, float *probs, const float *qkv, const int32_t *input_mask, int B,
                      int T, int NH, int D, const dropout_desc *drop, float *scratch, int nthreads) {
   const int H = NH * D, H3 = 3 * H;
@@ -317,21 +365,7 @@ void k_attention_fwd(float *ctx, float *probs, const float *qkv, const int32_t *
     float *P = probs + (size_t)bh * T * T;
     const int32_t *mask = input_mask + (size_t)b * T;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, D, scale, q, H3, k, H3, 0.0f, P, T);
-    for (int i = 0; i < T; i++) {
-      float *row = P + (size_t)i * T, mx = -INFINITY, sum = 0.0f;
-      for (int j = 0; j < T; j++) {
-        row[j] += mask[j] ? 0.0f : -10000.0f;
-        mx = row[j] > mx ? row[j] : mx;
-      }
-#pragma omp simd reduction(+ : sum)
-      for (int j = 0; j < T; j++) {
-        row[j] = fast_expf(row[j] - mx);
-        sum += row[j];
-      }
-      float inv = 1.0f / sum;
-#pragma omp simd
-      for (int j = 0; j < T; j++) row[j] *= inv;
-    }
+    attn_softmax(P, mask, T);
     const float *Pd = P;
     if (dr) {
       float *tmp = scratch + (size_t)omp_get_thread_num() * T * T;
@@ -362,17 +396,7 @@ void k_attention_bwd(float *dqkv, const float *dctx, const float *probs, const f
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, 1.0f, dr ? Pd : P, T, dc, H, 0.0f,
                 dv, H3);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, D, 1.0f, dc, H, v, H3, 0.0f, dP, T);
-    float ds = dr ? drop_scale(drop) : 1.0f;
-    for (int i = 0; i < T; i++) {
-      const float *pr = P + (size_t)i * T, *pd = Pd + (size_t)i * T;
-      float *g = dP + (size_t)i * T, dot = 0.0f;
-      if (dr)
-        for (int j = 0; j < T; j++) g[j] = pd[j] != 0.0f ? g[j] * ds : 0.0f;
-#pragma omp simd reduction(+ : dot)
-      for (int j = 0; j < T; j++) dot += g[j] * pr[j];
-#pragma omp simd
-      for (int j = 0; j < T; j++) g[j] = pr[j] * (g[j] - dot);
-    }
+    attn_softmax_bwd(dP, P, Pd, dr, dr ? drop_scale(drop) : 1.0f, T);
     /* dQ = scale · dS K; dK = scale · dS^T Q. */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, T, scale, dP, T, k, H3, 0.0f, dq,
                 H3);

@@ -73,6 +73,17 @@ void k_attention_fwd(float *ctx, float *probs, const float *qkv, const int32_t *
 void k_attention_bwd(float *dqkv, const float *dctx, const float *probs, const float *qkv, int B,
                      int T, int NH, int D, const dropout_desc *drop, float *scratch, int nthreads);
 
+/* The per-head steps of attention around its products, for backends that
+ * run the products themselves. k_attn_softmax: one head's scores [T,T] in
+ * place, + (1 - mask) * -10000 and softmax per row. k_attn_dropout: out =
+ * dropout(P) of head h in sequence b as k_attention_fwd draws it; false
+ * (out untouched) without dropout. k_attn_softmax_bwd: dP, the gradient of
+ * dropout(P) (Pd, as k_attn_dropout wrote it; any pointer without
+ * dropout), in place into the gradient of the scores. */
+void k_attn_softmax(float *P, const int32_t *mask, int T);
+bool k_attn_dropout(float *out, const float *P, const dropout_desc *d, int b, int h, int T);
+void k_attn_softmax_bwd(float *dP, const float *P, const float *Pd, const dropout_desc *d, int T);
+
 /* Adds bias (if not NULL) to logits [M,V] in place, then softmax
  * cross-entropy against ids with per-row weights w (NULL: all 1): returns
  * Σ w·ce (double); dlogits = (softmax - onehot) * w * coef. Rows with w == 0

@@ -115,6 +115,10 @@ status_t model_create(model **out, const model_spec *spec, const model_shape *sh
   return st ? st : ops->create(out, spec, shape);
 }
 
+status_t model_set_precision(model *m, const char *precision) {
+  return compute_open(&m->base->cx, precision, m->base->nthreads);
+}
+
 void model_free(model *m) {
   if (m) m->ops->free(m);
 }

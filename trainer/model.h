@@ -193,6 +193,11 @@ int classify_labels(const model *m, const char *const **names);
  * pretrained encoder need not have. */
 bool classify_is_head(const model *m, int i);
 
+/* Runs m's matrix products on the compute backend of `precision`
+ * (compute.h: "fp32", "bf16"; NULL or "": fp32). STATUS_CONFIG naming the
+ * value or what the CPU lacks. */
+status_t model_set_precision(model *m, const char *precision);
+
 /* Looks up the model and creates it (ops->create). */
 status_t model_create(model **out, const model_spec *spec, const model_shape *shape);
 void model_free(model *m); /* NULL is a no-op */

@@ -21,6 +21,7 @@ void model_base_init(model_base *b, int max_batch, int seq_len, int max_pred, in
   b->T = seq_len;
   b->P = max_pred;
   b->nthreads = nthreads > 0 ? nthreads : omp_get_max_threads();
+  b->cx = (compute){.ops = &compute_fp32_ops};
   param_table_init(&b->table);
 }
 
@@ -57,6 +58,7 @@ void model_base_carve_shared(model_base *b, float *a, size_t *u, size_t C) {
 }
 
 void model_base_free(model_base *b) {
+  compute_close(&b->cx);
   param_table_free(&b->table);
   mem_free(b->params);
   if (!b->grads_ext) mem_free(b->grads);
@@ -119,6 +121,9 @@ void model_base_copy_batch(model_base *b, const model_batch *x, bool train, uint
   b->seed = seed;
   b->step = step;
   b->sample_base = sample_base;
+  /* Every forward starts from the current master weights (whatever an
+   * optimizer step, load or broadcast wrote since the last one). */
+  cx_sync(&b->cx, b->params, b->table.total);
   memcpy(b->ids, x->input_ids, N * sizeof(int32_t));
   memcpy(b->mask, x->input_mask, N * sizeof(int32_t));
   memcpy(b->seg, x->segment_ids, N * sizeof(int32_t));
@@ -132,6 +137,7 @@ enc_ctx model_base_ctx(const model_base *b) {
   return (enc_ctx){.table = &b->table,
                    .params = b->params,
                    .grads = b->grads,
+                   .cx = &b->cx,
                    .B = b->B,
                    .T = b->Tcur,
                    .input_mask = b->mask,
@@ -177,11 +183,11 @@ void mlm_head_forward(const model_base *b, mlm_head *h, const float *top, double
                       float scale, mlm_result *out) {
   const int Hin = h->Hin, E = h->E, V = h->V, M = b->B * b->Pcur;
   k_gather_rows(h->G, top, b->gidx, M, Hin);
-  k_linear_fwd(h->t1, h->G, model_base_param(b, h->w), M, Hin, E);
+  cx_linear_fwd(&b->cx, h->t1, h->G, model_base_param(b, h->w), M, Hin, E);
   k_bias_act_fwd(h->t1, h->t2, model_base_param(b, h->b), M, E, h->act);
   k_add_ln_fwd(NULL, h->t3, h->tmean, h->trstd, h->t2, NULL, NULL, NULL,
                model_base_param(b, h->ln_g), model_base_param(b, h->ln_b), M, E, h->eps);
-  k_linear_fwd(h->logits, h->t3, model_base_param(b, h->we), M, E, V);
+  cx_linear_fwd(&b->cx, h->logits, h->t3, model_base_param(b, h->we), M, E, V);
   double wsum = 0.0;
   for (int i = 0; i < M; i++) wsum += b->mlm_w[i];
   double den = (denominator > 0 ? denominator : wsum) + 1e-5;
@@ -195,14 +201,14 @@ void mlm_head_forward(const model_base *b, mlm_head *h, const float *top, double
 void mlm_head_backward(const model_base *b, const enc_ctx *c, mlm_head *h, float *dh) {
   const int Hin = h->Hin, E = h->E, V = h->V, M = b->B * b->Pcur, N = b->B * b->Tcur;
   /* logits = t3 · word_embeddings^T + decoder bias (tied). */
-  k_linear_bwd(h->dt_a, false, model_base_grad(b, h->we), model_base_grad(b, h->dec_b), h->dlogits,
-               h->t3, model_base_param(b, h->we), b->ones, M, E, V);
+  cx_linear_bwd(&b->cx, h->dt_a, false, model_base_grad(b, h->we), model_base_grad(b, h->dec_b),
+                h->dlogits, h->t3, model_base_param(b, h->we), b->ones, M, E, V);
   k_add_ln_bwd(h->dt_b, NULL, NULL, model_base_grad(b, h->ln_g), model_base_grad(b, h->ln_b),
                h->dt_a, h->t2, h->tmean, h->trstd, model_base_param(b, h->ln_g), NULL, M, E,
                b->scratch, b->nthreads);
   k_act_bwd(h->dt_b, h->dt_b, h->t1, M, E, h->act);
-  k_linear_bwd(h->dG, false, model_base_grad(b, h->w), model_base_grad(b, h->b), h->dt_b, h->G,
-               model_base_param(b, h->w), b->ones, M, Hin, E);
+  cx_linear_bwd(&b->cx, h->dG, false, model_base_grad(b, h->w), model_base_grad(b, h->b), h->dt_b,
+                h->G, model_base_param(b, h->w), b->ones, M, Hin, E);
   enc_announce(c, h->w, h->dec_b);
   memset(dh, 0, (size_t)N * Hin * sizeof(float));
   k_scatter_add_rows(dh, h->dG, b->gidx, M, Hin);

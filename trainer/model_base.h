@@ -16,6 +16,7 @@ typedef struct {
   int maxB, T, P, nthreads; /* batches of up to maxB x T with P masked slots */
   param_table table;
   float *params, *grads; /* table layout */
+  compute cx;            /* fp32 unless model_set_precision chose another */
   bool grads_ext;        /* grads belongs to the caller (use_grad_buf) */
   bert_grad_ready_fn ready;
   void *ready_ctx;

@@ -13,6 +13,7 @@
 
 typedef struct {
   const char *model, *weights, *batch, *out;
+  const char *precision; /* the compute backend (NULL: fp32) */
   uint64_t seed;
   int threads;
   int steps; /* optimizer steps after the first forward/backward (0: none) */
@@ -22,7 +23,7 @@ typedef struct {
 
 static const char step_usage[] =
     "usage: mlmpi-train step --model CONFIG.json --weights W.safetensors --batch B.safetensors\n"
-    "                        --out OUT.safetensors [--seed N] [--threads N]\n"
+    "                        --out OUT.safetensors [--seed N] [--threads N] [--precision P]\n"
     "                        [--steps K --optim lamb|adamw --lr X --weight-decay X --beta1 X\n"
     "                         --beta2 X --eps X --max-grad-norm X --adapt-all "
     "--no-bias-correction\n"
@@ -34,6 +35,7 @@ static const char step_usage[] =
     "  --seed N     dropout (and ELECTRA sampling) seed; dropout follows the config's\n"
     "               probabilities (default 0)\n"
     "  --threads N  OpenMP/OpenBLAS threads (default: all cores)\n"
+    "  --precision P  fp32 (default) or bf16: the model.precision the matrix products run in\n"
     "  --steps K    then take K optimizer steps on the same batch at constant lr and also write\n"
     "               the final weights under their parameter names, `losses` [K] (the loss before\n"
     "               each step) and `grad_norms` [K] (the global gradient norm before clipping).\n"
@@ -55,6 +57,7 @@ static int parse_args(int argc, char **argv, step_args *a) {
                                        {"seed", required_argument, 0, 's'},
                                        {"threads", required_argument, 0, 't'},
                                        {"help", no_argument, 0, 'h'},
+                                       {"precision", required_argument, 0, 'p'},
                                        {"steps", required_argument, 0, 'K'},
                                        {"optim", required_argument, 0, 1},
                                        {"lr", required_argument, 0, 2},
@@ -87,6 +90,7 @@ static int parse_args(int argc, char **argv, step_args *a) {
       case 'w': a->weights = optarg; break;
       case 'b': a->batch = optarg; break;
       case 'o': a->out = optarg; break;
+      case 'p': a->precision = optarg; break;
       case 's':
         a->seed = strtoull(optarg, &end, 10);
         if (*end || !*optarg)
@@ -320,7 +324,7 @@ static status_t step_run_all(step_run *x, const step_args *a) {
     return st;
   model_spec spec = {.config_path = a->model, .nsp = -1};
   model_shape shape = {(int)B, (int)T, (int)P, a->threads};
-  if ((st = ops->create(&x->m, &spec, &shape)) ||
+  if ((st = ops->create(&x->m, &spec, &shape)) || (st = model_set_precision(x->m, a->precision)) ||
       (st = load_batch(x->bf, a->batch, ops->required_fields(x->m), ops->allowed_fields(x->m),
                        &x->b)) ||
       (st = st_read(a->weights, &x->wf)) ||

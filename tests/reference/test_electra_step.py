@@ -221,7 +221,7 @@ def worst(records):
     return "worst %s err=%.2e bound=%.2e ratio=%.3f" % (n, e, b, e / b if b > 0 else float("inf"))
 
 
-def check_draws(cfg, weights, batch, drawn, seed):
+def check_draws(cfg, weights, batch, drawn, seed, logit_rtol=LOGIT_RTOL):
     """The program's draws against the reference's Gumbel-max: equal, or a
     near tie (the program's choice scores within the logit tolerance of the
     best). Returns (problems, exact count, slots)."""
@@ -235,7 +235,7 @@ def check_draws(cfg, weights, batch, drawn, seed):
         if o == int(ref[b, j]):
             exact += 1
         elif not (0 <= o < scores.shape[2] and scores[b, j, ref[b, j]] - scores[b, j, o]
-                  <= 2 * LOGIT_RTOL * logit_scale):
+                  <= 2 * logit_rtol * logit_scale):
             problems.append("sampled_ids[%d,%d] = %d, the Gumbel-max choice is %d"
                             % (b, j, o, int(ref[b, j])))
     for b, j in zip(*np.nonzero(w == 0)):
