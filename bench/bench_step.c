@@ -1,7 +1,8 @@
 /* bench_step.c: times mlmpi's BERT training step (forward + backward + SGD
  * update) on a random batch and measures cblas_sgemm's own GFLOP/s on the
  * model's largest matrix product in the same process, so the achieved
- * fraction of BLAS speed can be read off. Prints one JSON line. */
+ * fraction of BLAS speed can be read off. --precision bf16 runs the matrix
+ * products in bf16 (model.precision). Prints one JSON line. */
 #include <cblas.h>
 #include <omp.h>
 #include <stdio.h>
@@ -35,10 +36,13 @@ int main(int argc, char **argv) {
   bert_config c = bert_config_default();
   c.hidden_dropout_prob = c.attention_probs_dropout_prob = 0.0f;
   int B = 8, T = 128, P = -1, steps = 5, warmup = 1, threads = 0;
+  const char *precision = "fp32";
   for (int i = 1; i + 1 < argc; i += 2) {
     const char *k = argv[i];
     int v = atoi(argv[i + 1]);
-    if (!strcmp(k, "--layers"))
+    if (!strcmp(k, "--precision"))
+      precision = argv[i + 1];
+    else if (!strcmp(k, "--layers"))
       c.num_hidden_layers = v;
     else if (!strcmp(k, "--hidden"))
       c.hidden_size = v;
@@ -68,7 +72,8 @@ int main(int argc, char **argv) {
   if (P < 0) P = (int)(0.15 * T + 0.5);
   if (threads) omp_set_num_threads(threads);
   bert_model *m;
-  if (bert_init(&m, &c, B, T, P, threads) != STATUS_OK) {
+  if (bert_init(&m, &c, B, T, P, threads) != STATUS_OK ||
+      bert_set_precision(m, precision) != STATUS_OK) {
     fprintf(stderr, "bench_step: %s\n", status_message());
     return 1;
   }
@@ -114,10 +119,10 @@ int main(int argc, char **argv) {
       "{\"impl\":\"mlmpi\",\"tokens_per_s\":%.1f,\"step_ms\":%.2f,\"gflops\":%.2f,"
       "\"sgemm_gflops\":%.2f,\"blas_fraction\":%.3f,\"threads\":%d,\"layers\":%d,\"hidden\":%d,"
       "\"heads\":%d,\"intermediate\":%d,\"vocab\":%d,\"seq\":%d,\"batch\":%d,\"pred\":%d,"
-      "\"loss\":%.4f}\n",
+      "\"loss\":%.4f,\"precision\":\"%s\"}\n",
       (double)N / step_s, step_s * 1e3, flops / step_s / 1e9, blas, flops / step_s / 1e9 / blas,
       omp_get_max_threads(), c.num_hidden_layers, c.hidden_size, c.num_attention_heads,
-      c.intermediate_size, c.vocab_size, T, B, P, loss);
+      c.intermediate_size, c.vocab_size, T, B, P, loss, precision);
   bert_free(m);
   free(ids);
   free(mask);

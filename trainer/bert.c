@@ -134,6 +134,10 @@ void bert_use_grad_buf(bert_model *m, float *buf) { model_base_use_grad_buf(&m->
 void bert_zero_grad(bert_model *m) { model_base_zero_grad(&m->base); }
 model_base *bert_base(bert_model *m) { return &m->base; }
 
+status_t bert_set_precision(bert_model *m, const char *precision) {
+  return compute_open(&m->base.cx, precision, m->base.nthreads);
+}
+
 /* ---- Initialisation ----------------------------------------------------------- */
 void bert_init_weights(bert_model *m, uint64_t seed) {
   enc_init_weights(&m->base.table, m->base.params, m->cfg.initializer_range, seed);

@@ -105,7 +105,9 @@ static status_t setup_model(run_state *s) {
   const model_ops *ops;
   status_t st = c->finetune ? ft_model_spec(s, &spec, &ops)
                             : model_lookup(spec.config_path, spec.preset, &ops);
-  if (st || (st = ops->create(&s->model, &spec, &shape))) return st;
+  if (st || (st = ops->create(&s->model, &spec, &shape)) ||
+      (st = model_set_precision(s->model, c->model_precision)))
+    return st;
   s->mops = s->model->ops;
   const param_table *t = s->mops->params(s->model);
   if (c->shared_memory) {

@@ -16,6 +16,7 @@
 void train_config_default(train_config *c) {
   memset(c, 0, sizeof *c);
   snprintf(c->model_preset, sizeof c->model_preset, "bert-mini");
+  snprintf(c->model_precision, sizeof c->model_precision, "fp32");
   c->data = data_config_default();
   c->global_batch = 32;
   c->micro_batch = 0;
@@ -94,6 +95,12 @@ status_t train_config_set(train_config *c, const char *key, const char *v) {
   if (!strcmp(key, k)) return set_f64(&c->f, key, v)
   STR("model.config", model_config);
   STR("model.preset", model_preset);
+  if (!strcmp(key, "model.precision")) {
+    if (!compute_lookup(v))
+      return status_set(STATUS_CONFIG, "model.precision '%s' is not known (known: %s)", v,
+                        compute_names());
+    return set_str(c->model_precision, sizeof c->model_precision, key, v);
+  }
   STR("data.path", data_path);
   STR("data.service", data_service);
   STR("data.token_file", data_token_file);
@@ -243,7 +250,8 @@ char *train_config_dump(const train_config *c) {
   const optim_config *o = &c->optim;
   const lr_schedule *sc = &c->sched;
   static const char *masking[] = {"bert", "electra"}, *inst[] = {"packed", "nsp"};
-  fprintf(f, "model.config = %s\nmodel.preset = %s\n", c->model_config, c->model_preset);
+  fprintf(f, "model.config = %s\nmodel.preset = %s\nmodel.precision = %s\n", c->model_config,
+          c->model_preset, c->model_precision);
   fprintf(f, "data.path = %s\ndata.service = %s\ndata.token_file = %s\ndata.seq_len = %d\n",
           c->data_path, c->data_service, c->data_token_file, c->data.seq_len);
   fprintf(f, "data.max_predictions = %d\n", c->data.max_predictions);
@@ -297,6 +305,8 @@ static const char help[] =
     "         | preset = bert-tiny|bert-mini|bert-small|bert-medium|bert-base|bert-large|\n"
     "         electra-small|electra-base (bert-mini)\n"
     "         with a preset, vocab_size comes from the shards' tokenizer\n"
+    "         | precision = fp32|bf16 (fp32): bf16 runs the matrix products with bf16 inputs and\n"
+    "         fp32 accumulation (oneDNN; needs AVX512-BF16 or AMX), fp32 master weights\n"
     "[data]   path = DIR of shards (train-*.mlms, holdout-*.mlms), or BERT TFRecord files (a glob\n"
     "         or comma list; needs model.config) | service = HOST:PORT,... (the dataset service;\n"
     "         with path also set, its shards' fingerprint is checked against the service's),\n"

@@ -93,6 +93,9 @@ typedef struct bert_model bert_model;
 status_t bert_init(bert_model **out, const bert_config *cfg, int max_batch, int seq_len,
                    int max_pred, int nthreads);
 void bert_free(bert_model *m); /* NULL is a no-op */
+/* Runs the matrix products in `precision` ("fp32", the default, or "bf16":
+ * model.precision); STATUS_CONFIG naming the value or what the CPU lacks. */
+status_t bert_set_precision(bert_model *m, const char *precision);
 
 const bert_config *bert_get_config(const bert_model *m);
 const param_table *bert_params(const bert_model *m);

@@ -497,6 +497,96 @@ def test_loss_falls(a, data):
           + ("" if r.returncode == 0 else ": " + r.stderr[-600:]))
 
 
+def test_bf16(a, data):
+    """model.precision = bf16 through the trainer: 2 ranks equal 1 rank with accumulation
+    (the all-reduce is fp32, so the same bound as fp32), a resume is bit-identical, the
+    run is not the fp32 run, and a CPU without bf16 instructions is refused in one line."""
+    bf = {"model.precision": "bf16", "train.micro_batch": "2", "ckpt.every_steps": "1",
+          "ckpt.keep": "6"}
+    runs = {}
+    for n in (1, 2):
+        name = f"bf16_{n}"
+        r = mpirun(n, [a.train] + config(a, data, name, **bf), timeout=600)
+        if "needs a CPU with AVX512-BF16" in r.stderr:
+            print("SKIP bf16: this CPU has no bf16 matrix instructions: " + r.stderr.strip()[-300:])
+            return
+        check(r.returncode == 0, f"bf16: {n} rank(s) x micro-batch 2 ran"
+              + ("" if r.returncode == 0 else ": " + r.stderr[-800:]))
+        if r.returncode == 0:
+            runs[n] = weights(a, name, 6)
+    if len(runs) == 2:
+        # After one step the runs differ only by the order of fp32 sums (micro-batches
+        # accumulated on one rank, or pairs all-reduced): the fp32 bound holds.
+        worst, k = compare(weights(a, "bf16_1", 1), weights(a, "bf16_2", 1))
+        check(worst <= 1.0, f"bf16: 2 ranks vs 1 rank with accumulation after 1 step (worst "
+              f"{k} at {worst:.3f} of the fp32 bound)")
+        # Later, a master weight within 1e-7 of a bf16 rounding boundary may round to the
+        # neighbouring bf16 value in one run and not the other, a 2^-8 step in that
+        # weight's products: the runs drift apart faster than in fp32, bounded at 100x the
+        # fp32 bound (1e-3 of a tensor's largest weight; a lost micro-batch moves weights
+        # by about lr = 4e-3 of their size per step).
+        worst, k = compare(runs[1], runs[2])
+        check(worst <= 100.0, f"bf16: 2 ranks vs 1 rank with accumulation after 6 steps (worst "
+              f"{k} at {worst / 100:.3f} of 100x the fp32 bound)")
+    f = mpirun(1, [a.train] + config(a, data, "bf16_fp32", **dict(bf, **{"model.precision": "fp32"})),
+               timeout=600)
+    if 1 in runs and f.returncode == 0:
+        w32 = weights(a, "bf16_fp32", 6)
+        differ = [k for k in w32 if not np.array_equal(w32[k], runs[1][k])]
+        check(len(differ) > len(w32) // 2, f"bf16: the bf16 run differs from the fp32 run "
+              f"({len(differ)} of {len(w32)} tensors)")
+    # Resume: drop the last checkpoints of the 2-rank run and run again from step 3.
+    last = os.path.join(a.workdir, "bf16_2", "ckpt", "step-6")
+    if 2 in runs and os.path.isdir(last):
+        for st in (4, 5, 6):
+            shutil.rmtree(os.path.join(a.workdir, "bf16_2", "ckpt", f"step-{st}"))
+        r = mpirun(2, [a.train] + config(a, data, "bf16_2", **dict(bf, **{"ckpt.resume": "auto"})),
+                   timeout=600)
+        ok = r.returncode == 0 and "resuming from" in r.stderr
+        same = ok and all(np.array_equal(runs[2][k], v) for k, v in weights(a, "bf16_2", 6).items())
+        check(same and "step 3" in r.stderr,
+              "bf16: resumed from step 3, the weights at step 6 are bit-identical"
+              + ("" if r.returncode == 0 else ": " + r.stderr[-800:]))
+    # oneDNN told to dispatch no further than AVX-512 without BF16: refused, said once.
+    r = mpirun(2, [a.train] + config(a, data, "bf16_noisa", **bf), timeout=300,
+               env={"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"})
+    lines = [l for l in r.stderr.splitlines() if "needs a CPU with AVX512-BF16 or AMX" in l]
+    check(r.returncode != 0 and len(lines) == 1,
+          f"bf16: without AVX512-BF16 the run stops (exit {r.returncode}) with one line: "
+          + (lines[0].strip() if lines else r.stderr[-400:]))
+
+
+def test_bf16_equivalence(a, data):
+    """BERT-mini from the same seed in fp32 and bf16 for 300 steps: the held-out MLM loss of
+    bf16 within 1% of fp32's at the same steps."""
+    over = {"model.preset": "bert-mini", "data.seq_len": "64", "data.max_predictions": "10",
+            "train.global_batch": "16", "train.steps": "300", "train.eval_every": "100",
+            "train.eval_batches": "8", "train.threads": "2", "optim.lr": "0.002",
+            "optim.warmup": "30", "ckpt.dir": ""}
+    evals = {}
+    for prec in ("fp32", "bf16"):
+        name = f"equiv_{prec}"
+        r = mpirun(1, [a.train] + config(a, data, name, **dict(over, **{"model.precision": prec})),
+                   timeout=900)
+        if "needs a CPU with AVX512-BF16" in r.stderr:
+            print("SKIP bf16-equivalence: this CPU has no bf16 matrix instructions")
+            return
+        log = os.path.join(a.workdir, name, "log", "metrics.jsonl")
+        rows = [json.loads(l) for l in open(log)] if os.path.exists(log) else []
+        evals[prec] = {j["eval_step"]: j["eval_loss"] for j in rows if "eval_loss" in j}
+        check(r.returncode == 0 and len(evals[prec]) == 3,
+              f"bf16-equivalence: {prec} ran, held-out loss {evals[prec]}"
+              + ("" if r.returncode == 0 else ": " + r.stderr[-600:]))
+    e32, e16 = evals["fp32"], evals["bf16"]
+    if len(e32) == 3 and e32.keys() == e16.keys():
+        rel = {s: abs(e16[s] - e32[s]) / e32[s] for s in e32}
+        falls = e32[300] < e32[100] - 0.1
+        check(falls and max(rel.values()) <= 0.01,
+              f"bf16-equivalence: held-out MLM loss bf16 vs fp32 within 1% at every evaluation "
+              + ", ".join(f"step {s}: {e16[s]:.4f} vs {e32[s]:.4f} ({rel[s] * 100:.2f}%)"
+                          for s in sorted(rel)) + ("" if falls else "; fp32 did not learn"))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--train", required=True)
@@ -510,6 +600,7 @@ def main():
              "kill-in-checkpoint": test_kill_in_checkpoint,
              "signals": test_signals, "sources": test_sources, "export": test_export, "mismatch": test_mismatch, "time-limit": test_time_limit,
              "loss-falls": test_loss_falls,
+             "bf16": test_bf16, "bf16-equivalence": test_bf16_equivalence,
              "example": test_example}
     only = [x for x in a.only.split(",") if x]
     for name, fn in tests.items():
