@@ -39,9 +39,11 @@ const compute_ops compute_fp32_ops = {
     .attention_bwd = fp32_attention_bwd,
 };
 
-extern const compute_ops compute_bf16_ops; /* compute_bf16.c */
+/* compute_onednn.c */
+extern const compute_ops compute_bf16_ops, compute_fp32_onednn_ops;
 
-static const compute_ops *const registry[] = {&compute_fp32_ops, &compute_bf16_ops};
+static const compute_ops *const registry[] = {&compute_fp32_ops, &compute_bf16_ops,
+                                              &compute_fp32_onednn_ops};
 
 const compute_ops *compute_lookup(const char *precision) {
   for (size_t i = 0; i < sizeof registry / sizeof *registry; i++)
@@ -49,7 +51,7 @@ const compute_ops *compute_lookup(const char *precision) {
   return NULL;
 }
 
-const char *compute_names(void) { return "fp32, bf16"; }
+const char *compute_names(void) { return "fp32, bf16, fp32-onednn"; }
 
 status_t compute_open(compute *c, const char *precision, int nthreads) {
   if (!precision || !*precision) precision = "fp32";

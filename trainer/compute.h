@@ -3,9 +3,12 @@
  * goes through one operations table, chosen once by `model.precision`:
  *   fp32  OpenBLAS sgemm and mlmpi's kernels (kernels.c), bit-identical to
  *         the path before the table existed; the default.
- *   bf16  mixed precision through oneDNN (compute_bf16.c): bf16 GEMM inputs,
+ *   bf16  mixed precision through oneDNN (compute_onednn.c): bf16 GEMM inputs,
  *         fp32 accumulation and outputs; fp32 master weights stay in the
  *         parameter table and the backend keeps a bf16 copy of them.
+ *   fp32-onednn  fp32 products in oneDNN (its own CPU dispatch: AVX-512
+ *         kernels where OpenBLAS is held to AVX2); same numbers as fp32 up
+ *         to summation order.
  * The element-wise kernels (activations, LayerNorm, softmax, dropout,
  * losses) run in fp32 in every CPU backend and are called directly; a
  * device backend would add them here. Private to trainer/. A compute object
@@ -27,7 +30,7 @@ typedef struct {
 } compute;
 
 struct compute_ops {
-  const char *name; /* the model.precision value: "fp32", "bf16" */
+  const char *name; /* the model.precision value: "fp32", "bf16", "fp32-onednn" */
   /* Checks the CPU and makes the backend's state; STATUS_CONFIG naming what
    * is missing. */
   status_t (*open)(void **impl, int nthreads);
@@ -54,7 +57,7 @@ extern const compute_ops compute_fp32_ops;
 
 /* The backend of a model.precision value, or NULL. */
 const compute_ops *compute_lookup(const char *precision);
-/* "fp32, bf16", for messages. */
+/* "fp32, bf16, fp32-onednn", for messages. */
 const char *compute_names(void);
 /* Opens the backend of `precision` (NULL or "": fp32) into c, which holds
  * fp32 until then. STATUS_CONFIG naming the value or what the CPU lacks. */

@@ -15,7 +15,7 @@ typedef struct {
   /* [model] */
   char model_config[CFG_PATH]; /* a config.json, or empty for the preset */
   char model_preset[32];       /* bert-tiny, bert-mini, bert-small, bert-base */
-  char model_precision[8];     /* the compute backend: fp32 (default) or bf16 */
+  char model_precision[16];    /* the compute backend: fp32 (default), bf16, fp32-onednn */
   /* [data] */
   char data_path[CFG_PATH];       /* a directory of shards */
   char data_service[CFG_PATH];    /* host:port[,host:port]: fetch from the service */

@@ -13,7 +13,9 @@ from bf16's rounding (below). Three checks make the comparison mean something:
   * wrong references (BERT: ReLU where the config says GELU; ELECTRA: the fp32 test's
     foils) must still be rejected under the bf16 bounds;
   * the fp32 run of the binary on the same cases must pass the bf16 bounds with room
-    (it is the same model, rounded less).
+    (it is the same model, rounded less);
+  * --precision fp32-onednn (the products in fp32 through oneDNN) must pass the fp32
+    test's own bounds.
 
 Derivation of the bounds. bf16 keeps 8 significant bits: unit roundoff u = 2^-8. The
 backend rounds both inputs of every matrix product to bf16 and accumulates in fp32, so
@@ -213,7 +215,7 @@ def run(model, binary, workdir, seed, timeout, log):
         args = tes.write_case(os.path.join(workdir, c["name"]), cfg, w, b) + model.extra_args(c)
         rt_fwd, rt_grad = model.bounds(c)
         outs = {}
-        for prec in ("bf16", "fp32"):
+        for prec in ("bf16", "fp32", "fp32-onednn"):
             rc, err = runner(args + ["--threads", "2", "--precision", prec])
             if rc != 0 and "needs a CPU with" in err:
                 raise NoBf16(err.strip())
@@ -222,7 +224,7 @@ def run(model, binary, workdir, seed, timeout, log):
                     % (c["name"], prec, rc, err.strip()[-2000:]))
                 break
             outs[prec] = st_io.load(args[args.index("--out") + 1])
-        if len(outs) < 2:
+        if len(outs) < 3:
             fails += 1
             continue
         ref, problems, note = model.reference(c, cfg, w, b, outs["bf16"], log)
@@ -242,6 +244,10 @@ def run(model, binary, workdir, seed, timeout, log):
         if "sampled_ids" not in names or c.get("sampled") == "given":
             f32p = compare(names, ref, outs["fp32"], rt_fwd / 10, rt_grad / 10)[1]
             problems += ["fp32 run: " + p for p in f32p]
+        # fp32 products in oneDNN: the fp32 test's bounds.
+        if "sampled_ids" not in names or c.get("sampled") == "given":
+            problems += ["fp32-onednn run: " + p for p in model.fp32_compare(cfg, ref,
+                                                                              outs["fp32-onednn"])]
         log("%s %-24s rtol fwd %.3f grad %.3f, %d tensors%s, %s%s"
             % ("PASS" if not problems else "FAIL", c["name"], rt_fwd, rt_grad, len(records),
                " (ReLU: forward outputs only)" if fwd_only else "", worst(records), note))

@@ -1,11 +1,15 @@
-/* compute_bf16.c: the bf16 mixed-precision backend. Matrix products run in
- * oneDNN's matmul with bf16 inputs, fp32 accumulation and fp32 outputs
- * (AVX512-BF16 or AMX kernels); everything else stays fp32 in kernels.c.
- * The master weights stay in the fp32 parameter table; sync() converts them
- * into a bf16 copy of the same layout at the start of every forward, so a
- * weight operand W is read from the copy at W's offset. Activations and
- * gradients are converted per product into scratch buffers that grow to the
- * largest shape seen and are then reused. Conversions round to nearest even.
+/* compute_onednn.c: the backends whose matrix products run in oneDNN's
+ * matmul; everything else stays fp32 in kernels.c.
+ *   bf16         bf16 inputs, fp32 accumulation and fp32 outputs (AVX512-BF16
+ *                or AMX kernels). The master weights stay in the fp32
+ *                parameter table; sync() converts them into a bf16 copy of
+ *                the same layout at the start of every forward, so a weight
+ *                operand W is read from the copy at W's offset. Activations
+ *                and gradients are converted per product into scratch
+ *                buffers that grow to the largest shape seen and are then
+ *                reused. Conversions round to nearest even.
+ *   fp32-onednn  the same products in fp32 with oneDNN's own CPU dispatch
+ *                (not OpenBLAS's); operands are read in place.
  *
  * Each distinct product shape (dimensions, strides, types, scale and
  * whether it accumulates) gets one primitive and three memory objects,
@@ -59,6 +63,8 @@ typedef struct {
 } mm_entry;
 
 typedef struct {
+  dnnl_data_type_t dt; /* the products' input type: dnnl_bf16 or dnnl_f32 */
+  size_t esize;        /* its size in bytes */
   dnnl_engine_t engine;
   dnnl_stream_t stream;
   mm_entry *mm;
@@ -67,12 +73,12 @@ typedef struct {
   const float *params;
   size_t n_params;
   bf16 *wcopy;
-  /* Growing scratch: bf16 operands and fp32 per-head results. */
-  bf16 *b[5];
+  /* Growing scratch: operands (of type dt) and fp32 per-head results. */
+  void *b[5];
   size_t b_cap[5];
   float *f[2];
   size_t f_cap[2];
-} bf16_state;
+} onednn_state;
 
 enum { B_A, B_B, B_Q, B_K, B_V }; /* b[] slots; attention uses all five */
 
@@ -94,25 +100,25 @@ static void *grow(void **buf, size_t *cap, size_t bytes, const char *what) {
   if (bytes <= *cap) return *buf;
   mem_free(*buf);
   *buf = mem_alloc(bytes, what);
-  if (!*buf) core_panic(__FILE__, __LINE__, "out of memory for the bf16 backend's scratch");
+  if (!*buf) core_panic(__FILE__, __LINE__, "out of memory for the oneDNN backend's scratch");
   *cap = bytes;
   return *buf;
 }
 
-static bf16 *bscratch(bf16_state *s, int slot, size_t n) {
-  return grow((void **)&s->b[slot], &s->b_cap[slot], n * sizeof(bf16), "bf16 operands");
+static void *bscratch(onednn_state *s, int slot, size_t n) {
+  return grow(&s->b[slot], &s->b_cap[slot], n * s->esize, "matrix operands");
 }
-static float *fscratch(bf16_state *s, int slot, size_t n) {
-  return grow((void **)&s->f[slot], &s->f_cap[slot], n * sizeof(float), "bf16 backend results");
+static float *fscratch(onednn_state *s, int slot, size_t n) {
+  return grow((void **)&s->f[slot], &s->f_cap[slot], n * sizeof(float), "oneDNN backend results");
 }
 
-static mm_entry *mm_get(bf16_state *s, const mm_key *k) {
+static mm_entry *mm_get(onednn_state *s, const mm_key *k) {
   for (int i = 0; i < s->n_mm; i++)
     if (memcmp(&s->mm[i].key, k, sizeof *k) == 0) return &s->mm[i];
   if (s->n_mm == s->cap_mm) {
     int cap = s->cap_mm ? 2 * s->cap_mm : 32;
     mm_entry *p = realloc(s->mm, (size_t)cap * sizeof *p);
-    if (!p) core_panic(__FILE__, __LINE__, "out of memory for the bf16 primitive cache");
+    if (!p) core_panic(__FILE__, __LINE__, "out of memory for the oneDNN primitive cache");
     s->mm = p;
     s->cap_mm = cap;
   }
@@ -153,8 +159,9 @@ typedef struct {
   int64_t bs, rs, cs;
 } operand;
 
-static operand op_bf(const bf16 *p, int64_t bs, int64_t rs, int64_t cs) {
-  return (operand){p, dnnl_bf16, bs, rs, cs};
+/* An operand of the backend's input type. */
+static operand op_in(const onednn_state *s, const void *p, int64_t bs, int64_t rs, int64_t cs) {
+  return (operand){p, s->dt, bs, rs, cs};
 }
 static operand op_f(const float *p, int64_t bs, int64_t rs, int64_t cs) {
   return (operand){p, dnnl_f32, bs, rs, cs};
@@ -162,7 +169,7 @@ static operand op_f(const float *p, int64_t bs, int64_t rs, int64_t cs) {
 
 /* C[b] (M x N) = alpha · A[b] (M x K) · B[b] (K x N) (+ C[b] when acc), for
  * b < batch (batch 1: plain 2-D matrices). */
-static void matmul(bf16_state *s, int64_t batch, int64_t M, int64_t N, int64_t K, float alpha,
+static void matmul(onednn_state *s, int64_t batch, int64_t M, int64_t N, int64_t K, float alpha,
                    operand a, operand b, operand c, bool acc) {
   mm_key k;
   memset(&k, 0, sizeof k); /* the key is compared bytewise */
@@ -221,8 +228,8 @@ static status_t check_cpu(void) {
                     isa_name(isa));
 }
 
-static void bf16_close(void *impl) {
-  bf16_state *s = impl;
+static void onednn_close(void *impl) {
+  onednn_state *s = impl;
   if (!s) return;
   for (int i = 0; i < s->n_mm; i++) {
     dnnl_primitive_destroy(s->mm[i].prim);
@@ -237,93 +244,118 @@ static void bf16_close(void *impl) {
   free(s);
 }
 
-static status_t bf16_open(void **impl, int nthreads) {
-  (void)nthreads; /* oneDNN takes omp_get_max_threads() at each call */
-  status_t st = check_cpu();
-  if (st) return st;
-  bf16_state *s = calloc(1, sizeof *s);
-  if (!s) return status_set(STATUS_NOMEM, "out of memory for the bf16 backend");
+static status_t open_dt(void **impl, dnnl_data_type_t dt) {
+  onednn_state *s = calloc(1, sizeof *s);
+  if (!s) return status_set(STATUS_NOMEM, "out of memory for the oneDNN backend");
+  s->dt = dt;
+  s->esize = dt == dnnl_bf16 ? sizeof(bf16) : sizeof(float);
   if (dnnl_engine_create(&s->engine, dnnl_cpu, 0) != dnnl_success ||
       dnnl_stream_create(&s->stream, s->engine, dnnl_stream_default_flags) != dnnl_success) {
-    bf16_close(s);
-    return status_set(STATUS_CONFIG,
-                      "oneDNN could not create a CPU engine for model.precision = bf16");
+    onednn_close(s);
+    return status_set(STATUS_CONFIG, "oneDNN could not create a CPU engine");
   }
   *impl = s;
   return STATUS_OK;
 }
 
-static void bf16_sync(void *impl, const float *params, size_t n) {
-  bf16_state *s = impl;
-  if (n > s->n_params || !s->wcopy) {
-    mem_free(s->wcopy);
-    s->wcopy = mem_alloc(n * sizeof(bf16), "the bf16 copy of the weights");
-    if (!s->wcopy) core_panic(__FILE__, __LINE__, "out of memory for the bf16 copy of the weights");
+/* nthreads is not kept: oneDNN takes omp_get_max_threads() at each call. */
+static status_t bf16_open(void **impl, int nthreads) {
+  (void)nthreads;
+  status_t st = check_cpu();
+  return st ? st : open_dt(impl, dnnl_bf16);
+}
+
+static status_t f32_open(void **impl, int nthreads) {
+  (void)nthreads;
+  return open_dt(impl, dnnl_f32);
+}
+
+static void onednn_sync(void *impl, const float *params, size_t n) {
+  onednn_state *s = impl;
+  if (s->dt == dnnl_bf16) {
+    if (n > s->n_params || !s->wcopy) {
+      mem_free(s->wcopy);
+      s->wcopy = mem_alloc(n * sizeof(bf16), "the bf16 copy of the weights");
+      if (!s->wcopy)
+        core_panic(__FILE__, __LINE__, "out of memory for the bf16 copy of the weights");
+    }
+    to_bf16_n(s->wcopy, params, n);
   }
   s->params = params;
   s->n_params = n;
-  to_bf16_n(s->wcopy, params, n);
 }
 
-/* The bf16 copy of weight matrix W (rows x cols), or W converted into
- * scratch slot when W is not a parameter. */
-static const bf16 *weight(bf16_state *s, const float *W, size_t n, int slot) {
-  if (s->params && W >= s->params && W + n <= s->params + s->n_params)
-    return s->wcopy + (W - s->params);
+/* x (n floats) as a product input: itself in fp32, else converted into
+ * scratch slot. */
+static const void *input(onednn_state *s, int slot, const float *x, size_t n) {
+  if (s->dt == dnnl_f32) return x;
   bf16 *b = bscratch(s, slot, n);
-  to_bf16_n(b, W, n);
+  to_bf16_n(b, x, n);
   return b;
 }
 
+/* Weight matrix W (n floats) as a product input: in fp32 itself, in bf16
+ * the copy at W's offset (or W converted into scratch slot when W is not a
+ * parameter). */
+static const void *weight(onednn_state *s, const float *W, size_t n, int slot) {
+  if (s->dt == dnnl_bf16 && s->params && W >= s->params && W + n <= s->params + s->n_params)
+    return s->wcopy + (W - s->params);
+  return input(s, slot, W, n);
+}
+
+/* n floats into the backend's input type at dst. */
+static inline void store_in(const onednn_state *s, void *dst, const float *src, size_t n) {
+  if (s->dt == dnnl_f32) {
+    memcpy(dst, src, n * sizeof(float));
+    return;
+  }
+  bf16 *o = dst;
+#pragma omp simd
+  for (size_t i = 0; i < n; i++) o[i] = to_bf16(src[i]);
+}
+
 /* ---- Linear -------------------------------------------------------------------- */
-static void bf16_linear_fwd(void *impl, float *y, const float *x, const float *W, int N, int in,
-                            int out) {
-  bf16_state *s = impl;
-  bf16 *xb = bscratch(s, B_A, (size_t)N * in);
-  to_bf16_n(xb, x, (size_t)N * in);
-  const bf16 *wb = weight(s, W, (size_t)out * in, B_B);
+static void onednn_linear_fwd(void *impl, float *y, const float *x, const float *W, int N, int in,
+                              int out) {
+  onednn_state *s = impl;
+  const void *xi = input(s, B_A, x, (size_t)N * in), *wi = weight(s, W, (size_t)out * in, B_B);
   /* y = x · W^T: W^T is W read with (row, col) strides (1, in). */
-  matmul(s, 1, N, out, in, 1.0f, op_bf(xb, 0, in, 1), op_bf(wb, 0, 1, in), op_f(y, 0, out, 1),
+  matmul(s, 1, N, out, in, 1.0f, op_in(s, xi, 0, in, 1), op_in(s, wi, 0, 1, in), op_f(y, 0, out, 1),
          false);
 }
 
-static void bf16_linear_bwd(void *impl, float *dx, bool dx_acc, float *dW, float *db,
-                            const float *dy, const float *x, const float *W, const float *ones,
-                            int N, int in, int out) {
-  bf16_state *s = impl;
-  bf16 *dyb = bscratch(s, B_A, (size_t)N * out), *xb = bscratch(s, B_B, (size_t)N * in);
-  to_bf16_n(dyb, dy, (size_t)N * out);
-  to_bf16_n(xb, x, (size_t)N * in);
+static void onednn_linear_bwd(void *impl, float *dx, bool dx_acc, float *dW, float *db,
+                              const float *dy, const float *x, const float *W, const float *ones,
+                              int N, int in, int out) {
+  onednn_state *s = impl;
+  const void *dyi = input(s, B_A, dy, (size_t)N * out), *xi = input(s, B_B, x, (size_t)N * in);
   /* dW += dy^T · x. */
-  matmul(s, 1, out, in, N, 1.0f, op_bf(dyb, 0, 1, out), op_bf(xb, 0, in, 1), op_f(dW, 0, in, 1),
-         true);
-  /* The bias gradient is a reduction over rows: fp32, as in fp32. */
+  matmul(s, 1, out, in, N, 1.0f, op_in(s, dyi, 0, 1, out), op_in(s, xi, 0, in, 1),
+         op_f(dW, 0, in, 1), true);
+  /* The bias gradient is a reduction over rows: fp32 (OpenBLAS) in every backend. */
   if (db) cblas_sgemv(CblasRowMajor, CblasTrans, N, out, 1.0f, dy, out, ones, 1, 1.0f, db, 1);
   if (dx) {
-    const bf16 *wb = weight(s, W, (size_t)out * in, B_Q);
-    matmul(s, 1, N, in, out, 1.0f, op_bf(dyb, 0, out, 1), op_bf(wb, 0, in, 1), op_f(dx, 0, in, 1),
-           dx_acc);
+    const void *wi = weight(s, W, (size_t)out * in, B_Q);
+    matmul(s, 1, N, in, out, 1.0f, op_in(s, dyi, 0, out, 1), op_in(s, wi, 0, in, 1),
+           op_f(dx, 0, in, 1), dx_acc);
   }
 }
 
 /* ---- Attention -------------------------------------------------------------------
  * The products run batched over all B·NH heads on head-major copies
- * [B, NH, T, D]; softmax, dropout and their backward run per head in fp32
- * (kernels.c) on the probabilities [B, NH, T, T]. */
+ * [B, NH, T, D] of the input type; softmax, dropout and their backward run
+ * per head in fp32 (kernels.c) on the probabilities [B, NH, T, T]. */
 
-/* Columns off..off+H of rows of x [B*T, rs] into bf16 heads [B, NH, T, D]. */
-static void split_heads(bf16 *dst, const float *x, int64_t rs, int64_t off, int B, int T, int NH,
-                        int D) {
+/* Columns off..off+H of rows of x [B*T, rs] into heads [B, NH, T, D]. */
+static void split_heads(const onednn_state *s, void *dst, const float *x, int64_t rs, int64_t off,
+                        int B, int T, int NH, int D) {
 #pragma omp parallel for collapse(2) schedule(static)
   for (int b = 0; b < B; b++)
     for (int t = 0; t < T; t++) {
       const float *row = x + ((size_t)b * T + t) * rs + off;
-      for (int h = 0; h < NH; h++) {
-        bf16 *o = dst + (((size_t)b * NH + h) * T + t) * D;
-        const float *r = row + (size_t)h * D;
-#pragma omp simd
-        for (int d = 0; d < D; d++) o[d] = to_bf16(r[d]);
-      }
+      for (int h = 0; h < NH; h++)
+        store_in(s, (char *)dst + (((size_t)b * NH + h) * T + t) * D * s->esize,
+                 row + (size_t)h * D, (size_t)D);
     }
 }
 
@@ -340,91 +372,91 @@ static void merge_heads(float *x, int64_t rs, int64_t off, const float *src, int
     }
 }
 
-/* pb[bh] = bf16(dropout(P[bh])) for every head (the operand of P·V and of
- * dV = P^T·dctx); scratch holds T*T floats per thread. */
-static void dropped_probs(bf16 *pb, const float *probs, const dropout_desc *drop, int B, int NH,
-                          int T, float *scratch, int nthreads) {
+/* pd[bh] = dropout(P[bh]) in the input type for every head (the operand of
+ * P·V and of dV = P^T·dctx); scratch holds 2·T·T floats per thread. */
+static void dropped_probs(const onednn_state *s, void *pd, const float *probs,
+                          const dropout_desc *drop, int B, int NH, int T, float *scratch,
+                          int nthreads) {
   const size_t TT = (size_t)T * T;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int bh = 0; bh < B * NH; bh++) {
     const float *P = probs + (size_t)bh * TT;
     float *tmp = scratch + (size_t)omp_get_thread_num() * 2 * TT;
     if (k_attn_dropout(tmp, P, drop, bh / NH, bh % NH, T)) P = tmp;
-    bf16 *o = pb + (size_t)bh * TT;
-#pragma omp simd
-    for (size_t i = 0; i < TT; i++) o[i] = to_bf16(P[i]);
+    store_in(s, (char *)pd + (size_t)bh * TT * s->esize, P, TT);
   }
 }
 
-static void bf16_attention_fwd(void *impl, float *ctx, float *probs, const float *qkv,
-                               const int32_t *input_mask, int B, int T, int NH, int D,
-                               const dropout_desc *drop, float *scratch, int nthreads) {
-  bf16_state *s = impl;
+static void onednn_attention_fwd(void *impl, float *ctx, float *probs, const float *qkv,
+                                 const int32_t *input_mask, int B, int T, int NH, int D,
+                                 const dropout_desc *drop, float *scratch, int nthreads) {
+  onednn_state *s = impl;
   const int H = NH * D, BH = B * NH;
   const size_t hd = (size_t)BH * T * D, TT = (size_t)T * T;
-  bf16 *q = bscratch(s, B_Q, hd), *k = bscratch(s, B_K, hd), *v = bscratch(s, B_V, hd);
-  bf16 *pb = bscratch(s, B_A, (size_t)BH * TT);
+  void *q = bscratch(s, B_Q, hd), *k = bscratch(s, B_K, hd), *v = bscratch(s, B_V, hd);
+  void *pd = bscratch(s, B_A, (size_t)BH * TT);
   float *oh = fscratch(s, 0, hd);
-  split_heads(q, qkv, 3 * H, 0, B, T, NH, D);
-  split_heads(k, qkv, 3 * H, H, B, T, NH, D);
-  split_heads(v, qkv, 3 * H, 2 * H, B, T, NH, D);
+  split_heads(s, q, qkv, 3 * H, 0, B, T, NH, D);
+  split_heads(s, k, qkv, 3 * H, H, B, T, NH, D);
+  split_heads(s, v, qkv, 3 * H, 2 * H, B, T, NH, D);
   const int64_t hs = (int64_t)T * D, ps = (int64_t)TT;
   /* scores = q · k^T / sqrt(D) into probs, then mask and softmax in fp32. */
-  matmul(s, BH, T, T, D, 1.0f / sqrtf((float)D), op_bf(q, hs, D, 1), op_bf(k, hs, 1, D),
+  matmul(s, BH, T, T, D, 1.0f / sqrtf((float)D), op_in(s, q, hs, D, 1), op_in(s, k, hs, 1, D),
          op_f(probs, ps, T, 1), false);
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int bh = 0; bh < BH; bh++)
     k_attn_softmax(probs + (size_t)bh * TT, input_mask + (size_t)(bh / NH) * T, T);
-  dropped_probs(pb, probs, drop, B, NH, T, scratch, nthreads);
-  matmul(s, BH, T, D, T, 1.0f, op_bf(pb, ps, T, 1), op_bf(v, hs, D, 1), op_f(oh, hs, D, 1), false);
+  dropped_probs(s, pd, probs, drop, B, NH, T, scratch, nthreads);
+  matmul(s, BH, T, D, T, 1.0f, op_in(s, pd, ps, T, 1), op_in(s, v, hs, D, 1), op_f(oh, hs, D, 1),
+         false);
   merge_heads(ctx, H, 0, oh, B, T, NH, D);
 }
 
-static void bf16_attention_bwd(void *impl, float *dqkv, const float *dctx, const float *probs,
-                               const float *qkv, int B, int T, int NH, int D,
-                               const dropout_desc *drop, float *scratch, int nthreads) {
-  bf16_state *s = impl;
+static void onednn_attention_bwd(void *impl, float *dqkv, const float *dctx, const float *probs,
+                                 const float *qkv, int B, int T, int NH, int D,
+                                 const dropout_desc *drop, float *scratch, int nthreads) {
+  onednn_state *s = impl;
   const int H = NH * D, BH = B * NH;
   const size_t hd = (size_t)BH * T * D, TT = (size_t)T * T;
-  bf16 *q = bscratch(s, B_Q, hd), *k = bscratch(s, B_K, hd), *v = bscratch(s, B_V, hd);
-  bf16 *pb = bscratch(s, B_A, (size_t)BH * TT), *dc = bscratch(s, B_B, hd);
+  void *q = bscratch(s, B_Q, hd), *k = bscratch(s, B_K, hd), *v = bscratch(s, B_V, hd);
+  void *pd = bscratch(s, B_A, (size_t)BH * TT), *dc = bscratch(s, B_B, hd);
   float *oh = fscratch(s, 0, hd), *dP = fscratch(s, 1, (size_t)BH * TT);
-  split_heads(q, qkv, 3 * H, 0, B, T, NH, D);
-  split_heads(k, qkv, 3 * H, H, B, T, NH, D);
-  split_heads(v, qkv, 3 * H, 2 * H, B, T, NH, D);
-  split_heads(dc, dctx, H, 0, B, T, NH, D);
+  split_heads(s, q, qkv, 3 * H, 0, B, T, NH, D);
+  split_heads(s, k, qkv, 3 * H, H, B, T, NH, D);
+  split_heads(s, v, qkv, 3 * H, 2 * H, B, T, NH, D);
+  split_heads(s, dc, dctx, H, 0, B, T, NH, D);
   const int64_t hs = (int64_t)T * D, ps = (int64_t)TT;
-  dropped_probs(pb, probs, drop, B, NH, T, scratch, nthreads);
+  dropped_probs(s, pd, probs, drop, B, NH, T, scratch, nthreads);
   /* dV = dropout(P)^T · dctx; dP = dctx · V^T. */
-  matmul(s, BH, T, D, T, 1.0f, op_bf(pb, ps, 1, T), op_bf(dc, hs, D, 1), op_f(oh, hs, D, 1), false);
+  matmul(s, BH, T, D, T, 1.0f, op_in(s, pd, ps, 1, T), op_in(s, dc, hs, D, 1), op_f(oh, hs, D, 1),
+         false);
   merge_heads(dqkv, 3 * H, 2 * H, oh, B, T, NH, D);
-  matmul(s, BH, T, T, D, 1.0f, op_bf(dc, hs, D, 1), op_bf(v, hs, 1, D), op_f(dP, ps, T, 1), false);
-  /* Through dropout and softmax in fp32; dS (bf16) replaces dropout(P). */
+  matmul(s, BH, T, T, D, 1.0f, op_in(s, dc, hs, D, 1), op_in(s, v, hs, 1, D), op_f(dP, ps, T, 1),
+         false);
+  /* Through dropout and softmax in fp32; dS replaces dropout(P) in pd. */
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int bh = 0; bh < BH; bh++) {
     const float *P = probs + (size_t)bh * TT;
     float *g = dP + (size_t)bh * TT, *tmp = scratch + (size_t)omp_get_thread_num() * 2 * TT;
     k_attn_dropout(tmp, P, drop, bh / NH, bh % NH, T);
     k_attn_softmax_bwd(g, P, tmp, drop, T);
-    bf16 *o = pb + (size_t)bh * TT;
-#pragma omp simd
-    for (size_t i = 0; i < TT; i++) o[i] = to_bf16(g[i]);
+    store_in(s, (char *)pd + (size_t)bh * TT * s->esize, g, TT);
   }
   const float scale = 1.0f / sqrtf((float)D);
   /* dQ = scale · dS · K; dK = scale · dS^T · Q. */
-  matmul(s, BH, T, D, T, scale, op_bf(pb, ps, T, 1), op_bf(k, hs, D, 1), op_f(oh, hs, D, 1), false);
+  matmul(s, BH, T, D, T, scale, op_in(s, pd, ps, T, 1), op_in(s, k, hs, D, 1), op_f(oh, hs, D, 1),
+         false);
   merge_heads(dqkv, 3 * H, 0, oh, B, T, NH, D);
-  matmul(s, BH, T, D, T, scale, op_bf(pb, ps, 1, T), op_bf(q, hs, D, 1), op_f(oh, hs, D, 1), false);
+  matmul(s, BH, T, D, T, scale, op_in(s, pd, ps, 1, T), op_in(s, q, hs, D, 1), op_f(oh, hs, D, 1),
+         false);
   merge_heads(dqkv, 3 * H, H, oh, B, T, NH, D);
 }
 
-const compute_ops compute_bf16_ops = {
-    .name = "bf16",
-    .open = bf16_open,
-    .close = bf16_close,
-    .sync = bf16_sync,
-    .linear_fwd = bf16_linear_fwd,
-    .linear_bwd = bf16_linear_bwd,
-    .attention_fwd = bf16_attention_fwd,
-    .attention_bwd = bf16_attention_bwd,
-};
+#define ONEDNN_OPS(label, open_fn)                                                \
+  {                                                                               \
+    .name = label, .open = open_fn, .close = onednn_close, .sync = onednn_sync,   \
+    .linear_fwd = onednn_linear_fwd, .linear_bwd = onednn_linear_bwd,             \
+    .attention_fwd = onednn_attention_fwd, .attention_bwd = onednn_attention_bwd, \
+  }
+const compute_ops compute_bf16_ops = ONEDNN_OPS("bf16", bf16_open);
+const compute_ops compute_fp32_onednn_ops = ONEDNN_OPS("fp32-onednn", f32_open);
