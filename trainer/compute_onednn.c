@@ -359,6 +359,18 @@ static void split_heads(const onednn_state *s, void *dst, const float *x, int64_
     }
 }
 
+/* q, k and v of qkv [B*T, 3H] into heads in scratch slots B_Q, B_K, B_V. */
+static void split_qkv(onednn_state *s, const float *qkv, int B, int T, int NH, int D, void **q,
+                      void **k, void **v) {
+  const size_t hd = (size_t)B * NH * T * D;
+  const int H = NH * D;
+  void **dst[3] = {q, k, v};
+  for (int i = 0; i < 3; i++) {
+    *dst[i] = bscratch(s, B_Q + i, hd);
+    split_heads(s, *dst[i], qkv, 3 * H, (int64_t)i * H, B, T, NH, D);
+  }
+}
+
 /* fp32 heads [B, NH, T, D] into columns off..off+H of rows of x [B*T, rs]. */
 static void merge_heads(float *x, int64_t rs, int64_t off, const float *src, int B, int T, int NH,
                         int D) {
@@ -393,12 +405,9 @@ static void onednn_attention_fwd(void *impl, float *ctx, float *probs, const flo
   onednn_state *s = impl;
   const int H = NH * D, BH = B * NH;
   const size_t hd = (size_t)BH * T * D, TT = (size_t)T * T;
-  void *q = bscratch(s, B_Q, hd), *k = bscratch(s, B_K, hd), *v = bscratch(s, B_V, hd);
-  void *pd = bscratch(s, B_A, (size_t)BH * TT);
+  void *q, *k, *v, *pd = bscratch(s, B_A, (size_t)BH * TT);
   float *oh = fscratch(s, 0, hd);
-  split_heads(s, q, qkv, 3 * H, 0, B, T, NH, D);
-  split_heads(s, k, qkv, 3 * H, H, B, T, NH, D);
-  split_heads(s, v, qkv, 3 * H, 2 * H, B, T, NH, D);
+  split_qkv(s, qkv, B, T, NH, D, &q, &k, &v);
   const int64_t hs = (int64_t)T * D, ps = (int64_t)TT;
   /* scores = q · k^T / sqrt(D) into probs, then mask and softmax in fp32. */
   matmul(s, BH, T, T, D, 1.0f / sqrtf((float)D), op_in(s, q, hs, D, 1), op_in(s, k, hs, 1, D),
@@ -418,12 +427,9 @@ static void onednn_attention_bwd(void *impl, float *dqkv, const float *dctx, con
   onednn_state *s = impl;
   const int H = NH * D, BH = B * NH;
   const size_t hd = (size_t)BH * T * D, TT = (size_t)T * T;
-  void *q = bscratch(s, B_Q, hd), *k = bscratch(s, B_K, hd), *v = bscratch(s, B_V, hd);
-  void *pd = bscratch(s, B_A, (size_t)BH * TT), *dc = bscratch(s, B_B, hd);
+  void *q, *k, *v, *pd = bscratch(s, B_A, (size_t)BH * TT), *dc = bscratch(s, B_B, hd);
   float *oh = fscratch(s, 0, hd), *dP = fscratch(s, 1, (size_t)BH * TT);
-  split_heads(s, q, qkv, 3 * H, 0, B, T, NH, D);
-  split_heads(s, k, qkv, 3 * H, H, B, T, NH, D);
-  split_heads(s, v, qkv, 3 * H, 2 * H, B, T, NH, D);
+  split_qkv(s, qkv, B, T, NH, D, &q, &k, &v);
   split_heads(s, dc, dctx, H, 0, B, T, NH, D);
   const int64_t hs = (int64_t)T * D, ps = (int64_t)TT;
   dropped_probs(s, pd, probs, drop, B, NH, T, scratch, nthreads);
