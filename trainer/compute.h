@@ -64,6 +64,9 @@ const char *compute_names(void);
 status_t compute_open(compute *c, const char *precision, int nthreads);
 /* Back to fp32 (which needs no state); NULL-safe. */
 void compute_close(compute *c);
+/* fp32 -> bf16 bit patterns, rounding to nearest even (NaN stays NaN), as
+ * the bf16 backend converts every operand. */
+void compute_to_bf16(uint16_t *dst, const float *src, size_t n);
 
 static inline void cx_sync(const compute *c, const float *params, size_t n) {
   if (c->ops->sync) c->ops->sync(c->impl, params, n);

@@ -42,6 +42,8 @@ static void to_bf16_n(bf16 *dst, const float *src, size_t n) {
   for (size_t i = 0; i < n; i++) dst[i] = to_bf16(src[i]);
 }
 
+void compute_to_bf16(uint16_t *dst, const float *src, size_t n) { to_bf16_n(dst, src, n); }
+
 /* ---- Primitive cache ---------------------------------------------------------
  * A product C[b] = alpha · A[b] · B[b] (+ C[b] when acc) over `batch`
  * matrices, each operand described by its dims and strides (so transposes
