@@ -1,9 +1,20 @@
 #!/usr/bin/python3
-"""PyTorch float32 baseline: time forward + backward + optimizer step of
+"""PyTorch baseline: time forward + backward + optimizer step of
 BertForPreTraining (tests/reference/bert_ref.py, torch.nn.functional path).
 
-Prints one JSON line: {"impl": "torch", "tokens_per_s", "step_ms", "threads",
-config fields...}; tokens per step = batch * seq.
+--precision fp32 (default) runs everything in float32; --precision bf16 runs
+forward and loss under torch.autocast("cpu", dtype=torch.bfloat16), so the
+matrix products take bf16 inputs (oneDNN) while the weights, their gradients
+and the update stay float32, as mlmpi's model.precision = bf16 does; backward
+runs outside autocast, as autocast's documentation asks.  LayerNorm runs in
+float32 on a float32 copy of its input, as mlmpi's does: torch 1.13's CPU
+autocast has no rule for layer_norm and refuses a bf16 input with float32
+weights (the MLM head's transform, whose input comes straight from a linear).
+
+Prints one JSON line: {"impl": "torch", "precision", "tokens_per_s", "step_ms",
+"threads", config fields..., "matmul_dtype"}; tokens per step = batch * seq;
+matmul_dtype is the dtype of the MLM logits (the largest product), which
+shows what the products really ran in.
 """
 import argparse
 import json
@@ -38,9 +49,22 @@ if "--no-tune" not in sys.argv:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "reference"))
 import bert_ref  # noqa: E402
+
+
+class _Fp32LayerNorm:
+    """torch.nn.functional as bert_ref sees it under --precision bf16, with
+    layer_norm taking its input in float32 (see the module docstring)."""
+
+    def __getattr__(self, name):
+        return getattr(F, name)
+
+    @staticmethod
+    def layer_norm(x, shape, weight=None, bias=None, eps=1e-5):
+        return F.layer_norm(x.float(), shape, weight, bias, eps)
 
 
 def build_params(cfg, gen):
@@ -100,6 +124,8 @@ def main():
     ap.add_argument("--act", default="gelu")
     ap.add_argument("--no-nsp", action="store_true", help="BertForMaskedLM (no NSP head)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="bf16: forward and loss under CPU autocast to bfloat16")
     ap.add_argument("--no-tune", action="store_true",
                     help="leave OpenMP/OpenBLAS runtime settings at their defaults")
     a = ap.parse_args()
@@ -133,10 +159,23 @@ def main():
                 for t in plist:
                     t.add_(t.grad, alpha=-1e-4)
 
+    autocast_dtype = torch.bfloat16 if a.precision == "bf16" else None
+    if autocast_dtype is not None:
+        bert_ref.F = _Fp32LayerNorm()
+    matmul_dtype = []
+
+    def forward():
+        if autocast_dtype is None:
+            return bert_ref.forward(d, params, batch, fast=True)
+        with torch.autocast("cpu", dtype=autocast_dtype):
+            return bert_ref.forward(d, params, batch, fast=True)
+
     def step():
         for t in plist:
             t.grad = None
-        out = bert_ref.forward(d, params, batch, fast=True)
+        out = forward()
+        if not matmul_dtype:
+            matmul_dtype.append(out["mlm_logits"].dtype)
         out["loss"].backward()
         update()
         return out["loss"]
@@ -148,10 +187,16 @@ def main():
     for _ in range(a.steps):
         loss = step()
     dt = time.perf_counter() - t0
+    # Autocast that silently did nothing would make bf16 an fp32 run.
+    want = autocast_dtype or torch.float32
+    if matmul_dtype and matmul_dtype[0] != want:
+        sys.exit("torch_step: --precision %s ran its products in %s, not %s"
+                 % (a.precision, matmul_dtype[0], want))
     loss_val = float(loss.detach()) if loss is not None else float("nan")
 
     res = {
         "impl": "torch",
+        "precision": a.precision,
         "tokens_per_s": a.batch * a.seq * a.steps / dt if a.steps else 0.0,
         "step_ms": 1000.0 * dt / a.steps if a.steps else 0.0,
         "threads": a.threads,
@@ -159,7 +204,9 @@ def main():
         "intermediate": a.intermediate, "vocab": a.vocab, "seq": a.seq,
         "batch": a.batch, "pred": pred, "optim": a.optim, "act": a.act,
         "nsp": not a.no_nsp, "steps": a.steps, "warmup": a.warmup,
-        "dtype": "float32", "torch": torch.__version__, "final_loss": loss_val,
+        "dtype": "float32",
+        "matmul_dtype": str(matmul_dtype[0]).replace("torch.", "") if matmul_dtype else None,
+        "torch": torch.__version__, "final_loss": loss_val,
         "tuned_runtime": not a.no_tune,
     }
     print(json.dumps(res))
