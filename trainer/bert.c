@@ -189,8 +189,7 @@ static void heads_fwd(bert_model *m, bert_losses *out) {
     const int B = m->base.B;
     k_gather_rows(m->p0, top, m->cls_rows, B, H);
     cx_linear_fwd(&m->base.cx, m->pooled, m->p0, P_(m, m->pool_w), B, H, H);
-    const float *pb = P_(m, m->pool_b);
-    for (int i = 0; i < B * H; i++) m->pooled[i] = tanhf(m->pooled[i] + pb[i % H]);
+    k_bias_tanh_fwd(m->pooled, m->pooled, P_(m, m->pool_b), B, H);
     cx_linear_fwd(&m->base.cx, m->nsp_logits, m->pooled, P_(m, m->sr_w), B, H, 2);
     double nden = m->run.nsp_denominator > 0 ? m->run.nsp_denominator : B, good = 0.0;
     double nce = k_softmax_xent(m->nsp_logits, m->dnsp, P_(m, m->sr_b), m->nsp_lab, NULL,
@@ -218,7 +217,7 @@ static void heads_bwd(bert_model *m, const enc_ctx *ec) {
   const int B = m->base.B;
   cx_linear_bwd(&m->base.cx, m->dpooled, false, G_(m, m->sr_w), G_(m, m->sr_b), m->dnsp, m->pooled,
                 P_(m, m->sr_w), m->base.ones, B, H, 2);
-  for (int i = 0; i < B * H; i++) m->dpooled[i] *= 1.0f - m->pooled[i] * m->pooled[i];
+  k_tanh_bwd(m->dpooled, m->pooled, B * H);
   cx_linear_bwd(&m->base.cx, m->dp0, false, G_(m, m->pool_w), G_(m, m->pool_b), m->dpooled, m->p0,
                 P_(m, m->pool_w), m->base.ones, B, H, H);
   enc_announce(ec, m->sr_w, m->sr_b);

@@ -317,8 +317,7 @@ static void head_forward(cls_model *m, const enc_ctx *c) {
   if (m->cfg.kind == CLS_ELECTRA) {
     k_bias_act_fwd(m->z, m->a, P_(m, m->db), B, H, ACT_GELU);
   } else {
-    const float *pb = P_(m, m->db);
-    for (int i = 0; i < B * H; i++) m->a[i] = tanhf(m->z[i] += pb[i % H]);
+    k_bias_tanh_fwd(m->z, m->a, P_(m, m->db), B, H);
   }
   memcpy(m->ad, m->a, (size_t)B * H * sizeof(float));
   k_dropout(m->ad, &d1, B, H);
@@ -378,7 +377,7 @@ static void c_backward(model *mm) {
   if (m->cfg.kind == CLS_ELECTRA) {
     k_act_bwd(m->dad, m->dad, m->z, B, H, ACT_GELU);
   } else {
-    for (int i = 0; i < B * H; i++) m->dad[i] *= 1.0f - m->a[i] * m->a[i];
+    k_tanh_bwd(m->dad, m->a, B * H);
   }
   const float *in = m->cfg.kind == CLS_ELECTRA ? m->x0d : m->x0;
   cx_linear_bwd(&m->base.cx, m->dx0, false, G_(m, m->dw), G_(m, m->db), m->dad, in, P_(m, m->dw),

@@ -239,33 +239,12 @@ static void gen_head_fwd(electra_model *m, electra_losses *out) {
 /* Gumbel-max: the first v maximising logit_v / τ - log(-log u_v), which
  * is a draw from softmax(logits / τ). */
 static void draw_samples(electra_model *m) {
-  const int V = m->cfg.vocab_size, M = m->base.B * m->base.Pcur, P = m->base.Pcur;
-  const float tau = m->cfg.sample_temperature; /* x / 1 is x exactly */
-#pragma omp parallel num_threads(m->base.nthreads)
-  {
-    float *u = m->gumbel + (size_t)omp_get_thread_num() * V;
-#pragma omp for schedule(static)
-    for (int i = 0; i < M; i++) {
-      if (!(m->base.mlm_w[i] > 0)) continue;
-      rng_key k = {.seed = m->run.seed,
-                   .step = m->run.step,
-                   .sample = m->run.sample_base + (uint32_t)(i / P),
-                   .stream = ELECTRA_STREAM_SAMPLE};
-      uint32_t t = (uint32_t)(m->base.gidx[i] - (i / P) * m->base.Tcur);
-      rng_uniform(k, t * (uint32_t)V, (size_t)V, u);
-      const float *x = m->gen_head.logits + (size_t)i * V;
-      float best = -INFINITY;
-      int arg = 0;
-      for (int v = 0; v < V; v++) {
-        float s = x[v] / tau - logf(-logf(u[v]));
-        if (s > best) {
-          best = s;
-          arg = v;
-        }
-      }
-      m->samples[i] = arg;
-    }
-  }
+  const model_base *b = &m->base;
+  rng_key k = {.seed = m->run.seed, .step = m->run.step, .stream = ELECTRA_STREAM_SAMPLE};
+  /* tau 1 divides exactly: x / 1 is x. */
+  k_gumbel_max(m->samples, m->gen_head.logits, b->mlm_w, b->gidx, k, m->run.sample_base,
+               b->B * b->Pcur, b->Pcur, b->Tcur, m->cfg.vocab_size, m->cfg.sample_temperature,
+               m->gumbel, b->nthreads);
 }
 
 /* The discriminator's input: the original tokens with the samples at the
@@ -290,36 +269,18 @@ static void disc_head_fwd(electra_model *m, electra_losses *out) {
   cx_linear_fwd(&m->base.cx, m->u, X, P_(m, m->dh_w), N, H, H);
   k_bias_act_fwd(m->u, m->ua, P_(m, m->dh_b), N, H, c->hidden_act);
   cx_linear_fwd(&m->base.cx, m->dlogit, m->ua, P_(m, m->dp_w), N, H, 1);
-  const float bias = P_(m, m->dp_b)[0];
-  double count = 0.0;
-  for (int n = 0; n < N; n++) {
-    m->dlogit[n] += bias;
-    count += m->base.mask[n] ? 1.0 : 0.0;
-  }
+  k_add_bias(m->dlogit, P_(m, m->dp_b), N, 1);
+  double count = 0.0; /* the real tokens */
+  for (int n = 0; n < N; n++) count += m->base.mask[n] ? 1.0 : 0.0;
   double den = m->run.disc_denominator > 0 ? m->run.disc_denominator : count;
   double coef = den > 0 ? c->disc_weight * m->run.grad_scale / den : 0.0;
-  double total = 0, correct = 0, replaced = 0, predicted = 0, tp = 0;
-#pragma omp parallel for schedule(static) reduction(+ : total, correct, replaced, predicted, tp)
-  for (int n = 0; n < N; n++) {
-    if (!m->base.mask[n]) {
-      m->ddlogit[n] = 0.0f;
-      continue;
-    }
-    double z = m->dlogit[n], y = m->labels[n];
-    total += fmax(z, 0.0) - z * y + log1p(exp(-fabs(z)));
-    m->ddlogit[n] = (float)((1.0 / (1.0 + exp(-z)) - y) * coef);
-    bool pred = z > 0, rep = y > 0;
-    correct += pred == rep;
-    replaced += rep;
-    predicted += pred;
-    tp += pred && rep;
-  }
-  out->disc_loss = den > 0 ? total / den : 0.0;
+  k_bce_sums s = k_sigmoid_bce(m->ddlogit, m->dlogit, m->labels, m->base.mask, coef, N);
+  out->disc_loss = den > 0 ? s.loss / den : 0.0;
   out->disc_tokens = count;
-  out->disc_correct = correct;
-  out->replaced = replaced;
-  out->predicted = predicted;
-  out->true_positive = tp;
+  out->disc_correct = s.correct;
+  out->replaced = s.replaced;
+  out->predicted = s.predicted;
+  out->true_positive = s.true_positive;
 }
 
 void electra_forward(electra_model *m, const electra_batch *b, const electra_run *run,

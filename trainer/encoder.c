@@ -74,15 +74,6 @@ status_t enc_check_range(const char *what, const int32_t *x, size_t n, int lo, i
 static inline float *P_(const enc_ctx *c, int idx) { return c->params + c->table->p[idx].offset; }
 static inline float *G_(const enc_ctx *c, int idx) { return c->grads + c->table->p[idx].offset; }
 
-void enc_add_bias(float *y, const float *b, int N, int C) {
-#pragma omp parallel for schedule(static)
-  for (int n = 0; n < N; n++) {
-    float *r = y + (size_t)n * C;
-#pragma omp simd
-    for (int j = 0; j < C; j++) r[j] += b[j];
-  }
-}
-
 /* ---- Embeddings --------------------------------------------------------------- */
 status_t emb_add_params(emb_block *e, param_table *t, const char *prefix, int vocab, int max_pos,
                         int type_vocab) {
@@ -105,15 +96,7 @@ void emb_carve(emb_acts *a, const emb_block *e, float *base, size_t *used, size_
 void emb_forward(const enc_ctx *c, const emb_block *e, emb_acts *a, const int32_t *ids,
                  const int32_t *seg, float *out) {
   const int C = e->C, T = c->T, N = c->B * T;
-  const float *we = P_(c, e->we), *pe = P_(c, e->pe), *te = P_(c, e->te);
-#pragma omp parallel for schedule(static)
-  for (int n = 0; n < N; n++) {
-    const float *x = we + (size_t)ids[n] * C, *y = pe + (size_t)(n % T) * C,
-                *z = te + (size_t)seg[n] * C;
-    float *o = a->sum + (size_t)n * C;
-#pragma omp simd
-    for (int j = 0; j < C; j++) o[j] = x[j] + y[j] + z[j];
-  }
+  k_embed_fwd(a->sum, P_(c, e->we), P_(c, e->pe), P_(c, e->te), ids, seg, N, T, C);
   k_add_ln_fwd(NULL, out, a->mean, a->rstd, a->sum, NULL, NULL, NULL, P_(c, e->ln_g),
                P_(c, e->ln_b), N, C, e->eps);
   dropout_desc d = enc_dropout(c, e->layer, SITE_EMB, e->dropout);
@@ -127,23 +110,7 @@ void emb_backward(const enc_ctx *c, const emb_block *e, const emb_acts *a, const
   k_dropout(dout, &d, N, C);
   k_add_ln_bwd(dtmp, NULL, NULL, G_(c, e->ln_g), G_(c, e->ln_b), dout, a->sum, a->mean, a->rstd,
                P_(c, e->ln_g), NULL, N, C, c->scratch, c->nthreads);
-  float *gw = G_(c, e->we), *gp = G_(c, e->pe), *gt = G_(c, e->te);
-  /* Columns are split across threads so repeated ids never race. */
-#pragma omp parallel
-  {
-    int nt = omp_get_num_threads(), t = omp_get_thread_num();
-    int c0 = (int)((long)C * t / nt), c1 = (int)((long)C * (t + 1) / nt);
-    for (int n = 0; n < N; n++) {
-      const float *g = dtmp + (size_t)n * C;
-      float *x = gw + (size_t)ids[n] * C, *y = gp + (size_t)(n % T) * C,
-            *z = gt + (size_t)seg[n] * C;
-      for (int j = c0; j < c1; j++) {
-        x[j] += g[j];
-        y[j] += g[j];
-        z[j] += g[j];
-      }
-    }
-  }
+  k_embed_bwd(G_(c, e->we), G_(c, e->pe), G_(c, e->te), dtmp, ids, seg, N, T, C);
 }
 
 /* ---- Encoder layers ----------------------------------------------------------- */
@@ -238,7 +205,7 @@ static void layer_fwd(encoder *e, const enc_ctx *c, int l) {
   enc_layer_acts *a = &e->la[l];
   const float *x = e->hs[l];
   cx_linear_fwd(c->cx, a->qkv, x, P_(c, w->q_w), N, H, 3 * H);
-  enc_add_bias(a->qkv, P_(c, w->q_b), N, 3 * H);
+  k_add_bias(a->qkv, P_(c, w->q_b), N, 3 * H);
   dropout_desc dp = enc_dropout(c, g, SITE_ATTN_PROBS, e->attn_dropout);
   cx_attention_fwd(c->cx, a->ctx, a->probs, a->qkv, c->input_mask, c->B, T, NH, H / NH, &dp,
                    c->scratch, c->nthreads);
@@ -315,7 +282,7 @@ void enc_net_forward(const enc_ctx *c, enc_net *n, const int32_t *ids, const int
   emb_forward(c, &n->emb, &n->ea, ids, seg, n->emb_out);
   if (n->proj_w >= 0) {
     cx_linear_fwd(c->cx, n->enc.hs[0], n->emb_out, P_(c, n->proj_w), N, E, H);
-    enc_add_bias(n->enc.hs[0], P_(c, n->proj_b), N, H);
+    k_add_bias(n->enc.hs[0], P_(c, n->proj_b), N, H);
   }
   encoder_forward(&n->enc, c);
 }

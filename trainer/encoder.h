@@ -135,9 +135,6 @@ void encoder_forward(encoder *e, const enc_ctx *c);
  * ADDS the layers' gradients and announces each layer's tensors. */
 void encoder_backward(encoder *e, const enc_ctx *c, float *dh);
 
-/* Row-wise y[n] += b (a bias without activation). */
-void enc_add_bias(float *y, const float *b, int N, int C);
-
 /* ---- A network: embeddings, projection, encoder -------------------------------
  * The embeddings (width E), when E != H ELECTRA's embeddings_project (a
  * linear map to the encoder width H), and the encoder stack. BERT is the

@@ -118,6 +118,23 @@ void k_linear_bwd(float *dx, bool dx_acc, float *dW, float *db, const float *dy,
                 dx_acc ? 1.0f : 0.0f, dx, in);
 }
 
+void k_add_bias(float *y, const float *b, int N, int C) {
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; n++) {
+    float *r = y + (size_t)n * C;
+#pragma omp simd
+    for (int j = 0; j < C; j++) r[j] += b[j];
+  }
+}
+
+void k_bias_tanh_fwd(float *pre, float *out, const float *b, int N, int C) {
+  for (int i = 0; i < N * C; i++) out[i] = tanhf(pre[i] += b[i % C]);
+}
+
+void k_tanh_bwd(float *d, const float *y, int n) {
+  for (int i = 0; i < n; i++) d[i] *= 1.0f - y[i] * y[i];
+}
+
 /* ---- Activation -------------------------------------------------------------
  * The switch on the activation sits outside each inner loop (and inside the
  * parallel region, where OpenMP's outlining cannot hide the constant), so
@@ -437,6 +454,88 @@ double k_softmax_xent(float *logits, float *dlogits, const float *bias, const in
   }
   if (correct) *correct += good;
   return total;
+}
+
+/* ---- Embeddings ---------------------------------------------------------------- */
+void k_embed_fwd(float *out, const float *we, const float *pe, const float *te, const int32_t *ids,
+                 const int32_t *seg, int N, int T, int C) {
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; n++) {
+    const float *x = we + (size_t)ids[n] * C, *y = pe + (size_t)(n % T) * C,
+                *z = te + (size_t)seg[n] * C;
+    float *o = out + (size_t)n * C;
+#pragma omp simd
+    for (int j = 0; j < C; j++) o[j] = x[j] + y[j] + z[j];
+  }
+}
+
+void k_embed_bwd(float *gw, float *gp, float *gt, const float *dout, const int32_t *ids,
+                 const int32_t *seg, int N, int T, int C) {
+#pragma omp parallel
+  {
+    int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    int c0 = (int)((long)C * t / nt), c1 = (int)((long)C * (t + 1) / nt);
+    for (int n = 0; n < N; n++) {
+      const float *g = dout + (size_t)n * C;
+      float *x = gw + (size_t)ids[n] * C, *y = gp + (size_t)(n % T) * C,
+            *z = gt + (size_t)seg[n] * C;
+      for (int j = c0; j < c1; j++) {
+        x[j] += g[j];
+        y[j] += g[j];
+        z[j] += g[j];
+      }
+    }
+  }
+}
+
+/* ---- ELECTRA's sampling and discriminator loss ----------------------------------- */
+void k_gumbel_max(int32_t *out, const float *logits, const float *w, const int32_t *rows,
+                  rng_key key, uint32_t sample_base, int M, int P, int T, int V, float tau,
+                  float *scratch, int nthreads) {
+#pragma omp parallel num_threads(nthreads)
+  {
+    float *u = scratch + (size_t)omp_get_thread_num() * V;
+#pragma omp for schedule(static)
+    for (int i = 0; i < M; i++) {
+      if (!(w[i] > 0)) continue;
+      rng_key k = key;
+      k.sample = sample_base + (uint32_t)(i / P);
+      uint32_t t = (uint32_t)(rows[i] - (i / P) * T);
+      rng_uniform(k, t * (uint32_t)V, (size_t)V, u);
+      const float *x = logits + (size_t)i * V;
+      float best = -INFINITY;
+      int arg = 0;
+      for (int v = 0; v < V; v++) {
+        float s = x[v] / tau - logf(-logf(u[v]));
+        if (s > best) {
+          best = s;
+          arg = v;
+        }
+      }
+      out[i] = arg;
+    }
+  }
+}
+
+k_bce_sums k_sigmoid_bce(float *dz, const float *z, const float *y, const int32_t *mask,
+                         double coef, int N) {
+  double total = 0, correct = 0, replaced = 0, predicted = 0, tp = 0;
+#pragma omp parallel for schedule(static) reduction(+ : total, correct, replaced, predicted, tp)
+  for (int n = 0; n < N; n++) {
+    if (!mask[n]) {
+      dz[n] = 0.0f;
+      continue;
+    }
+    double zn = z[n], yn = y[n];
+    total += fmax(zn, 0.0) - zn * yn + log1p(exp(-fabs(zn)));
+    dz[n] = (float)((1.0 / (1.0 + exp(-zn)) - yn) * coef);
+    bool pred = zn > 0, rep = yn > 0;
+    correct += pred == rep;
+    replaced += rep;
+    predicted += pred;
+    tp += pred && rep;
+  }
+  return (k_bce_sums){total, correct, replaced, predicted, tp};
 }
 
 /* ---- Gather / scatter -------------------------------------------------------- */

@@ -31,6 +31,13 @@ void k_linear_fwd(float *y, const float *x, const float *W, int N, int in, int o
 void k_linear_bwd(float *dx, bool dx_acc, float *dW, float *db, const float *dy, const float *x,
                   const float *W, const float *ones, int N, int in, int out);
 
+/* Row-wise y[n] += b (a bias without activation). */
+void k_add_bias(float *y, const float *b, int N, int C);
+/* pre[N,C] += b; out = tanh(pre) (out may be pre). */
+void k_bias_tanh_fwd(float *pre, float *out, const float *b, int N, int C);
+/* d[i] *= 1 - y[i]^2 for i < n: through tanh, given its output y. */
+void k_tanh_bwd(float *d, const float *y, int n);
+
 float k_act(act_kind a, float x);
 float k_act_grad(act_kind a, float x); /* d act / dx */
 /* pre[N,C] += b (kept for backward); act = activation(pre). */
@@ -90,6 +97,33 @@ void k_attn_softmax_bwd(float *dP, const float *P, const float *Pd, const dropou
  * get zero gradient. correct accumulates Σ w where argmax == id. */
 double k_softmax_xent(float *logits, float *dlogits, const float *bias, const int32_t *ids,
                       const float *w, float coef, int M, int V, double *correct);
+
+/* Embedding sum: out[n] = we[ids[n]] + pe[n % T] + te[seg[n]], rows of C. */
+void k_embed_fwd(float *out, const float *we, const float *pe, const float *te, const int32_t *ids,
+                 const int32_t *seg, int N, int T, int C);
+/* Its backward: dout[n] is added to rows ids[n], n % T and seg[n] of the
+ * three gradients; columns split across threads so repeated ids never race. */
+void k_embed_bwd(float *gw, float *gp, float *gt, const float *dout, const int32_t *ids,
+                 const int32_t *seg, int N, int T, int C);
+
+/* Gumbel-max draws from softmax(logits / tau) [M,V]: for each row i with
+ * w[i] > 0, out[i] = the first v maximising logits[i,v] / tau - log(-log
+ * u_v), u the uniforms of key with key.sample = sample_base + i / P at
+ * offset t * V, t = rows[i] - (i / P) * T the row's position in its
+ * sequence; other rows are left alone. scratch: nthreads * V floats. */
+void k_gumbel_max(int32_t *out, const float *logits, const float *w, const int32_t *rows,
+                  rng_key key, uint32_t sample_base, int M, int P, int T, int V, float tau,
+                  float *scratch, int nthreads);
+
+/* Sigmoid cross-entropy of logits z against labels y in {0,1} over the rows
+ * with mask[n] (ELECTRA's discriminator): sums of the loss (stable form,
+ * double), of correct and predicted/actual positives; dz = (sigmoid(z) - y)
+ * * coef there and 0 elsewhere. */
+typedef struct {
+  double loss, correct, replaced, predicted, true_positive;
+} k_bce_sums;
+k_bce_sums k_sigmoid_bce(float *dz, const float *z, const float *y, const int32_t *mask,
+                         double coef, int N);
 
 /* Gathers rows: out[i] = x[rows[i]] for i < M, rows are indices into x. */
 void k_gather_rows(float *out, const float *x, const int32_t *rows, int M, int C);
