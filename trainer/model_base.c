@@ -127,8 +127,10 @@ void model_base_copy_batch(model_base *b, const model_batch *x, bool train, uint
   memcpy(b->ids, x->input_ids, N * sizeof(int32_t));
   memcpy(b->mask, x->input_mask, N * sizeof(int32_t));
   memcpy(b->seg, x->segment_ids, N * sizeof(int32_t));
-  memcpy(b->mlm_ids, x->masked_lm_ids, M * sizeof(int32_t));
-  memcpy(b->mlm_w, x->masked_lm_weights, M * sizeof(float));
+  if (M) { /* a classifier's batch has no masked slots (and NULL arrays) */
+    memcpy(b->mlm_ids, x->masked_lm_ids, M * sizeof(int32_t));
+    memcpy(b->mlm_w, x->masked_lm_weights, M * sizeof(float));
+  }
   for (size_t i = 0; i < M; i++)
     b->gidx[i] = (int32_t)((i / (size_t)x->P) * (size_t)x->T) + x->masked_lm_positions[i];
 }
