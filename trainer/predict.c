@@ -15,15 +15,16 @@
 
 static const char predict_usage[] =
     "usage: mlmpi-train predict --checkpoint DIR --input FILE.jsonl [--out FILE]\n"
-    "                           [--tokenizer PATH] [--batch N] [--threads N]\n"
+    "                           [--tokenizer PATH] [--batch N] [--threads N] [--precision P]\n"
     "  For each line of FILE (the task's text field, and pair field where it has one), writes\n"
     "  {\"label\": L, \"probabilities\": {label: p, ...}} to FILE (written whole, then renamed\n"
     "  into place) or standard output. DIR: a fine-tuned checkpoint, or a ckpt.dir (its best/,\n"
     "  else its newest step-N). --tokenizer overrides the one the checkpoint records (its\n"
-    "  fingerprint must match); --batch 32.\n";
+    "  fingerprint must match); --batch 32. --precision fp32 (default), bf16 or fp32-onednn:\n"
+    "  the model.precision the matrix products run in.\n";
 
 typedef struct {
-  const char *ckpt, *input, *out, *tokenizer;
+  const char *ckpt, *input, *out, *tokenizer, *precision;
   int batch, threads;
 } predict_args;
 
@@ -34,6 +35,7 @@ static int parse_args(int argc, char **argv, predict_args *a) {
                                        {"tokenizer", required_argument, 0, 'k'},
                                        {"batch", required_argument, 0, 'b'},
                                        {"threads", required_argument, 0, 't'},
+                                       {"precision", required_argument, 0, 'p'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   *a = (predict_args){.batch = 32};
@@ -56,6 +58,7 @@ static int parse_args(int argc, char **argv, predict_args *a) {
       case 'k': a->tokenizer = optarg; break;
       case 'b': a->batch = (int)v; break;
       case 't': a->threads = (int)v; break;
+      case 'p': a->precision = optarg; break;
       case 'h': fputs(predict_usage, stdout); return 1;
       default:
         return fprintf(stderr, "mlmpi-train predict: unknown or incomplete option '%s'\n",
@@ -192,7 +195,8 @@ static status_t run_predict(predict_run *x, const predict_args *a) {
     return status_set(STATUS_FORMAT, "checkpoint %s: the task's seq_len is missing", path);
   model_shape shape = {a->batch, seq_len, 0, a->threads};
   if ((st = model_from_checkpoint(path, x->meta, &shape, &x->m)) ||
-      (st = open_input(x, a, seq_len)) || (st = data_batch_alloc(&x->b, a->batch, seq_len, 0)))
+      (st = model_set_precision(x->m, a->precision)) || (st = open_input(x, a, seq_len)) ||
+      (st = data_batch_alloc(&x->b, a->batch, seq_len, 0)))
     return st;
   const char *const *names;
   int C = classify_labels(x->m, &names);

@@ -352,6 +352,19 @@ def check_predict(e, part, name, task):
                                          for k in labels) for x, y in zip(rows, rows7))
     check(p7.returncode == 0 and same, f"{part}: {name}: predict --batch 7 gives the same labels "
           f"and probabilities as --batch 32" + ("" if p7.returncode == 0 else ": " + p7.stderr[-400:]))
+    # bf16 products: the same predictions within bf16's precision (a label may flip where two
+    # classes are within rounding of each other).
+    pb, rowsb = predict(e, name, task, "--precision", "bf16")
+    if "needs a CPU with AVX512-BF16" in pb.stderr:
+        print(f"SKIP {part}: {name}: predict --precision bf16: this CPU has no bf16 instructions")
+        return
+    dp = max((abs(x["probabilities"][k] - y["probabilities"][k]) for x, y in zip(rows, rowsb)
+              for k in labels), default=1.0) if len(rowsb) == len(rows) else 1.0
+    agree = sum(x["label"] == y["label"] for x, y in zip(rows, rowsb)) / max(len(rows), 1)
+    check(pb.returncode == 0 and 0 < dp <= 0.05 and agree >= 0.9,
+          f"{part}: {name}: predict --precision bf16: probabilities within {dp:.2e} of fp32's "
+          f"(> 0: bf16 ran; <= 0.05), {agree:.1%} of the labels the same"
+          + ("" if pb.returncode == 0 else ": " + pb.stderr[-400:]))
 
 
 def test_best(e):
