@@ -68,6 +68,12 @@ typedef struct {
                            reports the resolved path checkpoints record) */
   uint64_t tokenizer_fp; /* model.init's recorded fingerprint (0: none) */
   char init_config[CFG_PATH + 16], init_preset[32], init_weights[4096 + 128];
+  /* Fault injection for the tests (MLMPI_FAULT_NONFINITE=RANK:STEP): rank
+   * fault_rank writes a NaN into the first gradient its backward finishes
+   * at step fault_step (as logged, from 1; -1: never), before the all-reduce
+   * sees it. cur_step: the step running (from 0). */
+  int fault_rank;
+  int64_t fault_step, cur_step;
 } run_state;
 
 /* The global index of the first sequence of micro-batch k of this rank. */

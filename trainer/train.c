@@ -6,7 +6,9 @@
  * accumulation compute the same gradient. The loop knows the model, the
  * batch source, the communicator and the optimizer only through their
  * tables. */
+#include <math.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -66,7 +68,30 @@ static status_t sum_across_ranks(void *ctx, double *buf, size_t n) {
   return comm_allreduce_f64(c, buf, n);
 }
 
-static void on_grad_ready(void *ctx, int tensor) { reducer_ready(ctx, tensor); }
+static void on_grad_ready(void *ctx, int tensor) {
+  run_state *s = ctx;
+  if (s->cur_step + 1 == s->fault_step && s->rank == s->fault_rank) {
+    const param_info *p = &s->mops->params(s->model)->p[tensor];
+    s->mops->grad_buf(s->model)[p->offset] = NAN;
+    LOG_WARN(TRAINER,
+             "fault injected (MLMPI_FAULT_NONFINITE): NaN in the gradient of %s at step %lld",
+             p->name, (long long)s->fault_step);
+    s->fault_step = -1;
+  }
+  reducer_ready(s->red, tensor);
+}
+
+/* MLMPI_FAULT_NONFINITE=RANK:STEP, for the fault tests; anything else: off. */
+static void read_fault(run_state *s) {
+  const char *v = getenv("MLMPI_FAULT_NONFINITE");
+  long long step = -1;
+  int rank = -1;
+  s->fault_step = -1;
+  if (v && sscanf(v, "%d:%lld", &rank, &step) == 2 && rank >= 0 && step >= 0) {
+    s->fault_rank = rank;
+    s->fault_step = step;
+  }
+}
 
 /* ZeRO-1 shards the optimizer state, not the gradients: in shared memory
  * the full gradient is all-reduced under backward as without ZeRO, and each
@@ -124,7 +149,8 @@ static status_t setup_model(run_state *s) {
   if ((st = reducer_init(&s->red, s->comm, t, s->mops->grad_buf(s->model), c->first_bucket_mb,
                          c->bucket_mb)))
     return st;
-  s->mops->set_grad_ready(s->model, on_grad_ready, s->red);
+  read_fault(s);
+  s->mops->set_grad_ready(s->model, on_grad_ready, s);
   return STATUS_OK;
 }
 
@@ -207,6 +233,7 @@ static bool allreduce_in_backward(const run_state *s, int64_t k) {
 static status_t forward_backward(run_state *s, int64_t step, const double den[2], step_result *r) {
   const model_ops *m = s->mops;
   m->zero_grad(s->model);
+  s->cur_step = step;
   for (int64_t k = 0; k < s->accum; k++) {
     model_batch b = model_batch_of(&s->mb[k]);
     status_t st = m->check_batch(s->model, &b);

@@ -4,6 +4,7 @@
  * values come with their names from its table; the optimizer's and the
  * timings are the loop's. */
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -36,8 +37,20 @@ static double peak_rss_mb(void) {
 }
 
 /* `"key":value,` for each metric, with its decimals. */
+/* "key":value, with prec digits after the point (conv 'f') or significant
+ * (conv 'g'), or null where v is not finite (a skipped step's grad_norm, a
+ * diverged loss): JSON has no NaN or infinity. */
+static void json_num(FILE *f, const char *key, double v, char conv, int prec, const char *end) {
+  if (!isfinite(v))
+    fprintf(f, "\"%s\":null%s", key, end);
+  else if (conv == 'g')
+    fprintf(f, "\"%s\":%.*g%s", key, prec, v, end);
+  else
+    fprintf(f, "\"%s\":%.*f%s", key, prec, v, end);
+}
+
 static void json_values(FILE *f, const model_metric *m, int n, const double *v) {
-  for (int i = 0; i < n; i++) fprintf(f, "\"%s\":%.*f,", m[i].key, m[i].digits, v[i]);
+  for (int i = 0; i < n; i++) json_num(f, m[i].key, v[i], 'f', m[i].digits, ",");
 }
 
 /* The metrics with a TensorBoard tag, then the extra ones, as one event. */
@@ -98,14 +111,18 @@ void run_log_step(run_state *s, int64_t step, const step_result *r, const double
   if (s->metrics) {
     fprintf(s->metrics, "{\"step\":%lld,", (long long)step + 1);
     json_values(s->metrics, m->train_metrics, m->n_train_metrics, v);
-    fprintf(s->metrics,
-            "\"lr\":%.6g,\"grad_norm\":%.6g,\"clip\":%.4g,\"skipped\":%s,"
-            "\"trust_min\":%.5g,\"trust_median\":%.5g,\"trust_max\":%.5g,\"tokens_per_s\":%.1f,"
-            "\"step_s\":%.4f,\"data_s\":%.4f,\"compute_s\":%.4f,\"exposed_comm_s\":%.4f,"
-            "\"peak_rss_mb\":%.1f}\n",
-            (double)os->lr, os->grad_norm, os->clip, os->skipped ? "true" : "false",
-            (double)os->trust_min, (double)os->trust_median, (double)os->trust_max, tokens / step_s,
-            step_s, r->data_s, r->compute_s, r->exposed_s, peak_rss_mb());
+    FILE *f = s->metrics;
+    json_num(f, "lr", os->lr, 'g', 6, ",");
+    json_num(f, "grad_norm", os->grad_norm, 'g', 6, ",");
+    json_num(f, "clip", os->clip, 'g', 4, ",");
+    fprintf(f, "\"skipped\":%s,", os->skipped ? "true" : "false");
+    json_num(f, "trust_min", os->trust_min, 'g', 5, ",");
+    json_num(f, "trust_median", os->trust_median, 'g', 5, ",");
+    json_num(f, "trust_max", os->trust_max, 'g', 5, ",");
+    fprintf(f,
+            "\"tokens_per_s\":%.1f,\"step_s\":%.4f,\"data_s\":%.4f,\"compute_s\":%.4f,"
+            "\"exposed_comm_s\":%.4f,\"peak_rss_mb\":%.1f}\n",
+            tokens / step_s, step_s, r->data_s, r->compute_s, r->exposed_s, peak_rss_mb());
     fflush(s->metrics);
   }
   if (s->tb) {
@@ -137,8 +154,10 @@ void run_log_eval(run_state *s, int64_t step, const double *v) {
     if (s->steps_per_epoch > 0)
       fprintf(s->metrics, "\"epoch\":%lld,", (long long)((step + 1) / s->steps_per_epoch));
     fprintf(s->metrics, "\"eval_step\":%lld", (long long)step + 1);
-    for (int i = 0; i < m->n_eval_metrics; i++)
-      fprintf(s->metrics, ",\"%s\":%.*f", m->eval_metrics[i].key, m->eval_metrics[i].digits, v[i]);
+    for (int i = 0; i < m->n_eval_metrics; i++) {
+      fputc(',', s->metrics);
+      json_num(s->metrics, m->eval_metrics[i].key, v[i], 'f', m->eval_metrics[i].digits, "");
+    }
     fputs("}\n", s->metrics);
     fflush(s->metrics);
   }

@@ -497,6 +497,67 @@ def test_loss_falls(a, data):
           + ("" if r.returncode == 0 else ": " + r.stderr[-600:]))
 
 
+def test_corrupt_resume(a, data):
+    """Fault: a byte flipped in the newest checkpoint (model weights, then optimizer state).
+    ckpt.resume = auto must name the damaged file, skip to the newest good checkpoint, and
+    end bit-identical to the uninterrupted run."""
+    over = {"train.steps": "9", "ckpt.every_steps": "3", "ckpt.keep": "3"}
+    name = "corrupt"
+    ck = os.path.join(a.workdir, name, "ckpt")
+    r = mpirun(2, [a.train] + config(a, data, name, **over), timeout=600)
+    check(r.returncode == 0, "corrupt-resume: the uninterrupted 9-step run finished"
+          + ("" if r.returncode == 0 else ": " + r.stderr[-800:]))
+    if r.returncode != 0:
+        return
+    ref = weights(a, name, 9)
+    saved = os.path.join(a.workdir, name, "step-6.good")
+    shutil.copytree(os.path.join(ck, "step-6"), saved)
+    for victim in ("model.safetensors", "optimizer.safetensors"):
+        shutil.rmtree(os.path.join(ck, "step-9"))
+        shutil.rmtree(os.path.join(ck, "step-6"))
+        shutil.copytree(saved, os.path.join(ck, "step-6"))
+        path = os.path.join(ck, "step-6", victim)
+        with open(path, "r+b") as f:  # one bit, in the tensor data past the header
+            size = os.path.getsize(path)
+            f.seek(size - size // 3)
+            b = f.read(1)
+            f.seek(size - size // 3)
+            f.write(bytes([b[0] ^ 0x10]))
+        r = mpirun(2, [a.train] + config(a, data, name, **over, **{"ckpt.resume": "auto"}),
+                   timeout=600)
+        named = f"step-6: {victim} is damaged" in r.stderr
+        resumed = "resuming from" in r.stderr and "step-3" in r.stderr
+        same = r.returncode == 0 and all(np.array_equal(ref[k], v)
+                                         for k, v in weights(a, name, 9).items())
+        check(named and resumed and same,
+              f"corrupt-resume: injected one flipped bit in step-6/{victim}; checked that the "
+              f"resume names it ({named}), restarts from step-3 ({resumed}) and ends "
+              f"bit-identical at step 9 ({same})" + ("" if r.returncode == 0 else ": " + r.stderr[-800:]))
+
+
+def test_nonfinite(a, data):
+    """Fault: a NaN written into rank 1's gradient during step 4's backward (before the
+    all-reduce; MLMPI_FAULT_NONFINITE=1:4). Every rank must skip step 4 identically (the
+    weights after it equal those before it), count it in metrics.jsonl, and go on."""
+    name = "nonfinite"
+    over = {"train.steps": "6", "ckpt.every_steps": "1", "ckpt.keep": "6"}
+    r = mpirun(2, [a.train] + config(a, data, name, **over), timeout=600,
+               env={"MLMPI_FAULT_NONFINITE": "1:4"})
+    injected = "fault injected (MLMPI_FAULT_NONFINITE)" in r.stderr
+    log = os.path.join(a.workdir, name, "log", "metrics.jsonl")
+    rows = [json.loads(l) for l in open(log) if '"step_s"' in l] if os.path.exists(log) else []
+    skipped = [j["step"] for j in rows if j.get("skipped")]
+    w3, w4, w6 = (weights(a, name, k) for k in (3, 4, 6)) if r.returncode == 0 else ({}, {}, {})
+    held = bool(w3) and all(np.array_equal(w3[k], w4[k]) for k in w3)
+    moved = bool(w3) and any(not np.array_equal(w4[k], w6[k]) for k in w4)
+    finite = bool(w6) and all(np.all(np.isfinite(v)) for v in w6.values())
+    check(r.returncode == 0 and injected and skipped == [4] and held and moved and finite,
+          f"nonfinite: injected a NaN into rank 1's gradient at step 4; checked: the run ended "
+          f"(exit {r.returncode}), skipped steps {skipped} (want [4]), weights unchanged by "
+          f"step 4 ({held}), training went on ({moved}), final weights finite ({finite})"
+          + ("" if r.returncode == 0 else ": " + r.stderr[-600:]))
+
+
 def test_bf16(a, data):
     """model.precision = bf16 through the trainer: 2 ranks equal 1 rank with accumulation
     (the all-reduce is fp32, so the same bound as fp32), a resume is bit-identical, the
@@ -601,6 +662,7 @@ def main():
              "signals": test_signals, "sources": test_sources, "export": test_export, "mismatch": test_mismatch, "time-limit": test_time_limit,
              "loss-falls": test_loss_falls,
              "bf16": test_bf16, "bf16-equivalence": test_bf16_equivalence,
+             "corrupt-resume": test_corrupt_resume, "nonfinite": test_nonfinite,
              "example": test_example}
     only = [x for x in a.only.split(",") if x]
     for name, fn in tests.items():
