@@ -57,7 +57,7 @@ extern const compute_ops compute_fp32_ops;
 
 /* The backend of a model.precision value, or NULL. */
 const compute_ops *compute_lookup(const char *precision);
-/* "fp32, bf16, fp32-onednn", for messages. */
+/* The registry's names, "fp32, bf16, fp32-onednn", for messages. */
 const char *compute_names(void);
 /* Opens the backend of `precision` (NULL or "": fp32) into c, which holds
  * fp32 until then. STATUS_CONFIG naming the value or what the CPU lacks. */

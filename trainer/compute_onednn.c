@@ -78,8 +78,8 @@ typedef struct {
   /* Growing scratch: operands (of type dt) and fp32 per-head results. */
   void *b[5];
   size_t b_cap[5];
-  float *f[2];
-  size_t f_cap[2];
+  float *f[3];
+  size_t f_cap[3];
 } onednn_state;
 
 enum { B_A, B_B, B_Q, B_K, B_V }; /* b[] slots; attention uses all five */
@@ -242,7 +242,7 @@ static void onednn_close(void *impl) {
   if (s->engine) dnnl_engine_destroy(s->engine);
   mem_free(s->wcopy);
   for (int i = 0; i < 5; i++) mem_free(s->b[i]);
-  for (int i = 0; i < 2; i++) mem_free(s->f[i]);
+  for (int i = 0; i < 3; i++) mem_free(s->f[i]);
   free(s);
 }
 
@@ -387,15 +387,17 @@ static void merge_heads(float *x, int64_t rs, int64_t off, const float *src, int
 }
 
 /* pd[bh] = dropout(P[bh]) in the input type for every head (the operand of
- * P·V and of dV = P^T·dctx); scratch holds 2·T·T floats per thread. */
-static void dropped_probs(const onednn_state *s, void *pd, const float *probs,
+ * P·V and of dV = P^T·dctx). The fp32 dropped probabilities go to keep
+ * [B·NH, T, T] when it is given (backward needs them again for the mask),
+ * else to scratch, 2·T·T floats per thread. */
+static void dropped_probs(const onednn_state *s, void *pd, float *keep, const float *probs,
                           const dropout_desc *drop, int B, int NH, int T, float *scratch,
                           int nthreads) {
   const size_t TT = (size_t)T * T;
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int bh = 0; bh < B * NH; bh++) {
     const float *P = probs + (size_t)bh * TT;
-    float *tmp = scratch + (size_t)omp_get_thread_num() * 2 * TT;
+    float *tmp = keep ? keep + (size_t)bh * TT : scratch + (size_t)omp_get_thread_num() * 2 * TT;
     if (k_attn_dropout(tmp, P, drop, bh / NH, bh % NH, T)) P = tmp;
     store_in(s, (char *)pd + (size_t)bh * TT * s->esize, P, TT);
   }
@@ -417,7 +419,7 @@ static void onednn_attention_fwd(void *impl, float *ctx, float *probs, const flo
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int bh = 0; bh < BH; bh++)
     k_attn_softmax(probs + (size_t)bh * TT, input_mask + (size_t)(bh / NH) * T, T);
-  dropped_probs(s, pd, probs, drop, B, NH, T, scratch, nthreads);
+  dropped_probs(s, pd, NULL, probs, drop, B, NH, T, scratch, nthreads);
   matmul(s, BH, T, D, T, 1.0f, op_in(s, pd, ps, T, 1), op_in(s, v, hs, D, 1), op_f(oh, hs, D, 1),
          false);
   merge_heads(ctx, H, 0, oh, B, T, NH, D);
@@ -434,7 +436,10 @@ static void onednn_attention_bwd(void *impl, float *dqkv, const float *dctx, con
   split_qkv(s, qkv, B, T, NH, D, &q, &k, &v);
   split_heads(s, dc, dctx, H, 0, B, T, NH, D);
   const int64_t hs = (int64_t)T * D, ps = (int64_t)TT;
-  dropped_probs(s, pd, probs, drop, B, NH, T, scratch, nthreads);
+  /* The dropout mask is drawn once: its fp32 result serves dV and, below,
+   * the backward through dropout. */
+  float *Pd = k_dropout_on(drop) ? fscratch(s, 2, (size_t)BH * TT) : NULL;
+  dropped_probs(s, pd, Pd, probs, drop, B, NH, T, scratch, nthreads);
   /* dV = dropout(P)^T · dctx; dP = dctx · V^T. */
   matmul(s, BH, T, D, T, 1.0f, op_in(s, pd, ps, 1, T), op_in(s, dc, hs, D, 1), op_f(oh, hs, D, 1),
          false);
@@ -445,9 +450,8 @@ static void onednn_attention_bwd(void *impl, float *dqkv, const float *dctx, con
 #pragma omp parallel for schedule(static) num_threads(nthreads)
   for (int bh = 0; bh < BH; bh++) {
     const float *P = probs + (size_t)bh * TT;
-    float *g = dP + (size_t)bh * TT, *tmp = scratch + (size_t)omp_get_thread_num() * 2 * TT;
-    k_attn_dropout(tmp, P, drop, bh / NH, bh % NH, T);
-    k_attn_softmax_bwd(g, P, tmp, drop, T);
+    float *g = dP + (size_t)bh * TT;
+    k_attn_softmax_bwd(g, P, Pd ? Pd + (size_t)bh * TT : P, drop, T);
     store_in(s, (char *)pd + (size_t)bh * TT * s->esize, g, TT);
   }
   const float scale = 1.0f / sqrtf((float)D);

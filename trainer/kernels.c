@@ -206,10 +206,8 @@ static void dropout_row(float *row, const dropout_desc *d, int n, int C, float *
   for (int j = 0; j < C; j++) row[j] *= u[j] >= p ? s : 0.0f;
 }
 
-static inline bool drop_on(const dropout_desc *d) { return d && d->p > 0.0f; }
-
 void k_dropout(float *x, const dropout_desc *drop, int N, int C) {
-  if (!drop_on(drop)) return;
+  if (!k_dropout_on(drop)) return;
 #pragma omp parallel
   {
     float u[C];
@@ -222,7 +220,7 @@ void k_dropout(float *x, const dropout_desc *drop, int N, int C) {
 void k_add_ln_fwd(float *s_out, float *y, float *mean, float *rstd, const float *x,
                   const float *bias, const dropout_desc *drop, const float *resid,
                   const float *gamma, const float *beta, int N, int C, float eps) {
-  bool dr = drop_on(drop);
+  bool dr = k_dropout_on(drop);
 #pragma omp parallel
   {
     float u[C];
@@ -262,7 +260,7 @@ void k_add_ln_bwd(float *dx, float *dresid, float *dbias, float *dgamma, float *
                   const float *dy, const float *s, const float *mean, const float *rstd,
                   const float *gamma, const dropout_desc *drop, int N, int C, float *scratch,
                   int nthreads) {
-  bool dr = drop_on(drop);
+  bool dr = k_dropout_on(drop);
   memset(scratch, 0, (size_t)nthreads * 3 * C * sizeof *scratch);
 #pragma omp parallel num_threads(nthreads)
   {
@@ -360,13 +358,13 @@ static inline void attn_softmax_bwd(float *dP, const float *P, const float *Pd, 
 void k_attn_softmax(float *P, const int32_t *mask, int T) { attn_softmax(P, mask, T); }
 
 bool k_attn_dropout(float *out, const float *P, const dropout_desc *d, int b, int h, int T) {
-  if (!drop_on(d)) return false;
+  if (!k_dropout_on(d)) return false;
   attn_dropout_probs(out, P, d, b, h, T);
   return true;
 }
 
 void k_attn_softmax_bwd(float *dP, const float *P, const float *Pd, const dropout_desc *d, int T) {
-  bool dr = drop_on(d);
+  bool dr = k_dropout_on(d);
   attn_softmax_bwd(dP, P, Pd, dr, dr ? drop_scale(d) : 1.0f, T);
 }
 
@@ -374,7 +372,7 @@ void k_attention_fwd(float *ctx, float *probs, const float *qkv, const int32_t *
                      int T, int NH, int D, const dropout_desc *drop, float *scratch, int nthreads) {
   const int H = NH * D, H3 = 3 * H;
   const float scale = 1.0f / sqrtf((float)D);
-  bool dr = drop_on(drop);
+  bool dr = k_dropout_on(drop);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
   for (int bh = 0; bh < B * NH; bh++) {
     int b = bh / NH, h = bh % NH;
@@ -398,7 +396,7 @@ void k_attention_bwd(float *dqkv, const float *dctx, const float *probs, const f
                      int T, int NH, int D, const dropout_desc *drop, float *scratch, int nthreads) {
   const int H = NH * D, H3 = 3 * H;
   const float scale = 1.0f / sqrtf((float)D);
-  bool dr = drop_on(drop);
+  bool dr = k_dropout_on(drop);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
   for (int bh = 0; bh < B * NH; bh++) {
     int b = bh / NH, h = bh % NH;

@@ -23,6 +23,9 @@ typedef struct {
   int T;
 } dropout_desc;
 
+/* Whether d drops anything (NULL or p == 0: no dropout). */
+static inline bool k_dropout_on(const dropout_desc *d) { return d && d->p > 0.0f; }
+
 /* y[N,out] = x[N,in] · W[out,in]^T (no bias: callers fuse it). */
 void k_linear_fwd(float *y, const float *x, const float *W, int N, int in, int out);
 /* dW[out,in] += dy^T x; db[out] += Σ_rows dy (db may be NULL);
