@@ -188,7 +188,8 @@ static status_t read_index(shard_reader *r) {
   r->n_docs = ix->document_count;
   r->n_tokens = ix->token_count;
   r->offsets = malloc((ix->n_offsets + 1) * sizeof *r->offsets);
-  if (r->offsets) memcpy(r->offsets, ix->offsets, ix->n_offsets * sizeof *r->offsets);
+  if (r->offsets && ix->n_offsets)
+    memcpy(r->offsets, ix->offsets, ix->n_offsets * sizeof *r->offsets);
   for (size_t i = 0; r->offsets && i < ix->n_offsets; i++)
     if (ix->offsets[i] >= at)
       st = status_set(STATUS_FORMAT, "%s: index entry %zu points past the documents", f->path, i);
@@ -259,8 +260,10 @@ status_t shard_read_doc(const shard_reader *r, uint64_t i, shard_doc *out) {
     shard_doc_free(out);
     return status_set(STATUS_NOMEM, "out of memory reading %s", r->file.path);
   }
-  memcpy(out->ids, d->ids, d->n_ids * sizeof(int32_t));
-  memcpy(out->sentence_ends, d->sentence_ends, d->n_sentence_ends * sizeof(uint32_t));
+  /* An empty list unpacks as NULL, which memcpy may not be given. */
+  if (d->n_ids) memcpy(out->ids, d->ids, d->n_ids * sizeof(int32_t));
+  if (d->n_sentence_ends)
+    memcpy(out->sentence_ends, d->sentence_ends, d->n_sentence_ends * sizeof(uint32_t));
   if (d->word_starts.len) memcpy(out->word_starts, d->word_starts.data, d->word_starts.len);
   mlmpi__shard__document__free_unpacked(d, NULL);
   for (size_t k = 0; k < out->n_ids; k++)

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
 
 /* Invalid UTF-8 in the input is replaced by U+FFFD before anything else, one
  * replacement per maximal ill-formed subpart, exactly as the WHATWG decoder
@@ -613,15 +614,15 @@ static const tok_ops gpt2_ops = {
 };
 
 /* ---- Loading ----------------------------------------------------------------- */
-/* Decodes one code point of well-formed UTF-8 (cJSON's keys are). */
-static uint32_t utf8_next(const uint8_t **p) {
-  const uint8_t *s = *p;
-  uint32_t c = s[0];
-  int k = c < 0x80 ? 0 : c < 0xE0 ? 1 : c < 0xF0 ? 2 : 3;
-  if (k) c &= 0x3F >> k;
-  for (int i = 1; i <= k; i++) c = c << 6 | (s[i] & 0x3F);
-  *p = s + k + 1;
-  return c;
+/* The code point at *p (before end), moving *p past it. cJSON passes a
+ * key's bytes through unchecked, so a malformed or truncated sequence is
+ * possible: it gives UINT32_MAX (no character of the byte map) and moves
+ * one byte. */
+static uint32_t utf8_next(const uint8_t **p, const uint8_t *end) {
+  utf8proc_int32_t c;
+  utf8proc_ssize_t k = utf8proc_iterate(*p, end - *p, &c);
+  *p += k > 0 ? k : 1;
+  return k > 0 ? (uint32_t)c : UINT32_MAX;
 }
 
 /* A token's bytes: each character through the inverse byte map. A token
@@ -631,7 +632,7 @@ static size_t token_bytes(const int16_t cp_to_byte[324], const char *s, size_t n
   const uint8_t *p = (const uint8_t *)s, *end = p + n;
   size_t k = 0;
   while (p < end) {
-    uint32_t c = utf8_next(&p);
+    uint32_t c = utf8_next(&p, end);
     if (c >= 324 || cp_to_byte[c] < 0) {
       memcpy(out, s, n);
       return n;
