@@ -40,8 +40,9 @@ static status_t write_text(const char *path, const char *text) {
   FILE *f = fopen(path, "w");
   if (!f) return status_set(STATUS_IO, "cannot create %s: %s", path, strerror(errno));
   bool ok = fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
-  ok = (fclose(f) == 0) && ok;
-  return ok ? STATUS_OK : status_set(STATUS_IO, "cannot write %s", path);
+  int err = errno; /* the first failure's reason (a full disk, say), before fclose */
+  if (fclose(f) != 0 && ok) ok = false, err = errno;
+  return ok ? STATUS_OK : status_set(STATUS_IO, "cannot write %s: %s", path, strerror(err));
 }
 
 static int64_t step_of(const char *name) {
@@ -146,10 +147,10 @@ status_t ckpt_save_ex(const char *dir, const ckpt_info *info, const ckpt_extra *
   remove_tree(tmp);
   if (mkdir(tmp, 0755) != 0)
     return status_set(STATUS_IO, "cannot create %s: %s", tmp, strerror(errno));
-  st_writer *w = st_writer_init();
-  if (!w) return STATUS_NOMEM;
   snprintf(p, sizeof p, "%s/model.safetensors", tmp);
-  st = param_add_to_writer(t, params, "", w);
+  st_writer *w = st_writer_init();
+  st = w ? param_add_to_writer(t, params, "", w)
+         : status_set(STATUS_NOMEM, "out of memory writing %s", p);
   if (st == STATUS_OK) st = st_writer_meta(w, "format", "pt");
   if (st == STATUS_OK) st = st_writer_write(w, p);
   st_writer_free(w);
@@ -208,11 +209,14 @@ status_t ckpt_save_ex(const char *dir, const ckpt_info *info, const ckpt_extra *
       remove_tree(old);
     }
   }
-  if (st == STATUS_OK) st = fsync_path(dir);
   if (st != STATUS_OK) {
+    /* Nothing half-written stays (a full disk, say): the newest complete
+     * checkpoint is still the one before, and the message names both. */
     remove_tree(tmp);
+    status_prefix("checkpoint %s not written (its partial files removed)", final);
     return st;
   }
+  if ((st = fsync_path(dir))) return st;
   remove_partial(dir);
   int64_t *steps;
   int n = list_steps(dir, &steps);

@@ -44,7 +44,10 @@ typedef struct {
   uint64_t skipped;
 } ckpt_optim;
 
-/* Writes step-N into dir (created if missing) and keeps the newest `keep`. */
+/* Writes step-N into dir (created if missing) and keeps the newest `keep`.
+ * When a write fails (a full disk, say) the partial directory is removed,
+ * the older checkpoints are untouched, and the message names the checkpoint,
+ * the file and the errno text. */
 status_t ckpt_save(const char *dir, const ckpt_info *info, const param_table *t,
                    const float *params, const ckpt_optim *o, const char *config_text, int64_t keep);
 status_t ckpt_save_ex(const char *dir, const ckpt_info *info, const ckpt_extra *extra,

@@ -83,7 +83,12 @@ status_t run_save_as(run_state *s, int64_t steps_done, const char *name, const c
   comm_set_context(s->comm, "checkpoint at step %lld", (long long)steps_done);
   status_t cs = comm_broadcast(s->comm, ok, sizeof ok, 0);
   if (cs) return cs;
-  if (!ok[0] && s->rank) st = status_set(STATUS_IO, "rank 0 could not write the checkpoint");
+  if (ok[0]) return st;
+  /* A failed write (a full disk, say) is every rank's verdict now: the ranks
+   * end together and rank 0 alone says why, naming the path. An abort here
+   * could kill rank 0 before its message is out. */
+  s->uniform = true;
+  if (s->rank) st = status_set(STATUS_IO, "rank 0 could not write the checkpoint");
   return st;
 }
 

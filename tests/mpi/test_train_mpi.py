@@ -19,6 +19,11 @@ SentencePiece model trained with spm_train and shards, then checks:
                  checkpoint stays intact, resume = auto starts from it,
                  removes the partial one and ends bit-identical to a run
                  never stopped;
+  disk-full      ckpt.dir on a tmpfs that fills while a checkpoint is written
+                 (in each of its files; with ZeRO-1 too): the ranks end together,
+                 non-zero, rank 0 naming the path and the errno text; no partial
+                 checkpoint is left, and the previous one resumes elsewhere
+                 bit-identical to an uninterrupted run;
   signals        SIGUSR1 (to mpirun) and SIGTERM (to the ranks) make the ranks
                  checkpoint and exit 0;
   sources        training through the dataset service gives the in-process
@@ -558,6 +563,97 @@ def test_nonfinite(a, data):
           + ("" if r.returncode == 0 else ": " + r.stderr[-600:]))
 
 
+def run_bounded(args, limit):
+    """mpirun ARGS in its own session; past `limit` seconds the whole group (mpirun and
+    its ranks) is killed. Returns (exit code or None when it hung, stderr, seconds)."""
+    p = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    t0 = time.time()
+    try:
+        _, err = p.communicate(timeout=limit)
+        return p.returncode, err, time.time() - t0
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        _, err = p.communicate()
+        return None, err, time.time() - t0
+
+
+def test_disk_full(a, data):
+    """Fault: ckpt.dir on a tmpfs too small for a second checkpoint (the first fits), sized
+    so the second runs out of space in model.safetensors, in optimizer.safetensors or in
+    meta.json; with ZeRO-1 too, where rank 1 waits while rank 0 writes the gathered state.
+    The job must end non-zero in bounded time with every rank ending together (no abort,
+    no hang), rank 0 saying once which path failed and why (the errno text), no partial
+    checkpoint left, the previous checkpoint intact; resumed elsewhere (ckpt.dir copied
+    to the ordinary disk) the run ends bit-identical to an uninterrupted one."""
+    # The job must end well inside comm.timeout_s: a rank left waiting out a collective's
+    # deadline (never told of the failed write) counts as hung.
+    over = {"train.steps": "9", "ckpt.every_steps": "3", "ckpt.keep": "1", "comm.timeout_s": "90"}
+    page = 4096
+    pages = lambda path: -(-os.path.getsize(path) // page)
+    cases = (("model", {}, "model.safetensors"), ("optimizer", {}, "optimizer.safetensors"),
+             ("meta", {}, "meta.json"), ("zero-optimizer", {"optim.zero": "1"}, "optimizer.safetensors"))
+    refs = {}
+    for zero in ("0", "1"):  # uninterrupted runs on the ordinary disk; they also give the sizes
+        name = f"diskfull_ref{zero}"
+        r = mpirun(2, [a.train] + config(a, data, name, **over, **{"optim.zero": zero}), timeout=600)
+        check(r.returncode == 0, f"disk-full: the uninterrupted run (optim.zero = {zero}) finished"
+              + ("" if r.returncode == 0 else ": " + r.stderr[-600:]))
+        if r.returncode:
+            return
+        refs[zero] = os.path.join(a.workdir, name, "ckpt", "step-9")
+    for case, extra, victim in cases:
+        zero = extra.get("optim.zero", "0")
+        size = {f: pages(os.path.join(refs[zero], f))
+                for f in ("model.safetensors", "optimizer.safetensors", "meta.json")}
+        total = sum(size.values())
+        free = {"model": size["model.safetensors"] // 2,
+                "optimizer": size["model.safetensors"] + size["optimizer.safetensors"] // 2,
+                "meta": total - 1}[case.split("-")[-1]]
+        name = f"diskfull_{case}"
+        mnt = os.path.join(a.workdir, name, "mnt")
+        os.makedirs(mnt)
+        ck = os.path.join(mnt, "ckpt")
+        m = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={(total + free) * page // 1024}k",
+                            "tmpfs", mnt], capture_output=True, text=True)
+        if m.returncode:
+            print(f"SKIP disk-full: cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): "
+                  f"{m.stderr.strip()}")
+            return
+        moved = os.path.join(a.workdir, name, "ckpt")
+        try:
+            args = ["mpirun", "-np", "2", "--oversubscribe", "--bind-to", "none", a.train] + \
+                config(a, data, name, **over, **extra, **{"ckpt.dir": ck})
+            rc, err, took = run_bounded(args, 120)
+            lines = [l for l in err.splitlines() if "No space left on device" in l]
+            named = len(lines) == 1 and f"{ck}/step-6" in lines[0] and victim in lines[0]
+            together = "aborting the job" not in err and "MPI_ABORT" not in err
+            left = sorted(os.listdir(ck)) if os.path.isdir(ck) else []
+            check(rc not in (None, 0) and took < 45 and named and together and left == ["step-3"],
+                  f"disk-full: {case}: tmpfs of {total + free} pages (a checkpoint takes {total}) "
+                  f"filled while writing step-6's {victim}; checked: the job ended in {took:.1f} s "
+                  f"with exit {rc} (want non-zero, within 45 s), every rank ending together "
+                  f"({together}), one line naming the path and errno ({named}: {lines}), "
+                  f"ckpt.dir holding only the previous checkpoint ({left})"
+                  + ("" if named and together else ": " + err[-800:]))
+            if os.path.isdir(ck):
+                shutil.copytree(ck, moved)
+        finally:
+            subprocess.run(["umount", mnt], check=False)
+        if not os.path.isdir(moved):
+            continue
+        r = mpirun(2, [a.train] + config(a, data, name, **over, **extra,
+                                         **{"ckpt.dir": moved, "ckpt.resume": "auto"}), timeout=600)
+        resumed = re.search(r"resuming from \S*step-(\d+)", r.stderr)
+        w1 = st_io.load(os.path.join(refs[zero], "model.safetensors"))
+        w2 = weights(a, name, 9) if r.returncode == 0 else {}
+        same = w1.keys() == w2.keys() and all(np.array_equal(w1[k], w2[k]) for k in w1)
+        check(r.returncode == 0 and resumed and resumed.group(1) == "3" and same,
+              f"disk-full: {case}: the previous checkpoint, copied to the ordinary disk, resumed "
+              f"from step {resumed.group(1) if resumed else None} (want 3) and ended bit-identical "
+              f"to the uninterrupted run ({same})" + ("" if r.returncode == 0 else ": " + r.stderr[-600:]))
+
+
 def test_bf16(a, data):
     """model.precision = bf16 through the trainer: 2 ranks equal 1 rank with accumulation
     (the all-reduce is fp32, so the same bound as fp32), a resume is bit-identical, the
@@ -663,6 +759,7 @@ def main():
              "loss-falls": test_loss_falls,
              "bf16": test_bf16, "bf16-equivalence": test_bf16_equivalence,
              "corrupt-resume": test_corrupt_resume, "nonfinite": test_nonfinite,
+             "disk-full": test_disk_full,
              "example": test_example}
     only = [x for x in a.only.split(",") if x]
     for name, fn in tests.items():
