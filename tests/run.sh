@@ -7,7 +7,10 @@
 # (safetensors, shards, TFRecords, the service, tokenizer files) and the
 # shared-memory all-reduce are built
 # again with AddressSanitizer and UBSan and their unit tests run there too
-# (MLMPI_SAN_PASS=0 skips that).
+# (MLMPI_SAN_PASS=0 skips that). Then the libFuzzer targets of tests/fuzz are
+# built with clang (build-fuzz) and `ctest -L fuzz` replays each seed corpus
+# and fuzzes each target a few seconds (MLMPI_FUZZ_PASS=0 skips that;
+# `tests/run.sh -L fuzz` runs only those).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$root/launch/deps.sh"
@@ -28,7 +31,9 @@ if [ -n "$sanitize" ]; then
 fi
 cd "$build"
 rc=0
-ctest --output-on-failure "$@" || rc=$?
+fuzz_only=0
+[ "$*" = "-L fuzz" ] && fuzz_only=1
+[ $fuzz_only = 1 ] || ctest --output-on-failure "$@" || rc=$?
 
 if [ -z "$sanitize" ] && [ "${MLMPI_SAN_PASS:-1}" != 0 ] && [ $# -eq 0 ]; then
   san="$root/build-san"
@@ -41,5 +46,13 @@ if [ -z "$sanitize" ] && [ "${MLMPI_SAN_PASS:-1}" != 0 ] && [ $# -eq 0 ]; then
      -R '^(Crc32c|Philox|Rng|Safetensors|Status|Mem|ParamTable|ParamIo|TfRecord|Shard|TfExample|TfSource|TfDump|Service|Spm|Wordpiece|DataPermute|Dataset)') || rc=$?
   # The shared-memory all-reduce, every rank instrumented, under mpirun.
   (cd "$san" && ctest --output-on-failure -R '^comm\.mpi\.') || rc=$?
+fi
+
+if [ -z "$sanitize" ] && [ "${MLMPI_FUZZ_PASS:-1}" != 0 ] && { [ $# -eq 0 ] || [ $fuzz_only = 1 ]; }; then
+  fz="$root/build-fuzz"
+  echo "tests/run.sh: the fuzz targets (libFuzzer, ASan + UBSan): every seed corpus replayed, then fuzzed"
+  CC=clang CXX=clang++ cmake -S "$root" -B "$fz" -DCMAKE_BUILD_TYPE=Release -DMLMPI_FUZZ=ON >/dev/null
+  cmake --build "$fz" -j"$(nproc)" --target mlmpi_fuzz >/dev/null
+  (cd "$fz" && ctest --output-on-failure -L fuzz -j"$(nproc)") || rc=$?
 fi
 exit $rc
