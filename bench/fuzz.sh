@@ -38,7 +38,7 @@ camp="$fz/campaign"
 mkdir -p "$camp/artifacts"
 ledger="$camp/ledger.tsv"
 [ -f "$ledger" ] || printf 'date\ttarget\tseconds\texecutions\tsanitizers\n' >"$ledger"
-[ -n "$targets" ] || targets=$(cd "$fz/fuzz" && ls | sed 's/^fuzz_//' | paste -sd, -)
+[ -n "$targets" ] || targets=$(cd "$run/fuzz" && ls | sed 's/^fuzz_//' | paste -sd, -)
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 printf '%-18s %12s %9s %7s %8s %7s %7s %14s\n' target executions exec/s cov ft corpus crashes "all campaigns"
 bad=0

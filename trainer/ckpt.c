@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -261,6 +262,9 @@ bool ckpt_config_value(const cJSON *meta, const char *key, char *out, size_t n) 
   return false;
 }
 
+/* Whether x is a whole number in [lo, hi] (so converting it is defined). */
+static bool whole_in(double x, double lo, double hi) { return x >= lo && x <= hi && x == floor(x); }
+
 static status_t read_meta(const char *path, ckpt_info *info, uint32_t *crc_model,
                           uint32_t *crc_optim) {
   cJSON *j;
@@ -274,6 +278,10 @@ static status_t read_meta(const char *path, ckpt_info *info, uint32_t *crc_model
   if (!cJSON_IsNumber(s) || !cJSON_IsNumber(w) || !cJSON_IsString(fp) || !cJSON_IsString(cm) ||
       !cJSON_IsString(co) || !(cJSON_IsNumber(sd) || cJSON_IsString(sd)))
     st = status_set(STATUS_FORMAT, "checkpoint %s: meta.json is incomplete", path);
+  else if (!whole_in(s->valuedouble, 0, 1e15) || !whole_in(w->valuedouble, 1, 1 << 24) ||
+           (cJSON_IsNumber(sd) && !whole_in(sd->valuedouble, -9e15, 9e15)))
+    st = status_set(STATUS_FORMAT,
+                    "checkpoint %s: meta.json's step, world_size or seed is out of range", path);
   else {
     info->step = (int64_t)s->valuedouble;
     info->world_size = (int)w->valuedouble;

@@ -4,6 +4,8 @@
  * readers. */
 #include "config_json.h"
 
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +29,8 @@ status_t cfgj_read(const char *path, cJSON **out) {
 status_t cfgj_int(const cJSON *o, const char *path, const char *who, const char *key, int *out) {
   const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
   if (!v || cJSON_IsNull(v)) return STATUS_OK;
-  if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble)
+  if (!cJSON_IsNumber(v) || !(fabs(v->valuedouble) <= INT_MAX) ||
+      v->valuedouble != floor(v->valuedouble))
     return status_set(STATUS_CONFIG, "%s: '%s%s' must be an integer", path, who, key);
   *out = (int)v->valuedouble;
   return STATUS_OK;

@@ -190,7 +190,8 @@ static status_t run_predict(predict_run *x, const predict_args *a) {
     return status_set(STATUS_CONFIG,
                       "%s is a pretraining checkpoint: predict needs a fine-tuned one", path);
   const cJSON *T = cJSON_GetObjectItem(task, "seq_len");
-  int seq_len = cJSON_IsNumber(T) ? (int)T->valuedouble : 0;
+  double t = cJSON_IsNumber(T) ? T->valuedouble : 0;
+  int seq_len = t >= 2 && t <= (1 << 16) ? (int)t : 0;
   if (seq_len < 2 || seq_len > (1 << 16))
     return status_set(STATUS_FORMAT, "checkpoint %s: the task's seq_len is missing", path);
   model_shape shape = {a->batch, seq_len, 0, a->threads};
