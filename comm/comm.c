@@ -117,9 +117,10 @@ void comm_set_context(comm_t *c, const char *fmt, ...) {
   va_end(ap);
 }
 
-/* A failed collective's status, its message naming what was awaited. */
+/* A failed collective's status, its message naming what was awaited. A
+ * timeout's message names it already, at its start. */
 static status_t failed(comm_t *c, status_t st) {
-  if (st == STATUS_OK) return st;
+  if (st == STATUS_OK || st == STATUS_TIMEOUT) return st;
   char msg[512];
   snprintf(msg, sizeof msg, "%s", status_message());
   return status_set(st, "%s (while waiting for %s)", msg,

@@ -107,7 +107,10 @@ int comm_default_threads(int local_size, const char **why);
 void comm_set_context(comm_t *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* The collectives, through the backend's table. On failure the status
- * message ends "(while waiting for <context>)"; nothing is ended here. */
+ * message names the context: a timeout (STATUS_TIMEOUT) starts "<context>:
+ * <collective> did not complete within T s; waiting for rank R (why)" (MPI;
+ * see comm_mpi.c), other failures end "(while waiting for <context>)";
+ * nothing is ended here. */
 status_t comm_allreduce(comm_t *c, float *buf, size_t n);
 status_t comm_allreduce_f64(comm_t *c, double *buf, size_t n);
 status_t comm_iallreduce(comm_t *c, float *buf, size_t n, comm_req **req);

@@ -17,6 +17,7 @@
  * every peer has reduced > k, and it is complete, leaving the buffer free to
  * be written again, once every peer has gathered > k: no rank writes a slice
  * another may still be reading. Progress is made by test and wait. */
+#include <math.h>
 #include <mpi.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -46,6 +47,7 @@ struct shm_op {
 
 struct comm_req {
   MPI_Request r; /* MPI path */
+  uint64_t seq;  /* its number among the collectives (issue_seq) */
   bool shm;
   int nops, ndone; /* shared path: chunks, and those finished */
   shm_op *ops;
@@ -75,10 +77,24 @@ typedef struct {
   shm_op *head, *tail;
 } shm_region;
 
+typedef struct where_msg where_msg; /* an answer to "where are you" (below) */
+
+/* The question: a round number, the collective the asker waits for, and the
+ * seconds it will still wait. */
+typedef struct {
+  uint64_t round, seq;
+  double left_s;
+} where_ask;
+
 typedef struct {
   MPI_Comm world, node;
-  MPI_Comm group, cross; /* ranks sharing memory; the same local rank across groups */
-  shm_region *shm;       /* NULL until alloc_shared succeeds */
+  MPI_Comm group, cross;  /* ranks sharing memory; the same local rank across groups */
+  MPI_Comm where;         /* a duplicate of world for "where are you" (below) */
+  shm_region *shm;        /* NULL until alloc_shared succeeds */
+  uint64_t issued;        /* collectives this rank has issued */
+  where_ask ask;          /* this rank's last question (round: how many it asked) */
+  where_msg *reply;       /* [size] the answer last sent to each rank */
+  MPI_Request *reply_req; /* [size] */
 } mpi_impl;
 
 static MPI_Comm W(comm_t *c) { return ((mpi_impl *)c->impl)->world; }
@@ -88,11 +104,6 @@ static status_t mpi_err(int rc, const char *what) {
   int n = 0;
   MPI_Error_string(rc, s, &n);
   return status_set(STATUS_COMM, "%s failed: %s", what, s);
-}
-
-static status_t timed_out(comm_t *c, const char *what) {
-  return status_set(STATUS_TIMEOUT, "%s did not complete within %.0f s (%s)", what, c->timeout_s,
-                    c->context[0] ? c->context : "no context");
 }
 
 /* Tight polls, then yielding the core (a peer may be waiting for it), then
@@ -106,16 +117,245 @@ static void poll_pause(long spin) {
   }
 }
 
-/* Polls until done or the deadline. */
-static status_t wait_req(comm_t *c, MPI_Request *r, const char *what) {
-  double deadline = core_now_s() + c->timeout_s;
+/* ---- Deadlines, and who is late ---------------------------------------------
+ * A wait that has lasted timeout_s - grace (grace = min(2 s, timeout_s / 4))
+ * asks every other rank where it is, on a duplicate of the communicator kept
+ * for that alone, so the question never matches a collective's traffic.
+ * Every rank inside a wait answers, within a millisecond, with how many
+ * collectives it has issued and what it waits for. At the deadline the ranks
+ * that never answered (stopped, dead, or busy outside communication), those
+ * that answered only late (a quarter of the grace or more: they were away,
+ * and were perhaps continued while the others gave up) and those that have
+ * not yet issued the collective are the ones waited for, and the timeout
+ * names them.
+ * Nothing is sent unless a wait lasts most of its deadline; until then a
+ * wait only checks, once a millisecond, whether someone has asked. */
+enum { TAG_ASK = 1, TAG_HERE = 2 };
+
+struct where_msg {
+  uint64_t round;  /* the asker's round, echoed */
+  uint64_t issued; /* collectives the answering rank has issued */
+  char context[112];
+};
+
+/* One wait's clock and, once it has asked, its round of questions. */
+typedef struct {
+  double start, last, ask_at, asked_at, deadline, grace, next_answer;
+  uint64_t seq;             /* the collective waited for: this rank's seq-th (from 0) */
+  bool asking, prompted;    /* prompted: asks early, as another rank gives up soon */
+  where_msg *got;           /* [size] answers */
+  double *when;             /* [size] when each came; 0: not yet */
+  MPI_Request *recv, *send; /* [size] */
+} watch;
+
+/* Numbers the collectives; every rank issues them in the same order. */
+static uint64_t issue_seq(comm_t *c) { return ((mpi_impl *)c->impl)->issued++; }
+
+static void watch_start(comm_t *c, watch *w, uint64_t seq) {
+  *w = (watch){.seq = seq};
+  w->grace = c->timeout_s / 4 < 2 ? c->timeout_s / 4 : 2;
+  w->start = w->last = core_now_s();
+  w->deadline = w->start + c->timeout_s;
+  w->ask_at = w->deadline - w->grace;
+}
+
+/* Answers the questions that have come in; returns the least time an asker
+ * waiting for collective seq will still wait (INFINITY: none). */
+static double answer_peers(comm_t *c, uint64_t seq) {
+  mpi_impl *m = c->impl;
+  double left = INFINITY;
+  for (;;) {
+    int flag = 0, done = 1;
+    MPI_Status s;
+    where_ask q;
+    if (MPI_Iprobe(MPI_ANY_SOURCE, TAG_ASK, m->where, &flag, &s) != MPI_SUCCESS || !flag)
+      return left;
+    int r = s.MPI_SOURCE;
+    if (MPI_Recv(&q, (int)sizeof q, MPI_BYTE, r, TAG_ASK, m->where, MPI_STATUS_IGNORE) !=
+        MPI_SUCCESS)
+      return left;
+    if (q.seq == seq && q.left_s < left) left = q.left_s;
+    if (m->reply_req[r] != MPI_REQUEST_NULL) MPI_Test(&m->reply_req[r], &done, MPI_STATUS_IGNORE);
+    if (!done) continue; /* the last answer to r is still on its way */
+    where_msg *a = &m->reply[r];
+    a->round = q.round;
+    a->issued = m->issued;
+    snprintf(a->context, sizeof a->context, "%.*s", (int)sizeof a->context - 1,
+             c->context[0] ? c->context : "a collective");
+    MPI_Isend(a, (int)sizeof *a, MPI_BYTE, r, TAG_HERE, m->where, &m->reply_req[r]);
+  }
+}
+
+/* Asks every other rank where it is (prompted: because another rank asked,
+ * before this wait's own time to ask). */
+static void ask_peers(comm_t *c, watch *w, const char *what, double now, bool prompted) {
+  mpi_impl *m = c->impl;
+  size_t n = (size_t)c->size;
+  w->asking = true;
+  w->asked_at = now;
+  if (w->deadline < now + w->grace) w->deadline = now + w->grace;
+  w->got = calloc(n, sizeof *w->got);
+  w->when = calloc(n, sizeof *w->when);
+  w->recv = malloc(n * sizeof *w->recv);
+  w->send = malloc(n * sizeof *w->send);
+  if (!w->got || !w->when || !w->recv || !w->send) return; /* the timeout says so */
+  m->ask.round++;
+  m->ask.seq = w->seq;
+  m->ask.left_s = w->deadline - now;
+  for (int r = 0; r < c->size; r++) {
+    w->recv[r] = w->send[r] = MPI_REQUEST_NULL;
+    if (r == c->rank) continue;
+    MPI_Irecv(&w->got[r], (int)sizeof *w->got, MPI_BYTE, r, TAG_HERE, m->where, &w->recv[r]);
+    MPI_Isend(&m->ask, (int)sizeof m->ask, MPI_BYTE, r, TAG_ASK, m->where, &w->send[r]);
+  }
+  LOG_WARN(COMM, "%s: %s has waited %.1f s of %g s%s; asking the other ranks where they are",
+           c->context[0] ? c->context : "a collective", what, now - w->start, c->timeout_s,
+           prompted ? " and another rank gives up soon" : "");
+}
+
+static bool asked(const watch *w) { return w->got && w->when && w->recv && w->send; }
+
+/* Takes in the answers that have come; a stale one (an earlier round's) is
+ * dropped and its receive posted again. */
+static void collect_answers(comm_t *c, watch *w, double now) {
+  mpi_impl *m = c->impl;
+  for (int r = 0; r < c->size; r++) {
+    int done = 0;
+    if (w->recv[r] == MPI_REQUEST_NULL) continue;
+    if (MPI_Test(&w->recv[r], &done, MPI_STATUS_IGNORE) != MPI_SUCCESS || !done) continue;
+    if (w->got[r].round == m->ask.round)
+      w->when[r] = now;
+    else
+      MPI_Irecv(&w->got[r], (int)sizeof *w->got, MPI_BYTE, r, TAG_HERE, m->where, &w->recv[r]);
+  }
+}
+
+/* Ends a wait's round: receives still open are cancelled; questions still
+ * in flight are left to MPI (their payload, ask, lives in mpi_impl). */
+static void watch_end(comm_t *c, watch *w) {
+  if (asked(w)) {
+    for (int r = 0; r < c->size; r++) {
+      if (w->recv[r] != MPI_REQUEST_NULL) {
+        MPI_Cancel(&w->recv[r]);
+        MPI_Wait(&w->recv[r], MPI_STATUS_IGNORE);
+      }
+      if (w->send[r] != MPI_REQUEST_NULL) MPI_Request_free(&w->send[r]);
+    }
+  }
+  free(w->got), free(w->when), free(w->recv), free(w->send);
+  w->got = NULL, w->when = NULL, w->recv = w->send = NULL;
+  w->asking = false;
+}
+
+/* The ranks of one kind of lateness: "rank 3" or "ranks 3, 5, ...". */
+typedef struct {
+  char ranks[80];
+  int n;
+} rank_list;
+
+static void list_add(rank_list *l, int r) {
+  size_t k = strlen(l->ranks);
+  if (l->n < 8) snprintf(l->ranks + k, sizeof l->ranks - k, "%s%d", l->n ? ", " : "", r);
+  if (l->n == 8) snprintf(l->ranks + k, sizeof l->ranks - k, ", ...");
+  l->n++;
+}
+
+static const char waiting_for[] = "waiting for";
+
+/* Appends " [and] rank(s) LIST (why)" to out[0, n) at *k when the list has
+ * any; out starts with waiting_for. */
+static void say_ranks(char *out, size_t n, size_t *k, const rank_list *l, const char *why) {
+  if (!l->n || *k >= n) return;
+  bool first = *k == sizeof waiting_for - 1;
+  *k += (size_t)snprintf(out + *k, n - *k, "%s rank%s %s (%s)", first ? "" : " and",
+                         l->n > 1 ? "s" : "", l->ranks, why);
+}
+
+/* Who this rank waits for, from the answers: "waiting for rank 1 (no
+ * answer ...)". */
+static void describe_late(comm_t *c, const watch *w, char *out, size_t n) {
+  if (!asked(w)) {
+    snprintf(out, n, "the other ranks could not be asked where they are (out of memory)");
+    return;
+  }
+  rank_list silent = {"", 0}, late = {"", 0}, behind = {"", 0};
+  char where[160] = "", why[240];
+  double late_s = w->grace / 4;
+  for (int r = 0; r < c->size; r++) {
+    if (r == c->rank) continue;
+    if (!w->when[r]) {
+      list_add(&silent, r);
+    } else if (w->got[r].issued <= w->seq) {
+      if (!behind.n)
+        snprintf(where, sizeof where, "%.*s", (int)sizeof w->got[r].context - 1, w->got[r].context);
+      list_add(&behind, r);
+    } else if (w->when[r] - w->asked_at > late_s) {
+      list_add(&late, r);
+    }
+  }
+  if (!silent.n && !late.n && !behind.n) {
+    snprintf(out, n, "every rank answered and has issued it (a fault in MPI or the network?)");
+    return;
+  }
+  size_t k = (size_t)snprintf(out, n, "%s", waiting_for);
+  snprintf(why, sizeof why, "no answer in %.1f s: stopped, gone, or busy outside communication",
+           w->grace);
+  say_ranks(out, n, &k, &silent, why);
+  snprintf(why, sizeof why,
+           "answered only after %.1f s or more: it was stopped or busy outside communication",
+           late_s);
+  say_ranks(out, n, &k, &late, why);
+  snprintf(why, sizeof why, "not there yet: at %s", where);
+  say_ranks(out, n, &k, &behind, why);
+}
+
+/* Called from a wait's loop: answers questions, asks once the wait has lasted
+ * most of its deadline, and past the deadline returns STATUS_TIMEOUT naming
+ * whom it waited for. Time this process did not run (stopped, starved) is not
+ * counted against the others. */
+static status_t watch_poll(comm_t *c, watch *w, const char *what) {
+  double now = core_now_s();
+  if (now - w->last > 1.0) {
+    w->deadline += now - w->last;
+    w->ask_at += now - w->last;
+  }
+  w->last = now;
+  if (now >= w->next_answer) {
+    /* A rank giving up ends the job: give up with it, so that every rank
+     * waiting for the same collective says whom it waited for before the job
+     * is ended. */
+    double left = answer_peers(c, w->seq);
+    if (now + left < w->deadline) w->deadline = now + left;
+    if (!w->asking && w->ask_at > now + left - w->grace) {
+      w->ask_at = now;
+      w->prompted = true;
+    }
+    w->next_answer = now + 1e-3;
+  }
+  if (!w->asking && now >= w->ask_at) ask_peers(c, w, what, now, w->prompted);
+  if (asked(w)) collect_answers(c, w, now);
+  if (now <= w->deadline) return STATUS_OK;
+  char who[512];
+  describe_late(c, w, who, sizeof who);
+  watch_end(c, w);
+  return status_set(STATUS_TIMEOUT, "%s: %s did not complete within %g s; %s",
+                    c->context[0] ? c->context : "a collective", what, c->timeout_s, who);
+}
+
+/* Polls until done or the deadline; seq numbers the collective (issue_seq). */
+static status_t wait_req(comm_t *c, MPI_Request *r, uint64_t seq, const char *what) {
+  watch w;
+  watch_start(c, &w, seq);
+  status_t st = STATUS_OK;
   for (long spin = 0;; spin++) {
     int done = 0, rc = MPI_Test(r, &done, MPI_STATUS_IGNORE);
-    if (rc != MPI_SUCCESS) return mpi_err(rc, what);
-    if (done) return STATUS_OK;
-    if (spin > 1000 && core_now_s() > deadline) return timed_out(c, what);
+    if (rc != MPI_SUCCESS) st = mpi_err(rc, what);
+    if (st || done) break;
+    if (spin > 1000 && (st = watch_poll(c, &w, what))) break;
     poll_pause(spin);
   }
+  watch_end(c, &w);
+  return st;
 }
 
 #define ISSUE(call, what)                              \
@@ -126,14 +366,16 @@ static status_t wait_req(comm_t *c, MPI_Request *r, const char *what) {
 
 static status_t m_allreduce(comm_t *c, float *buf, size_t n) {
   MPI_Request r;
+  uint64_t seq = issue_seq(c);
   ISSUE(MPI_Iallreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, W(c), &r), "allreduce");
-  return wait_req(c, &r, "allreduce");
+  return wait_req(c, &r, seq, "allreduce");
 }
 
 static status_t m_allreduce_f64(comm_t *c, double *buf, size_t n) {
   MPI_Request r;
+  uint64_t seq = issue_seq(c);
   ISSUE(MPI_Iallreduce(MPI_IN_PLACE, buf, (int)n, MPI_DOUBLE, MPI_SUM, W(c), &r), "allreduce");
-  return wait_req(c, &r, "allreduce");
+  return wait_req(c, &r, seq, "allreduce");
 }
 
 /* ---- The shared-memory path ---------------------------------------------- */
@@ -275,6 +517,7 @@ static status_t m_iallreduce(comm_t *c, float *buf, size_t n, comm_req **req) {
   if (!q) return status_set(STATUS_NOMEM, "out of memory starting an all-reduce");
   mpi_impl *m = c->impl;
   status_t st;
+  q->seq = issue_seq(c);
   if (in_region(m->shm, buf, n)) {
     if ((st = shm_start(c, buf, n, q)) && !q->ops) {
       free(q);
@@ -308,20 +551,19 @@ static status_t m_wait(comm_t *c, comm_req *q) {
   if (!q) return STATUS_OK;
   status_t st = STATUS_OK;
   if (q->shm) {
-    double deadline = core_now_s() + c->timeout_s;
+    watch w;
+    watch_start(c, &w, q->seq);
     for (long spin = 0; q->ndone < q->nops; spin++) {
       if ((st = shm_progress(c))) break;
       if (q->ndone == q->nops) break;
-      if (spin > 1000 && core_now_s() > deadline) {
-        st = timed_out(c, "allreduce");
-        break;
-      }
+      if (spin > 1000 && (st = watch_poll(c, &w, "allreduce"))) break;
       poll_pause(spin);
     }
+    watch_end(c, &w);
     if (st) return st; /* its ops stay queued: the job ends (comm_fail) */
     free(q->ops);
   } else {
-    st = wait_req(c, &q->r, "allreduce");
+    st = wait_req(c, &q->r, q->seq, "allreduce");
   }
   free(q);
   return st;
@@ -329,8 +571,9 @@ static status_t m_wait(comm_t *c, comm_req *q) {
 
 static status_t m_reduce_scatter(comm_t *c, const float *in, float *out, const int *counts) {
   MPI_Request r;
+  uint64_t seq = issue_seq(c);
   ISSUE(MPI_Ireduce_scatter(in, out, counts, MPI_FLOAT, MPI_SUM, W(c), &r), "reduce_scatter");
-  return wait_req(c, &r, "reduce_scatter");
+  return wait_req(c, &r, seq, "reduce_scatter");
 }
 
 static status_t m_allgather(comm_t *c, float *buf, const int *counts) {
@@ -338,18 +581,20 @@ static status_t m_allgather(comm_t *c, float *buf, const int *counts) {
   if (!displs) return status_set(STATUS_NOMEM, "out of memory in allgather");
   for (int i = 0, o = 0; i < c->size; i++) displs[i] = o, o += counts[i];
   MPI_Request r;
+  uint64_t seq = issue_seq(c);
   int rc =
       MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, counts, displs, MPI_FLOAT, W(c), &r);
-  status_t st = rc == MPI_SUCCESS ? wait_req(c, &r, "allgather") : mpi_err(rc, "allgather");
+  status_t st = rc == MPI_SUCCESS ? wait_req(c, &r, seq, "allgather") : mpi_err(rc, "allgather");
   free(displs);
   return st;
 }
 
 static status_t m_allgather_bytes(comm_t *c, const void *mine, void *all, size_t bytes) {
   MPI_Request r;
+  uint64_t seq = issue_seq(c);
   ISSUE(MPI_Iallgather(mine, (int)bytes, MPI_BYTE, all, (int)bytes, MPI_BYTE, W(c), &r),
         "allgather");
-  return wait_req(c, &r, "allgather");
+  return wait_req(c, &r, seq, "allgather");
 }
 
 static status_t m_broadcast(comm_t *c, void *buf, size_t bytes, int root) {
@@ -358,8 +603,9 @@ static status_t m_broadcast(comm_t *c, void *buf, size_t bytes, int root) {
   while (bytes) {
     size_t n = bytes > (1u << 30) ? (1u << 30) : bytes;
     MPI_Request r;
+    uint64_t seq = issue_seq(c);
     ISSUE(MPI_Ibcast(p, (int)n, MPI_BYTE, root, W(c), &r), "broadcast");
-    status_t st = wait_req(c, &r, "broadcast");
+    status_t st = wait_req(c, &r, seq, "broadcast");
     if (st) return st;
     p += n;
     bytes -= n;
@@ -369,8 +615,9 @@ static status_t m_broadcast(comm_t *c, void *buf, size_t bytes, int root) {
 
 static status_t m_barrier(comm_t *c) {
   MPI_Request r;
+  uint64_t seq = issue_seq(c);
   ISSUE(MPI_Ibarrier(W(c), &r), "barrier");
-  return wait_req(c, &r, "barrier");
+  return wait_req(c, &r, seq, "barrier");
 }
 
 /* ---- Shared gradient memory ------------------------------------------------- */
@@ -463,6 +710,19 @@ static void m_free(comm_t *c) {
   mpi_impl *m = c->impl;
   if (m) {
     shm_free(m->shm);
+    /* An answer still in flight keeps its buffer: it is left, not freed. */
+    bool sent = true;
+    for (int r = 0; m->reply_req && r < c->size; r++) {
+      int done = 1;
+      if (m->reply_req[r] != MPI_REQUEST_NULL) MPI_Test(&m->reply_req[r], &done, MPI_STATUS_IGNORE);
+      if (!done) {
+        MPI_Request_free(&m->reply_req[r]);
+        sent = false;
+      }
+    }
+    if (sent) free(m->reply);
+    free(m->reply_req);
+    if (m->where != MPI_COMM_NULL) MPI_Comm_free(&m->where);
     if (m->cross != MPI_COMM_NULL) MPI_Comm_free(&m->cross);
     if (m->group != MPI_COMM_NULL) MPI_Comm_free(&m->group);
     MPI_Comm_free(&m->node);
@@ -519,6 +779,7 @@ status_t comm_mpi_init(comm_t **out, double timeout_s) {
   MPI_Comm_dup(MPI_COMM_WORLD, &m->world);
   /* Errors come back as codes (translated above) rather than aborting. */
   MPI_Comm_set_errhandler(m->world, MPI_ERRORS_RETURN);
+  MPI_Comm_dup(m->world, &m->where); /* keeps the error handler */
   MPI_Comm_split_type(m->world, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &m->node);
   MPI_Comm_rank(m->world, &c->rank);
   MPI_Comm_size(m->world, &c->size);
@@ -527,6 +788,13 @@ status_t comm_mpi_init(comm_t **out, double timeout_s) {
   split_groups(c, m);
   c->ops = &mpi_ops;
   c->impl = m;
+  m->reply = calloc((size_t)c->size, sizeof *m->reply);
+  m->reply_req = malloc((size_t)c->size * sizeof *m->reply_req);
+  if (!m->reply || !m->reply_req) {
+    m_free(c);
+    return status_set(STATUS_NOMEM, "out of memory creating the communicator");
+  }
+  for (int r = 0; r < c->size; r++) m->reply_req[r] = MPI_REQUEST_NULL;
   c->timeout_s = timeout_s > 0 ? timeout_s : 300;
   *out = c;
   return STATUS_OK;

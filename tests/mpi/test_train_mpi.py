@@ -37,6 +37,11 @@ SentencePiece model trained with spm_train and shards, then checks:
                  time used of the budget (not the step count the budget cuts
                  short); without it they are as they were;
   loss-falls     a short run's held-out MLM loss falls;
+  stuck-rank     SIGSTOP of one of 3 ranks past comm.timeout_s: the job ends within
+                 the deadline, the others' error lines naming step, collective and
+                 the stopped rank; the stopped rank ends too;
+  short-pause    SIGSTOP of one of 3 ranks for 2 s, then 5 s (under comm.timeout_s = 6):
+                 the run ends bit-identical to an uninterrupted one;
   example        the example config in launch/examples trains on 2 ranks as
                  written (only the paths and the length overridden), with the
                  gradients summed in shared memory as its log says.
@@ -744,6 +749,141 @@ def test_bf16_equivalence(a, data):
                           for s in sorted(rel)) + ("" if falls else "; fp32 did not learn"))
 
 
+def rank_of(pid):
+    """The MPI rank of a rank process (from its environment), or None."""
+    try:
+        env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    except OSError:
+        return None
+    for kv in env:
+        if kv.startswith(b"OMPI_COMM_WORLD_RANK="):
+            return int(kv.split(b"=", 1)[1])
+    return None
+
+
+def alive(pid):
+    """Whether pid is a process that has not ended (a zombie has)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def steps_logged(a, name):
+    path = os.path.join(a.workdir, name, "log", "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0
+    lines = [l for l in open(path) if '"step_s"' in l]
+    return json.loads(lines[-1])["step"] if lines else 0
+
+
+def wait_step(a, name, p, step, limit=300):
+    t0 = time.time()
+    while steps_logged(a, name) < step and p.poll() is None and time.time() - t0 < limit:
+        time.sleep(0.02)
+    return steps_logged(a, name) >= step
+
+
+def test_stuck_rank(a, data):
+    """Fault: SIGSTOP of rank 1 of 3 mid-run, left stopped past comm.timeout_s. Every other
+    rank must end within the deadline (plus a margin for mpirun), the job non-zero, and the
+    error lines (one a rank that gave up; Open MPI may drop the output of a rank it kills
+    first) must name the step, the collective and rank 1 as the rank waited for; the
+    stopped rank must end too (mpirun ends it, or continued it gives up itself)."""
+    timeout, victim_rank, name = 6, 1, "stuck"
+    over = {"train.global_batch": "6", "train.steps": "100000", "ckpt.every_steps": "0",
+            "comm.timeout_s": str(timeout)}
+    args = ["mpirun", "-np", "3", "--oversubscribe", "--bind-to", "none", a.train] + \
+        config(a, data, name, **over)
+    p = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_step(a, name, p, 20)
+    ranks = {rank_of(pid): pid for pid in rank_pids(name + "/")}
+    victim = ranks.get(victim_rank)
+    others = [pid for r, pid in ranks.items() if r != victim_rank]
+    t0 = time.time()
+    if victim:
+        os.kill(victim, signal.SIGSTOP)
+    try:
+        _, err = p.communicate(timeout=timeout + 30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _, err = p.communicate()
+    took = time.time() - t0
+    others_ended = not any(alive(pid) for pid in others)
+    # The stopped rank: mpirun ends it; if it is still there, continue it: it must give up.
+    how, t1 = "ended by mpirun", time.time()
+    while victim and alive(victim) and time.time() - t1 < 5:
+        time.sleep(0.05)
+    if victim and alive(victim):
+        os.kill(victim, signal.SIGCONT)
+        how, t1 = "continued, then ended on its own", time.time()
+        while alive(victim) and time.time() - t1 < timeout + 10:
+            time.sleep(0.05)
+    victim_ended = victim is not None and not alive(victim)
+    if victim and alive(victim):
+        how = "still running"
+        os.kill(victim, signal.SIGKILL)
+        os.kill(victim, signal.SIGCONT)
+    lines = [(int(m.group(1)), m.group(2)) for m in
+             re.finditer(r"\[mlmpi r(\d+) trainer\] error: (.*)", err)]
+    said = [(r, l) for r, l in lines if r != victim_rank]
+    pattern = (r"step \d+ [^:]+: (allreduce|reduce_scatter|allgather|broadcast|barrier) did not "
+               rf"complete within {timeout} s; waiting for rank {victim_rank} \(")
+    named = bool(said) and all(re.search(pattern, l) for _, l in said)
+    wrong = [l for _, l in said if re.search(r"ranks? (?!%d \()\d" % victim_rank, l)]
+    check(len(ranks) == 3 and victim and p.returncode not in (0, None) and took < timeout + 8
+          and others_ended and named and not wrong and victim_ended,
+          f"stuck-rank: SIGSTOP of rank {victim_rank} (of {len(ranks)}) past comm.timeout_s = "
+          f"{timeout}; checked: the job ended in {took:.1f} s (want < {timeout + 8}) with exit "
+          f"{p.returncode}, the other ranks ended ({others_ended}), ranks "
+          f"{sorted(r for r, _ in said)} said whom they waited for naming step, collective and "
+          f"rank {victim_rank} ({named}; wrong ranks named: {wrong}), the stopped rank "
+          f"{how}: " + (said[0][1] if said else err[-800:]))
+
+
+def test_short_pause(a, data):
+    """Fault: SIGSTOP of rank 1 of 3 for 2 s, then later for 5 s (comm.timeout_s = 6: inside
+    the last 1.5 s, when the waiting ranks ask the others where they are), then SIGCONT:
+    the run finishes (exit 0) with the weights bit-identical to an uninterrupted run."""
+    timeout, steps = 6, 700
+    over = {"train.global_batch": "6", "train.steps": str(steps), "ckpt.every_steps": "0",
+            "comm.timeout_s": str(timeout)}
+    ref = mpirun(3, [a.train] + config(a, data, "pause_ref", **over), timeout=600)
+    check(ref.returncode == 0, "short-pause: the uninterrupted 3-rank run finished"
+          + ("" if ref.returncode == 0 else ": " + ref.stderr[-600:]))
+    name = "paused"
+    args = ["mpirun", "-np", "3", "--oversubscribe", "--bind-to", "none", a.train] + \
+        config(a, data, name, **over)
+    p = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    paused = []
+    for at, pause in ((50, 2.0), (250, 5.0)):
+        if not wait_step(a, name, p, at):
+            break
+        ranks = {rank_of(pid): pid for pid in rank_pids(name + "/")}
+        if 1 not in ranks:
+            break
+        os.kill(ranks[1], signal.SIGSTOP)
+        time.sleep(pause)
+        os.kill(ranks[1], signal.SIGCONT)
+        paused.append((steps_logged(a, name), pause))
+    try:
+        _, err = p.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _, err = p.communicate()
+    asked = "asking the other ranks where they are" in err
+    same = False
+    if p.returncode == 0 and ref.returncode == 0:
+        w1, w2 = weights(a, "pause_ref", steps), weights(a, name, steps)
+        same = w1.keys() == w2.keys() and all(np.array_equal(w1[k], w2[k]) for k in w1)
+    check(p.returncode == 0 and len(paused) == 2 and asked and same,
+          f"short-pause: SIGSTOP of rank 1 for {[s for _, s in paused]} s (at steps "
+          f"{[st for st, _ in paused]}) under comm.timeout_s = {timeout}; checked: exit "
+          f"{p.returncode} (want 0), the 5 s pause reached the question round ({asked}), the "
+          f"weights at step {steps} bit-identical to the uninterrupted run ({same})"
+          + ("" if p.returncode == 0 else ": " + err[-800:]))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--train", required=True)
@@ -760,6 +900,7 @@ def main():
              "bf16": test_bf16, "bf16-equivalence": test_bf16_equivalence,
              "corrupt-resume": test_corrupt_resume, "nonfinite": test_nonfinite,
              "disk-full": test_disk_full,
+             "stuck-rank": test_stuck_rank, "short-pause": test_short_pause,
              "example": test_example}
     only = [x for x in a.only.split(",") if x]
     for name, fn in tests.items():

@@ -16,6 +16,9 @@ command inside the target namespace. The test checks:
   hierarchical  2 ranks on each host: the gradients are summed in shared
                 memory on each host, then across hosts (the log says so), and
                 the weights equal 1 rank's;
+  lost-host     h3's link set down mid-run: the ranks on h1 and h2 end within
+                comm.timeout_s naming the rank on h3 as the one waited for, and
+                ckpt.resume = auto on h1 and h2 alone (2 ranks) finishes the run;
   rate-limit    with every link limited by tbf on both ends (1 Gbit/s), the
                 ring all-reduce cannot beat the link rate, and training still
                 gives the same weights (with libnbc's default and its ring);
@@ -27,7 +30,7 @@ file carries the hosts' connections to it. Namespaces, qdiscs and the
 processes in them are removed afterwards, pass or fail; a run killed outright
 is cleaned up by the next one. Exits 77, saying why, where the machine cannot
 host the test (not root, no network namespaces, a missing program).
-usage: test_multinode.py --train BIN --data BIN --bench BIN --workdir DIR
+usage: test_multinode.py --train BIN --data BIN --bench BIN --workdir DIR [--only tcp|lost-host]
 """
 import argparse
 import json
@@ -390,6 +393,96 @@ def bench(a, cl, label, extra, up_to_mb=64):
     return rows
 
 
+def running(pid):
+    """Whether pid is a process that has not ended (a zombie has)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def host_ranks(cl, h):
+    """The mlmpi-train processes in host h's namespace."""
+    r = sh("ip", "netns", "pids", cl.ns[h], check=False)
+    out = []
+    for pid in r.stdout.split():
+        try:
+            if open(f"/proc/{pid}/comm").read().strip() == "mlmpi-train":
+                out.append(int(pid))
+        except OSError:
+            pass
+    return out
+
+
+def lost_host(a, cl, data):
+    """lost-host: h3's link set down mid-run (its port on the bridge): the ranks on h1 and h2
+    end within comm.timeout_s (plus a margin), naming the step, the collective and rank 2 (on
+    h3) as the rank waited for, and mpirun ends non-zero (once TCP gives up on h3's daemon);
+    ckpt.resume = auto on h1 and h2 alone (2 ranks instead of 3) then finishes the run from
+    the last checkpoint."""
+    timeout, steps, name = 10, 200, "lost_host"
+    args = [a.train] + config(a, name, **{
+        "data.path": data, "model.preset": "bert-tiny", "train.steps": str(steps),
+        "train.micro_batch": "2", "ckpt.every_steps": "10", "comm.timeout_s": str(timeout)})
+    ck = os.path.join(a.workdir, name, "ckpt")
+    # mpirun (on h1) ends the job by telling every host's daemon; one on a host cut off is
+    # given up after TCP's retransmissions (tcp_retries2: 15, about 15 minutes, by
+    # default). Here 5 (seconds), set in h1's namespace only.
+    sh("ip", "netns", "exec", cl.ns["h1"], "sysctl", "-q", "-w", "net.ipv4.tcp_retries2=5")
+    cmd = cl.on("h1", ["mpirun", "-np", "3", "--hostfile", cl.hostfile, "--mca", "plm_rsh_agent",
+                       cl.agent] + MCA + args)
+    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cl.procs.append(p)
+    t0 = time.time()
+    while (not os.path.isdir(os.path.join(ck, "step-20")) and p.poll() is None
+           and time.time() - t0 < 300):
+        time.sleep(0.05)
+    survivors = host_ranks(cl, "h1") + host_ranks(cl, "h2")
+    lost = host_ranks(cl, "h3")
+    cut_at = max([int(e[5:]) for e in os.listdir(ck) if re.match(r"step-\d+$", e)] or [0])
+    t0 = time.time()
+    sh("ip", "-n", cl.bridge, "link", "set", "v3", "down")
+    ended = None
+    while time.time() - t0 < timeout + 60:
+        if ended is None and not any(running(pid) for pid in survivors):
+            ended = time.time() - t0
+        if ended is not None and p.poll() is not None:
+            break
+        time.sleep(0.05)
+    job = time.time() - t0 if p.poll() is not None else None
+    if p.poll() is None:
+        p.kill()
+    err = p.stderr.read()
+    for pid in host_ranks(cl, "h3"):  # the lost host's rank, cut off: not part of the verdict
+        os.kill(pid, signal.SIGKILL)
+    said = [l for l in err.splitlines() if re.search(r"\[mlmpi r[01] trainer\] error", l)]
+    named = bool(said) and all(re.search(r"step \d+ [^:]+: \w+ did not complete within "
+                                         rf"{timeout} s; waiting for rank 2 \(", l) for l in said)
+    job_said = f"in {job:.1f} s with exit {p.returncode}" if job is not None else "NOT (killed)"
+    check(len(survivors) == 2 and len(lost) == 1 and ended is not None and ended < timeout + 10
+          and job is not None and job < timeout + 30 and p.returncode != 0 and named,
+          f"lost-host: h3's link set down after step {cut_at}; checked: the ranks on h1 and h2 "
+          f"ended {'in %.1f s' % ended if ended is not None else 'NOT'} (want < {timeout + 10}), mpirun ended {job_said} (want non-zero, < {timeout + 30} s), "
+          f"the error lines name step, collective and rank 2 ({named}): "
+          + (said[0] if said else err[-1200:]))
+    hosts12 = os.path.join(cl.tmp, "hosts12")
+    with open(hosts12, "w") as f:
+        f.write("h1 slots=1\nh2 slots=1\n")
+    cmd = cl.on("h1", ["mpirun", "-np", "2", "--hostfile", hosts12, "--mca", "plm_rsh_agent",
+                       cl.agent] + MCA + args + ["--set", "ckpt.resume=auto"])
+    try:
+        r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+        rc, out = r.returncode, r.stderr + r.stdout
+    except subprocess.TimeoutExpired as e:
+        rc, out = None, str(e.stderr or "")
+    resumed = re.search(r"resuming from \S*step-(\d+)", out)
+    done = os.path.isdir(os.path.join(ck, f"step-{steps}"))
+    check(rc == 0 and resumed and done,
+          f"lost-host: ckpt.resume = auto on h1 and h2 (2 ranks) resumed from step "
+          f"{resumed.group(1) if resumed else None} and finished step {steps} ({done}), exit {rc}"
+          + ("" if rc == 0 else ": " + out[-1200:]))
+
+
 def run(a):
     data = make_data(a)
     cl = Cluster()
@@ -416,6 +509,9 @@ def run(a):
                         "--workers", "2"], "listening on")
         rl = cl.start("h1", [sys.executable, os.path.abspath(__file__), "--relay", service,
                              f"127.0.0.1:{PORT}"], "relaying")
+        if a.only == "lost-host":
+            lost_host(a, cl, data)
+            return
 
         ok1 = train(a, cl, 1, "one_rank", {"data.path": data})
         tx0 = cl.tx_bytes("h2")
@@ -471,10 +567,13 @@ def run(a):
             check(best <= 1.1 * RATE_GBS, f"rate-limit: ring all-reduce busbw {best:.3f} GB/s "
                   f"does not beat the {RATE} links ({RATE_GBS} GB/s)")
         cl.unlimit()
+        if a.only != "tcp":
+            lost_host(a, cl, data)  # last: it cuts h3 off
     finally:
         cl.close()
-    leftover = [l for l in sh("ip", "netns", "list", check=False).stdout.splitlines() if cl.tag in l]
-    check(not leftover, f"cleanup: namespaces of this run left: {leftover}")
+        leftover = [l for l in sh("ip", "netns", "list", check=False).stdout.splitlines()
+                    if cl.tag in l]
+        check(not leftover, f"cleanup: namespaces of this run left: {leftover}")
 
 
 def main():
@@ -484,6 +583,8 @@ def main():
     ap.add_argument("--bench")
     ap.add_argument("--workdir")
     ap.add_argument("--relay", nargs=2, metavar=("LISTEN", "TARGET"))
+    ap.add_argument("--only", default="", choices=("", "tcp", "lost-host"),
+                    help="tcp: every part but lost-host; lost-host: that part alone (default: all)")
     a = ap.parse_args()
     if a.relay:
         relay(*a.relay)
