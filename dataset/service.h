@@ -99,6 +99,10 @@ status_t svc_client_plan(svc_client *c, const svc_key *keys, size_t n);
 status_t svc_client_get(svc_client *c, uint64_t step, uint64_t first, int count, data_batch *out);
 /* The job fingerprint in use (0 until the first reply when none was given). */
 uint64_t svc_client_fingerprint(svc_client *c);
+/* Batches received so far (prefetched ones included) and attempts that failed
+ * and were retried (a replica down, stalled, busy or garbled). Either pointer
+ * may be NULL. Thread-safe. */
+void svc_client_counts(svc_client *c, uint64_t *batches, uint64_t *retries);
 /* Stops the prefetch thread, lets requests in flight end (at most
  * connect_timeout_ms + request_timeout_ms; their replies are dropped) and
  * frees c. NULL is a no-op. */

@@ -65,6 +65,8 @@ struct svc_client {
   bool planned;
   uint64_t fingerprint;
   uint64_t next_order, front_order;
+  /* Batches received and attempts retried, for svc_client_counts. */
+  uint64_t n_batches, n_retries;
   pthread_mutex_t mu; /* guards everything here but what a BUSY slot's callback owns */
   pthread_cond_t cv;  /* any slot changed state, or work arrived */
   pthread_t thread;
@@ -220,6 +222,7 @@ static int replica_pick(svc_client *c, uint64_t now, uint64_t *avail) {
 static void attempt_retry(svc_client *c, slot *s, const char *why) {
   replica *r = &c->reps[s->replica];
   r->fails++;
+  c->n_retries++;
   uint64_t rest = (uint64_t)c->o.backoff_ms << (r->fails < 7 ? r->fails - 1 : 6);
   r->rest_until = svc_now_ms() + (rest < SVC_BACKOFF_MAX_MS ? rest : SVC_BACKOFF_MAX_MS);
   snprintf(r->last_err, sizeof r->last_err, "%.200s", why);
@@ -239,6 +242,58 @@ static bool bytes_ok(const ProtobufCBinaryData *f, size_t words) { return f->len
 static void copy_le32(void *dst, const ProtobufCBinaryData *f) {
   memcpy(dst, f->data, f->len);
   svc_le32_inplace(dst, f->len / 4);
+}
+
+/* Declared in service_wire.h. */
+svc_reply_verdict svc_reply_parse(const void *body, size_t len, const svc_key *key, int T, int P,
+                                  uint64_t expect_fp, data_batch *out, uint64_t *fingerprint,
+                                  char *why, size_t cap) {
+  svc_reply *p = mlmpi__service__batch_reply__unpack(NULL, len, body);
+  const int n = key->count;
+  svc_reply_verdict v = SVC_REPLY_RETRY;
+  if (!p) {
+    snprintf(why, cap, "malformed reply");
+    return SVC_REPLY_RETRY;
+  }
+  if ((int)p->error != SVC_ERR_NONE) {
+    /* protobuf-c gives an absent message as "", not NULL. */
+    if (p->message && *p->message)
+      snprintf(why, cap, "%s", p->message);
+    else
+      snprintf(why, cap, "refused with error %d and no reason", (int)p->error);
+    v = (int)p->error == SVC_ERR_BUSY ? SVC_REPLY_RETRY : SVC_REPLY_FAIL;
+  } else if (p->version != SVC_PROTOCOL_VERSION) {
+    snprintf(why, cap, "replied with protocol version %u, not %u", p->version,
+             SVC_PROTOCOL_VERSION);
+    v = SVC_REPLY_FAIL;
+  } else if ((expect_fp && p->fingerprint != expect_fp) || !p->fingerprint) {
+    snprintf(why, cap, "serves job %016llx, not the expected %016llx",
+             (unsigned long long)p->fingerprint, (unsigned long long)expect_fp);
+    v = SVC_REPLY_FAIL;
+  } else if (p->step != key->step || p->first != key->first || p->count != (uint32_t)n ||
+             p->seq_len != (uint32_t)T || p->max_predictions != (uint32_t)P ||
+             !bytes_ok(&p->input_ids, (size_t)n * T) || !bytes_ok(&p->input_mask, (size_t)n * T) ||
+             !bytes_ok(&p->segment_ids, (size_t)n * T) ||
+             !bytes_ok(&p->masked_lm_positions, (size_t)n * P) ||
+             !bytes_ok(&p->masked_lm_ids, (size_t)n * P) ||
+             !bytes_ok(&p->masked_lm_weights, (size_t)n * P) ||
+             !bytes_ok(&p->next_sentence_labels, (size_t)n)) {
+    snprintf(why, cap, "a reply that does not match its request");
+  } else if (svc_batch_fit(out, n, T, P) != STATUS_OK) {
+    snprintf(why, cap, "out of memory for a batch");
+  } else {
+    copy_le32(out->input_ids, &p->input_ids);
+    copy_le32(out->input_mask, &p->input_mask);
+    copy_le32(out->segment_ids, &p->segment_ids);
+    copy_le32(out->masked_lm_positions, &p->masked_lm_positions);
+    copy_le32(out->masked_lm_ids, &p->masked_lm_ids);
+    copy_le32(out->masked_lm_weights, &p->masked_lm_weights);
+    copy_le32(out->next_sentence_labels, &p->next_sentence_labels);
+    *fingerprint = p->fingerprint;
+    v = SVC_REPLY_OK;
+  }
+  mlmpi__service__batch_reply__free_unpacked(p, NULL);
+  return v;
 }
 
 /* Turns a finished attempt into a ready batch, a retry or a failure. */
@@ -264,53 +319,23 @@ static void attempt_finish_locked(svc_client *c, slot *s) {
     attempt_retry(c, s, why);
     return;
   }
-  svc_reply *p = mlmpi__service__batch_reply__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
-  nng_msg_free(m);
   char why[768];
-  const int T = c->o.config.seq_len, P = c->o.config.max_predictions, n = s->key.count;
-  if (!p) {
-    attempt_retry(c, s, "malformed reply");
-    return;
-  }
-  if ((int)p->error != SVC_ERR_NONE) {
-    snprintf(why, sizeof why, "%s", p->message ? p->message : "refused");
-    if ((int)p->error == SVC_ERR_BUSY)
-      attempt_retry(c, s, why);
-    else
-      attempt_fail(c, s, why);
-  } else if (p->version != SVC_PROTOCOL_VERSION) {
-    snprintf(why, sizeof why, "replied with protocol version %u, not %u", p->version,
-             SVC_PROTOCOL_VERSION);
+  uint64_t fp = 0;
+  svc_reply_verdict v =
+      svc_reply_parse(nng_msg_body(m), nng_msg_len(m), &s->key, c->o.config.seq_len,
+                      c->o.config.max_predictions, c->fingerprint, &s->batch, &fp, why, sizeof why);
+  nng_msg_free(m);
+  if (v == SVC_REPLY_RETRY) {
+    attempt_retry(c, s, why);
+  } else if (v == SVC_REPLY_FAIL) {
     attempt_fail(c, s, why);
-  } else if ((c->fingerprint && p->fingerprint != c->fingerprint) || !p->fingerprint) {
-    snprintf(why, sizeof why, "serves job %016llx, not the expected %016llx",
-             (unsigned long long)p->fingerprint, (unsigned long long)c->fingerprint);
-    attempt_fail(c, s, why);
-  } else if (p->step != s->key.step || p->first != s->key.first || p->count != (uint32_t)n ||
-             p->seq_len != (uint32_t)T || p->max_predictions != (uint32_t)P ||
-             !bytes_ok(&p->input_ids, (size_t)n * T) || !bytes_ok(&p->input_mask, (size_t)n * T) ||
-             !bytes_ok(&p->segment_ids, (size_t)n * T) ||
-             !bytes_ok(&p->masked_lm_positions, (size_t)n * P) ||
-             !bytes_ok(&p->masked_lm_ids, (size_t)n * P) ||
-             !bytes_ok(&p->masked_lm_weights, (size_t)n * P) ||
-             !bytes_ok(&p->next_sentence_labels, (size_t)n)) {
-    attempt_retry(c, s, "a reply that does not match its request");
-  } else if (svc_batch_fit(&s->batch, n, T, P) != STATUS_OK) {
-    attempt_retry(c, s, "out of memory for a batch");
   } else {
-    if (!c->fingerprint) c->fingerprint = p->fingerprint;
-    copy_le32(s->batch.input_ids, &p->input_ids);
-    copy_le32(s->batch.input_mask, &p->input_mask);
-    copy_le32(s->batch.segment_ids, &p->segment_ids);
-    copy_le32(s->batch.masked_lm_positions, &p->masked_lm_positions);
-    copy_le32(s->batch.masked_lm_ids, &p->masked_lm_ids);
-    copy_le32(s->batch.masked_lm_weights, &p->masked_lm_weights);
-    copy_le32(s->batch.next_sentence_labels, &p->next_sentence_labels);
+    if (!c->fingerprint) c->fingerprint = fp;
+    c->n_batches++;
     s->state = SLOT_READY;
     r->fails = 0;
     r->rest_until = 0;
   }
-  mlmpi__service__batch_reply__free_unpacked(p, NULL);
 }
 
 /* Sends a slot's request; runs without the client lock (nng may call back
@@ -626,6 +651,13 @@ uint64_t svc_client_fingerprint(svc_client *c) {
   uint64_t fp = c->fingerprint;
   pthread_mutex_unlock(&c->mu);
   return fp;
+}
+
+void svc_client_counts(svc_client *c, uint64_t *batches, uint64_t *retries) {
+  pthread_mutex_lock(&c->mu);
+  if (batches) *batches = c->n_batches;
+  if (retries) *retries = c->n_retries;
+  pthread_mutex_unlock(&c->mu);
 }
 
 void svc_client_free(svc_client *c) {

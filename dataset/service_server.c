@@ -225,8 +225,8 @@ static int serve_request(svc_server *s, const svc_request *q, data_batch *scratc
 }
 
 /* The reply to one request body; NULL when no memory is left for it (the
- * client times out and retries). */
-static nng_msg *serve_one(svc_server *s, const void *body, size_t len, data_batch *scratch) {
+ * client times out and retries). Declared in service_wire.h. */
+nng_msg *svc_server_serve_bytes(svc_server *s, const void *body, size_t len, data_batch *scratch) {
   svc_reply r;
   mlmpi__service__batch_reply__init(&r);
   r.version = SVC_PROTOCOL_VERSION;
@@ -284,7 +284,7 @@ static void *server_worker(void *arg) {
     if ((rv = nng_aio_result(aio)) == NNG_ECLOSED) break;
     if (rv) continue;
     nng_msg *req = nng_aio_get_msg(aio);
-    nng_msg *rep = serve_one(s, nng_msg_body(req), nng_msg_len(req), &scratch);
+    nng_msg *rep = svc_server_serve_bytes(s, nng_msg_body(req), nng_msg_len(req), &scratch);
     nng_msg_free(req);
     if (!rep) continue;
     nng_aio_set_msg(aio, rep);
@@ -303,7 +303,10 @@ static void *server_worker(void *arg) {
   return NULL;
 }
 
-status_t svc_server_start(svc_server **out, const svc_server_config *cfg) {
+/* The server object with its data checked (the train split opened with the
+ * default config) and nothing bound or started: what svc_server_start and
+ * svc_server_open_unbound share. */
+static status_t server_prepare(svc_server **out, const svc_server_config *cfg, int workers) {
   *out = NULL;
   const char *bind = cfg->bind ? cfg->bind : "127.0.0.1";
   if (!cfg->data_dir) return status_set(STATUS_CONFIG, "the service needs a data directory");
@@ -324,24 +327,44 @@ status_t svc_server_start(svc_server **out, const svc_server_config *cfg) {
   s->token = cfg->token && *cfg->token ? svc_str_dup(cfg->token) : NULL;
   s->url = malloc(320);
   s->cache = calloc((size_t)s->max_configs, sizeof *s->cache);
-  int workers = cfg->workers > 0 ? cfg->workers : cores_available();
-  s->threads = calloc((size_t)workers, sizeof *s->threads);
-  s->ctxs = calloc((size_t)workers, sizeof *s->ctxs);
+  s->threads = calloc((size_t)(workers > 0 ? workers : 1), sizeof *s->threads);
+  s->ctxs = calloc((size_t)(workers > 0 ? workers : 1), sizeof *s->ctxs);
   status_t st = STATUS_OK;
   if (!s->dir || (cfg->token && *cfg->token && !s->token) || !s->url || !s->cache || !s->threads ||
       !s->ctxs) {
     st = status_set(STATUS_NOMEM, "out of memory starting the service");
     goto fail;
   }
+  s->url[0] = 0;
   /* The data must open before anything is bound: a bad directory fails at
    * start, not at the first request. */
   data_config dc = data_config_default();
   ds_entry *e;
   int code;
   if ((st = cache_acquire(s, &dc, "train", &e, &code))) goto fail;
+  cache_release(s, e);
+  *out = s;
+  return STATUS_OK;
+fail:
+  svc_server_free(s);
+  return st;
+}
+
+status_t svc_server_open_unbound(svc_server **out, const svc_server_config *cfg) {
+  return server_prepare(out, cfg, 0);
+}
+
+status_t svc_server_start(svc_server **out, const svc_server_config *cfg) {
+  *out = NULL;
+  const char *bind = cfg->bind ? cfg->bind : "127.0.0.1";
+  int workers = cfg->workers > 0 ? cfg->workers : cores_available();
+  svc_server *s;
+  status_t st = server_prepare(&s, cfg, workers);
+  if (st) return st;
+  data_config dc = data_config_default();
+  const ds_entry *e = cache_find(s, &dc, "train"); /* opened by server_prepare, not evicted yet */
   const uint64_t docs = dataset_documents(e->d), inst = dataset_instances(e->d),
                  fp = dataset_fingerprint(e->d);
-  cache_release(s, e);
 
   char url[300];
   svc_tcp_url(url, sizeof url, bind, cfg->port);

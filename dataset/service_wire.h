@@ -46,4 +46,34 @@ char *svc_str_dup(const char *s);
 /* Writes "tcp://host:port" into out (cap bytes), bracketing IPv6 literals. */
 void svc_tcp_url(char *out, size_t cap, const char *host, int port);
 
+/* ---- The two ends' parsers, callable without a network (fuzz targets) ---- */
+typedef struct nng_msg nng_msg;
+
+/* A server that checked its data as svc_server_start does but binds nothing
+ * and starts no workers: only svc_server_serve_bytes and svc_server_free may
+ * be used on it. Errors as svc_server_start's. */
+status_t svc_server_open_unbound(svc_server **out, const svc_server_config *cfg);
+/* The server's answer to one request body of len bytes (any bytes): a reply
+ * message, a batch or an error, owned by the caller (nng_msg_free); NULL when
+ * no memory is left for it. scratch is the calling worker's batch buffer,
+ * kept and grown between calls (data_batch_free it at the end); the reply
+ * does not point into it. Thread-safe with distinct scratch buffers. */
+nng_msg *svc_server_serve_bytes(svc_server *s, const void *body, size_t len, data_batch *scratch);
+
+/* What a client makes of one reply. */
+typedef enum {
+  SVC_REPLY_OK,    /* out holds the rows, *fingerprint the reply's job */
+  SVC_REPLY_RETRY, /* another attempt (or replica) may cure it */
+  SVC_REPLY_FAIL,  /* a refusal: wrong job, token or version */
+} svc_reply_verdict;
+
+/* Parses body (len bytes, any bytes) as the reply to key for batches of
+ * (T, P) from a job with fingerprint expect_fp (0: any job but 0). On
+ * SVC_REPLY_OK, out is fitted (svc_batch_fit) and its first key->count rows
+ * filled; otherwise why (cap bytes) says what was wrong and out's rows are
+ * unspecified. Keeps nothing; thread-safe with distinct out buffers. */
+svc_reply_verdict svc_reply_parse(const void *body, size_t len, const svc_key *key, int T, int P,
+                                  uint64_t expect_fp, data_batch *out, uint64_t *fingerprint,
+                                  char *why, size_t cap);
+
 #endif

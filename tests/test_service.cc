@@ -1,8 +1,10 @@
 // test_service.cc: the dataset service on synthetic shards: batches through
 // one or two replicas equal the in-process ones byte for byte, a replica
-// killed and restarted mid-stream loses and repeats nothing, and malformed,
-// oversized, wrong-version, wrong-job and unauthenticated requests are
-// refused while the server keeps serving.
+// killed and restarted mid-stream loses and repeats nothing, a replica stopped
+// (SIGSTOP) or killed beside another is failed over, a get from a stopped only
+// replica ends at its deadline, and malformed, oversized, wrong-version,
+// wrong-job and unauthenticated requests are refused while the server keeps
+// serving.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -15,8 +17,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <future>
 #include <random>
 #include <string>
 #include <thread>
@@ -755,6 +760,191 @@ TEST(ServiceFault, KilledAndRestartedReplicaLosesAndRepeatsNothing) {
   // SIGTERM stops the service cleanly.
   int status = child.stop(SIGTERM);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+}
+
+// ---- Replicas stalled (SIGSTOP) or killed mid-stream ----------------------------
+
+bool start_replica(Child &c) {
+  return c.start({"serve", "--data", corpus(), "--port", "0", "--workers", "2"});
+}
+
+std::string addr_of(const Child &c) { return "127.0.0.1:" + std::to_string(c.port); }
+
+// SIGSTOP takes every thread of the process only when each next runs: wait
+// until the whole process is stopped (waitpid reports the group stop).
+bool stop_replica(const Child &c) {
+  int st = 0;
+  return kill(c.pid, SIGSTOP) == 0 && waitpid(c.pid, &st, WUNTRACED) == c.pid && WIFSTOPPED(st);
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// A trainer's sequence: `steps` steps of two micro-batches of 16 rows.
+std::vector<svc_key> micro_batch_plan(uint64_t steps) {
+  std::vector<svc_key> plan;
+  for (uint64_t s = 0; s < steps; s++)
+    for (uint64_t m = 0; m < 2; m++) plan.push_back({s, 32 + 16 * m, 16});
+  return plan;
+}
+
+// Gets key k through the client and compares it with the in-process batch;
+// *secs (when given) is how long the get took.
+::testing::AssertionResult fetch_equal(Client &cl, Local &local, const svc_key &k, Batch &want,
+                                       Batch &got, double *secs = nullptr) {
+  auto t0 = std::chrono::steady_clock::now();
+  status_t st = svc_client_get(cl.c, k.step, k.first, k.count, &got.b);
+  if (secs) *secs = seconds_since(t0);
+  if (st != STATUS_OK)
+    return ::testing::AssertionFailure() << status_name(st) << ": " << status_message();
+  if (dataset_get_batch(local.d, kGlobal, k.step, k.first, k.count, &want.b) != STATUS_OK)
+    return ::testing::AssertionFailure() << "in process: " << status_message();
+  return same_rows(want.b, got.b, k.count);
+}
+
+// The consumer's side of a replica fault: gets keys [from, to) of the plan,
+// each equal to the in-process batch, counting the gets that had to wait.
+struct Consumer {
+  Client &cl;
+  Local &local;
+  const std::vector<svc_key> &plan;
+  Batch want, got;
+  size_t next = 0;
+  int waited = 0;        // gets that took over 0.2 s
+  double longest = 0.0;  // the longest get, seconds
+  Consumer(Client &c, Local &l, const std::vector<svc_key> &p, const data_config &cfg)
+      : cl(c), local(l), plan(p), want(16, cfg), got(16, cfg) {}
+  ::testing::AssertionResult run_to(size_t to) {
+    for (; next < to; next++) {
+      double secs = 0;
+      ::testing::AssertionResult r = fetch_equal(cl, local, plan[next], want, got, &secs);
+      if (!r) return r << " (key " << next << ", step " << plan[next].step << ")";
+      waited += secs > 0.2;
+      longest = std::max(longest, secs);
+    }
+    return ::testing::AssertionSuccess();
+  }
+};
+
+TEST(ServiceFault, StalledReplicaFailsOver) {
+  data_config cfg = small_config();
+  Local local(corpus(), cfg);
+  Child a, b;
+  ASSERT_TRUE(start_replica(a)) << a.err;
+  ASSERT_TRUE(start_replica(b)) << b.err;
+  svc_client_options o = options(cfg);
+  o.depth = 8;
+  o.request_timeout_ms = 400;  // a request the stopped replica holds fails over after this
+  o.timeout_ms = 8000;
+  Client cl(addr_of(a) + "," + addr_of(b), o);
+  ASSERT_EQ(cl.st, STATUS_OK) << status_message();
+  std::vector<svc_key> plan = micro_batch_plan(40);
+  ASSERT_EQ(svc_client_plan(cl.c, plan.data(), plan.size()), STATUS_OK);
+  Consumer run(cl, local, plan, cfg);
+  ASSERT_TRUE(run.run_to(20));
+  ASSERT_TRUE(stop_replica(a));  // with requests in flight to it
+  ASSERT_TRUE(run.run_to(60));
+  const int waited = run.waited;
+  const double longest = run.longest;
+  uint64_t retries = 0;
+  svc_client_counts(cl.c, nullptr, &retries);
+  ASSERT_EQ(kill(a.pid, SIGCONT), 0);
+  ASSERT_TRUE(run.run_to(plan.size()));
+  EXPECT_GE(retries, 1u) << "no attempt failed while a replica was stopped: the stall was not felt";
+  EXPECT_LT(longest, 3.0) << "a get waited longer than failing over takes";
+  for (Child *c : {&a, &b}) {
+    int status = c->stop(SIGTERM);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  }
+  printf(
+      "fault injected: 1 of 2 `mlmpi-data serve` replicas stopped (SIGSTOP) after 20 of %zu "
+      "keys, continued (SIGCONT) after 60; checked: all %zu batches equal the in-process ones "
+      "in order (%llu attempts failed over, %d gets waited, longest %.2f s), both replicas exit "
+      "0\n",
+      plan.size(), plan.size(), (unsigned long long)retries, waited, longest);
+}
+
+TEST(ServiceFault, StalledOnlyReplicaEndsWithDeadline) {
+  data_config cfg = small_config();
+  Local local(corpus(), cfg);
+  Child a;
+  ASSERT_TRUE(start_replica(a)) << a.err;
+  svc_client_options o = options(cfg);
+  o.timeout_ms = 1500;          // the get's deadline
+  o.request_timeout_ms = 5000;  // longer than the stalls: a continued replica answers
+  Client cl(addr_of(a), o);
+  ASSERT_EQ(cl.st, STATUS_OK) << status_message();
+  Batch want(8, cfg), got(8, cfg);
+  ASSERT_TRUE(fetch_equal(cl, local, {0, 0, 8}, want, got));
+  ASSERT_TRUE(stop_replica(a));
+  // The only replica is stopped: the get ends at its deadline, saying so.
+  auto t0 = std::chrono::steady_clock::now();
+  auto pending = std::async(std::launch::async, [&] {
+    status_t st = svc_client_get(cl.c, 5, 0, 8, &got.b);
+    return std::make_pair(st, std::string(status_message()));
+  });
+  if (pending.wait_for(std::chrono::milliseconds(o.timeout_ms + 2500)) !=
+      std::future_status::ready) {
+    ADD_FAILURE() << "the get did not end within its " << o.timeout_ms << " ms deadline";
+    kill(a.pid, SIGCONT);  // lets it end
+  }
+  auto [st, msg] = pending.get();
+  const double ended = seconds_since(t0);
+  EXPECT_EQ(st, STATUS_TIMEOUT) << msg;
+  EXPECT_GE(ended, 1.4);
+  EXPECT_LT(ended, 2.5);
+  EXPECT_NE(msg.find("tcp://" + addr_of(a)), std::string::npos) << msg;
+  EXPECT_NE(msg.find("within 1.5 s"), std::string::npos) << msg;
+  // Continued before the deadline: the get succeeds with the right batch.
+  std::thread cont([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));
+    kill(a.pid, SIGCONT);
+  });
+  double secs = 0;
+  ::testing::AssertionResult r = fetch_equal(cl, local, {6, 0, 8}, want, got, &secs);
+  cont.join();
+  EXPECT_TRUE(r);
+  EXPECT_GE(secs, 0.5) << "the get did not wait for the stopped replica";
+  EXPECT_LT(secs, 1.5);
+  int status = a.stop(SIGTERM);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  printf(
+      "fault injected: the only replica stopped (SIGSTOP) under a 1.5 s get deadline, then "
+      "continued (SIGCONT) 0.6 s into a second get; checked: the first get ended after %.2f s "
+      "(%s, naming tcp://%s and the wait), the second got the in-process batch (%s) after "
+      "%.2f s\n",
+      ended, status_name(st), addr_of(a).c_str(), r ? "equal" : "not equal", secs);
+}
+
+TEST(ServiceFault, KilledReplicaFailsOver) {
+  data_config cfg = small_config();
+  Local local(corpus(), cfg);
+  Child a, b;
+  ASSERT_TRUE(start_replica(a)) << a.err;
+  ASSERT_TRUE(start_replica(b)) << b.err;
+  svc_client_options o = options(cfg);
+  o.depth = 8;
+  o.request_timeout_ms = 1000;
+  o.timeout_ms = 8000;
+  Client cl(addr_of(a) + "," + addr_of(b), o);
+  ASSERT_EQ(cl.st, STATUS_OK) << status_message();
+  std::vector<svc_key> plan = micro_batch_plan(40);
+  ASSERT_EQ(svc_client_plan(cl.c, plan.data(), plan.size()), STATUS_OK);
+  Consumer run(cl, local, plan, cfg);
+  ASSERT_TRUE(run.run_to(20));
+  a.stop(SIGKILL);  // at once after a get: the prefetch queue is refilling
+  ASSERT_TRUE(run.run_to(plan.size()));
+  uint64_t batches = 0, retries = 0;
+  svc_client_counts(cl.c, &batches, &retries);
+  EXPECT_GE(retries, 1u) << "no attempt failed after a replica was killed: the kill was not felt";
+  int status = b.stop(SIGTERM);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  printf(
+      "fault injected: 1 of 2 `mlmpi-data serve` replicas killed (SIGKILL) after 20 of %zu "
+      "keys with up to %d prefetched; checked: all %zu batches equal the in-process ones in "
+      "order, none lost or repeated (%llu attempts failed over, %d gets waited, longest %.2f s)\n",
+      plan.size(), o.depth, plan.size(), (unsigned long long)retries, run.waited, run.longest);
 }
 
 // ---- The command line ------------------------------------------------------------
