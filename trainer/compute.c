@@ -18,6 +18,12 @@ static void fp32_linear_bwd(void *impl, float *dx, bool dx_acc, float *dW, float
   k_linear_bwd(dx, dx_acc, dW, db, dy, x, W, ones, N, in, out);
 }
 
+static void fp32_linear_io_fwd(void *impl, float *y, const float *x, const float *W, int N, int in,
+                               int out) {
+  (void)impl;
+  k_linear_io_fwd(y, x, W, N, in, out);
+}
+
 static void fp32_attention_fwd(void *impl, float *ctx, float *probs, const float *qkv,
                                const int32_t *input_mask, int B, int T, int NH, int D,
                                const dropout_desc *drop, float *scratch, int nthreads) {
@@ -36,6 +42,7 @@ const compute_ops compute_fp32_ops = {
     .name = "fp32",
     .linear_fwd = fp32_linear_fwd,
     .linear_bwd = fp32_linear_bwd,
+    .linear_io_fwd = fp32_linear_io_fwd,
     .attention_fwd = fp32_attention_fwd,
     .attention_bwd = fp32_attention_bwd,
 };

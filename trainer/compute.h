@@ -45,6 +45,11 @@ struct compute_ops {
   void (*linear_fwd)(void *impl, float *y, const float *x, const float *W, int N, int in, int out);
   void (*linear_bwd)(void *impl, float *dx, bool dx_acc, float *dW, float *db, const float *dy,
                      const float *x, const float *W, const float *ones, int N, int in, int out);
+  /* y[N,out] = x[N,in] · W[in,out] (k_linear_io_fwd: Conv1D's layout). Its
+   * backward is linear_fwd (dx = dy · W^T, W read as [out', in'] = [in, out])
+   * and linear_bwd with dx NULL (dW += x^T dy, the roles of x and dy swapped). */
+  void (*linear_io_fwd)(void *impl, float *y, const float *x, const float *W, int N, int in,
+                        int out);
   void (*attention_fwd)(void *impl, float *ctx, float *probs, const float *qkv,
                         const int32_t *input_mask, int B, int T, int NH, int D,
                         const dropout_desc *drop, float *scratch, int nthreads);
@@ -74,6 +79,10 @@ static inline void cx_sync(const compute *c, const float *params, size_t n) {
 static inline void cx_linear_fwd(const compute *c, float *y, const float *x, const float *W, int N,
                                  int in, int out) {
   c->ops->linear_fwd(c->impl, y, x, W, N, in, out);
+}
+static inline void cx_linear_io_fwd(const compute *c, float *y, const float *x, const float *W,
+                                    int N, int in, int out) {
+  c->ops->linear_io_fwd(c->impl, y, x, W, N, in, out);
 }
 static inline void cx_linear_bwd(const compute *c, float *dx, bool dx_acc, float *dW, float *db,
                                  const float *dy, const float *x, const float *W, const float *ones,

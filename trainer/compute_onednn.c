@@ -326,6 +326,15 @@ static void onednn_linear_fwd(void *impl, float *y, const float *x, const float 
          false);
 }
 
+static void onednn_linear_io_fwd(void *impl, float *y, const float *x, const float *W, int N,
+                                 int in, int out) {
+  onednn_state *s = impl;
+  const void *xi = input(s, B_A, x, (size_t)N * in), *wi = weight(s, W, (size_t)in * out, B_B);
+  /* y = x · W with W [in, out] read in place. */
+  matmul(s, 1, N, out, in, 1.0f, op_in(s, xi, 0, in, 1), op_in(s, wi, 0, out, 1),
+         op_f(y, 0, out, 1), false);
+}
+
 static void onednn_linear_bwd(void *impl, float *dx, bool dx_acc, float *dW, float *db,
                               const float *dy, const float *x, const float *W, const float *ones,
                               int N, int in, int out) {
@@ -468,7 +477,8 @@ static void onednn_attention_bwd(void *impl, float *dqkv, const float *dctx, con
   {                                                                               \
     .name = label, .open = open_fn, .close = onednn_close, .sync = onednn_sync,   \
     .linear_fwd = onednn_linear_fwd, .linear_bwd = onednn_linear_bwd,             \
-    .attention_fwd = onednn_attention_fwd, .attention_bwd = onednn_attention_bwd, \
+    .linear_io_fwd = onednn_linear_io_fwd, .attention_fwd = onednn_attention_fwd, \
+    .attention_bwd = onednn_attention_bwd,                                        \
   }
 const compute_ops compute_bf16_ops = ONEDNN_OPS("bf16", bf16_open);
 const compute_ops compute_fp32_onednn_ops = ONEDNN_OPS("fp32-onednn", f32_open);

@@ -68,7 +68,16 @@ static status_t demo_run(model *m, demo_batch *d, int B, int T, int P, int steps
   if (!d->ids || !d->mask || !d->seg || !d->pos || !d->mids || !d->nsp || !d->w)
     return status_set(STATUS_NOMEM, "out of memory");
   make_batch(d, B, T, P, ops->vocab_size(m), seed);
-  model_batch b = {B, T, P, d->ids, d->mask, d->seg, d->pos, d->mids, d->w, d->nsp, NULL};
+  model_batch b = {.B = B,
+                   .T = T,
+                   .P = P,
+                   .input_ids = d->ids,
+                   .input_mask = d->mask,
+                   .segment_ids = d->seg,
+                   .masked_lm_positions = d->pos,
+                   .masked_lm_ids = d->mids,
+                   .masked_lm_weights = d->w,
+                   .next_sentence_labels = d->nsp};
   status_t st = ops->check_batch(m, &b);
   if (st) return st;
   ops->init_weights(m, seed);

@@ -118,6 +118,15 @@ void k_linear_bwd(float *dx, bool dx_acc, float *dW, float *db, const float *dy,
                 dx_acc ? 1.0f : 0.0f, dx, in);
 }
 
+void k_linear_io_fwd(float *y, const float *x, const float *W, int N, int in, int out) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, out, in, 1.0f, x, in, W, out, 0.0f, y,
+              out);
+}
+
+void k_bias_grad(float *db, const float *dy, const float *ones, int N, int C) {
+  cblas_sgemv(CblasRowMajor, CblasTrans, N, C, 1.0f, dy, C, ones, 1, 1.0f, db, 1);
+}
+
 void k_add_bias(float *y, const float *b, int N, int C) {
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; n++) {
@@ -325,7 +334,8 @@ static inline void attn_softmax(float *P, const int32_t *mask, int T) {
   for (int i = 0; i < T; i++) {
     float *row = P + (size_t)i * T, mx = -INFINITY, sum = 0.0f;
     for (int j = 0; j < T; j++) {
-      row[j] += mask[j] ? 0.0f : -10000.0f;
+      row[j] += (mask[j] & K_ATTN_KEY) ? 0.0f : -10000.0f;
+      if ((mask[j] & K_ATTN_CAUSAL) && j > i) row[j] = -INFINITY; /* exp gives 0 */
       mx = row[j] > mx ? row[j] : mx;
     }
 #pragma omp simd reduction(+ : sum)

@@ -34,6 +34,12 @@ void k_linear_fwd(float *y, const float *x, const float *W, int N, int in, int o
 void k_linear_bwd(float *dx, bool dx_acc, float *dW, float *db, const float *dy, const float *x,
                   const float *W, const float *ones, int N, int in, int out);
 
+/* y[N,out] = x[N,in] · W[in,out]: W in Hugging Face Conv1D's layout (GPT-2),
+ * the transpose of k_linear_fwd's; no bias. */
+void k_linear_io_fwd(float *y, const float *x, const float *W, int N, int in, int out);
+/* db[C] += Σ_rows dy[N,C] (a bias gradient); `ones` holds >= N ones. */
+void k_bias_grad(float *db, const float *dy, const float *ones, int N, int C);
+
 /* Row-wise y[n] += b (a bias without activation). */
 void k_add_bias(float *y, const float *b, int N, int C);
 /* pre[N,C] += b; out = tanh(pre) (out may be pre). */
@@ -70,9 +76,17 @@ void k_add_ln_bwd(float *dx, float *dresid, float *dbias, float *dgamma, float *
  * multiply by mask / (1 - p)). */
 void k_dropout(float *x, const dropout_desc *drop, int N, int C);
 
+/* Attention masks [B,T] over keys: bit K_ATTN_KEY marks a real key (without
+ * it, padding: the score gets -10000); a key with bit K_ATTN_CAUSAL is seen
+ * only by queries at its position or later (its probability is exactly 0
+ * for earlier queries: causal self-attention, GPT-2). BERT's 0/1 masks have
+ * no causal bit. */
+enum { K_ATTN_KEY = 1, K_ATTN_CAUSAL = 2 };
+
 /* Multi-head self-attention core for one batch, on qkv [B*T, 3H] laid out
  * as [q | k | v] per row:
  *   probs[b,h] = softmax(q k^T / sqrt(D) + (1 - mask) * -10000)  (B,NH,T,T)
+ *   (mask as above: with K_ATTN_CAUSAL, key j > query i gets probability 0)
  *   ctx[b*T+t, h*D..] = dropout(probs) v
  * The dropout mask of probability (i, j) of head h in sequence b is element
  * h*T*T + i*T + j of sample drop->sample_base + b (drop->T is not used).
@@ -85,7 +99,8 @@ void k_attention_bwd(float *dqkv, const float *dctx, const float *probs, const f
 
 /* The per-head steps of attention around its products, for backends that
  * run the products themselves. k_attn_softmax: one head's scores [T,T] in
- * place, + (1 - mask) * -10000 and softmax per row. k_attn_dropout: out =
+ * place, + (1 - mask) * -10000 (and the causal bit, as above) and softmax
+ * per row. k_attn_dropout: out =
  * dropout(P) of head h in sequence b as k_attention_fwd draws it; false
  * (out untouched) without dropout. k_attn_softmax_bwd: dP, the gradient of
  * dropout(P) (Pd, as k_attn_dropout wrote it; any pointer without

@@ -17,9 +17,11 @@ extern const model_ops bert_model_ops;       /* bert_model.c */
 extern const model_ops electra_model_ops;    /* electra_model.c */
 extern const model_ops bert_classify_ops;    /* classify.c */
 extern const model_ops electra_classify_ops; /* classify.c */
+extern const model_ops gpt2_model_ops;       /* gpt2_model.c */
 static const model_ops *const registry[] = {
     &bert_model_ops,
     &electra_model_ops,
+    &gpt2_model_ops,
     &bert_classify_ops,
     &electra_classify_ops,
 };

@@ -88,6 +88,7 @@ enum {
   MODEL_FIELD_SAMPLED = 1 << 1,
   MODEL_FIELD_MLM = 1 << 2,    /* masked_lm_positions, _ids, _weights [B,P] */
   MODEL_FIELD_LABELS = 1 << 3, /* labels [B] (next_sentence_labels' place) */
+  MODEL_FIELD_CLM = 1 << 4,    /* target_ids, target_weights [B,T]; no segment_ids */
 };
 
 typedef struct model model;

@@ -47,6 +47,10 @@ typedef struct {
   const float *masked_lm_weights;                      /* [B,P] */
   const int32_t *next_sentence_labels;                 /* [B], or NULL */
   const int32_t *sampled_ids; /* [B,P] fixed generator samples (ELECTRA), or NULL */
+  /* Causal LM (GPT-2): the next token at each position and its weight (0:
+   * no target) [B,T]; NULL for the other models. */
+  const int32_t *target_ids;
+  const float *target_weights;
 } model_batch;
 #define MODEL_BASE_BATCH(b)                                       \
   ((model_batch){.B = (b)->B,                                     \

@@ -146,11 +146,21 @@ static int parse_args(int argc, char **argv, step_args *a) {
 static const char *const batch_fields[] = {
     "input_ids",     "input_mask",        "segment_ids",          "masked_lm_positions",
     "masked_lm_ids", "masked_lm_weights", "next_sentence_labels", "sampled_ids",
-    "labels"};
-enum { N_BATCH_FIELDS = 9, FIELD_MLM = 3, FIELD_NSP = 6, FIELD_SAMPLED = 7, FIELD_LABELS = 8 };
+    "labels",        "target_ids",        "target_weights"};
+enum {
+  N_BATCH_FIELDS = 11,
+  FIELD_SEG = 2,
+  FIELD_MLM = 3,
+  FIELD_NSP = 6,
+  FIELD_SAMPLED = 7,
+  FIELD_LABELS = 8,
+  FIELD_CLM = 9
+};
 
 /* Whether field k may be in a batch of a model allowing `allowed`. */
 static bool field_allowed(int k, unsigned allowed) {
+  if (k == FIELD_SEG) return !(allowed & MODEL_FIELD_CLM);
+  if (k >= FIELD_CLM && k < FIELD_CLM + 2) return allowed & MODEL_FIELD_CLM;
   if (k >= FIELD_MLM && k < FIELD_MLM + 3) return allowed & MODEL_FIELD_MLM;
   if (k == FIELD_NSP) return allowed & MODEL_FIELD_NSP;
   if (k == FIELD_SAMPLED) return allowed & MODEL_FIELD_SAMPLED;
@@ -179,7 +189,8 @@ static status_t batch_shape(const st_file *f, const char *path, int64_t *B, int6
 }
 
 /* Points b at the tensors of f after checking names, dtypes and shapes:
- * input_ids, input_mask and segment_ids; the masked-LM fields,
+ * input_ids, input_mask and segment_ids (target_ids and target_weights
+ * instead for a causal LM); the masked-LM fields,
  * next_sentence_labels [B,1] and labels [B] where the model requires them;
  * sampled_ids where it allows it and f has it; any other tensor is an
  * error. */
@@ -191,8 +202,14 @@ static status_t load_batch(const st_file *f, const char *path, unsigned required
   int64_t bt[2] = {B, T}, bp[2] = {B, P}, b1[2] = {B, 1}, bl[1] = {B};
   const st_tensor *t[N_BATCH_FIELDS] = {0};
   if ((st = st_expect(f, path, "input_ids", DTYPE_I32, 2, bt, &t[0])) ||
-      (st = st_expect(f, path, "input_mask", DTYPE_I32, 2, bt, &t[1])) ||
-      (st = st_expect(f, path, "segment_ids", DTYPE_I32, 2, bt, &t[2])))
+      (st = st_expect(f, path, "input_mask", DTYPE_I32, 2, bt, &t[1])))
+    return st;
+  if (!(required & MODEL_FIELD_CLM) &&
+      (st = st_expect(f, path, "segment_ids", DTYPE_I32, 2, bt, &t[FIELD_SEG])))
+    return st;
+  if ((required & MODEL_FIELD_CLM) &&
+      ((st = st_expect(f, path, "target_ids", DTYPE_I32, 2, bt, &t[FIELD_CLM])) ||
+       (st = st_expect(f, path, "target_weights", DTYPE_F32, 2, bt, &t[FIELD_CLM + 1]))))
     return st;
   if ((required & MODEL_FIELD_MLM) &&
       ((st = st_expect(f, path, "masked_lm_positions", DTYPE_I32, 2, bp, &t[3])) ||
@@ -221,12 +238,14 @@ static status_t load_batch(const st_file *f, const char *path, unsigned required
                      .P = (int)P,
                      .input_ids = t[0]->data,
                      .input_mask = t[1]->data,
-                     .segment_ids = t[2]->data,
+                     .segment_ids = t[FIELD_SEG] ? t[FIELD_SEG]->data : NULL,
                      .masked_lm_positions = t[3] ? t[3]->data : NULL,
                      .masked_lm_ids = t[4] ? t[4]->data : NULL,
                      .masked_lm_weights = t[5] ? t[5]->data : NULL,
                      .next_sentence_labels = labels ? labels->data : NULL,
-                     .sampled_ids = t[FIELD_SAMPLED] ? t[FIELD_SAMPLED]->data : NULL};
+                     .sampled_ids = t[FIELD_SAMPLED] ? t[FIELD_SAMPLED]->data : NULL,
+                     .target_ids = t[FIELD_CLM] ? t[FIELD_CLM]->data : NULL,
+                     .target_weights = t[FIELD_CLM + 1] ? t[FIELD_CLM + 1]->data : NULL};
   return STATUS_OK;
 }
 
