@@ -7,7 +7,7 @@ mlmpi_deps=(
   python3 python3-numpy python3-torch python3-protobuf
   libpcre2-dev libutf8proc-dev libnng-dev iproute2 gnuplot-nox slurm-wlm munge
   sentencepiece bible-kjv wordnet-base
-  clang libclang-rt-14-dev libomp-dev
+  clang libclang-rt-14-dev libomp-dev python3-sentencepiece
 )
 
 mlmpi_install_deps() {
