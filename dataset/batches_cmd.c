@@ -13,11 +13,13 @@ static const char batches_usage[] =
     "                          --step S [--seed N] [--count N] [--split train|holdout]\n"
     "                          [--max-predictions P] [--mask-prob X] [--masking bert|electra]\n"
     "                          [--whole-word] [--instances packed|nsp] [--short-seq-prob X]\n"
+    "                          [--objective mlm|clm]\n"
     "                          [--service HOST:PORT[,HOST:PORT...] [--token-file F]]\n"
     "  Prints the batches rank R of W receives at steps S..S+N-1 (its contiguous slice of\n"
     "  each global batch of B sequences), one JSON object per line with the batch fields\n"
     "  (input_ids, input_mask, segment_ids, masked_lm_positions, masked_lm_ids,\n"
-    "  masked_lm_weights, next_sentence_labels), each an array of rows.\n"
+    "  masked_lm_weights, next_sentence_labels), each an array of rows; with --objective clm\n"
+    "  (causal-LM windows of the packed token stream) also target_ids and target_weights.\n"
     "  With --service the batches are fetched from running `mlmpi-data serve` replicas\n"
     "  (--data is then not needed; --token-file holds their shared secret, if any).\n";
 
@@ -53,6 +55,7 @@ int data_batches_main(int argc, char **argv) {
                                        {"help", no_argument, 0, 'h'},
                                        {"service", required_argument, 0, 'V'},
                                        {"token-file", required_argument, 0, 'K'},
+                                       {"objective", required_argument, 0, 'j'},
                                        {0, 0, 0, 0}};
   data_config cfg = data_config_default();
   const char *dir = NULL, *split = "train", *service = NULL, *token_file = NULL;
@@ -73,6 +76,7 @@ int data_batches_main(int argc, char **argv) {
       case 'S': S = strtoll(optarg, &e, 10); break;
       case 'n': count = strtoll(optarg, &e, 10); break;
       case 'h': fputs(batches_usage, stdout); return 0;
+      case 'j': key = "objective"; break;
       default:
         if ((key = data_option_key(c, &value))) break;
         fprintf(stderr, "mlmpi-data batches: unknown or incomplete option '%s' (see --help)\n",
@@ -138,6 +142,10 @@ int data_batches_main(int argc, char **argv) {
     print_rows_i("masked_lm_ids", b.masked_lm_ids, n, b.P);
     print_rows_f("masked_lm_weights", b.masked_lm_weights, n, b.P);
     print_rows_i("next_sentence_labels", b.next_sentence_labels, n, 1);
+    if (cfg.objective == OBJECTIVE_CLM) {
+      print_rows_i("target_ids", b.target_ids, n, b.T);
+      print_rows_f("target_weights", b.target_weights, n, b.T);
+    }
     puts("}");
   }
   if (st) fprintf(stderr, "mlmpi-data batches: %s\n", status_message());

@@ -5,13 +5,16 @@
  * by the seed so that any process computes the same bytes. */
 #include "dataset.h"
 
+#include <cjson/cJSON.h>
 #include <glob.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "shard.h"
+#include "tokenizer.h"
 
 /* Philox streams of the data path (see core.h rng_key). */
 enum { STREAM_PERM = 1, STREAM_NSP = 2, STREAM_TRUNC = 3, STREAM_MASK = 4 };
@@ -36,6 +39,10 @@ struct dataset {
   uint64_t n_inst;
   inst_start *starts; /* packed: n_inst + 1 (the last is the end) */
   inst_pair *pairs;   /* nsp: n_inst */
+  /* clm: where each document starts in the token stream (n_docs + 1; the
+   * last is the stream's length L) and the end-of-text id after each. */
+  uint64_t *stream_base;
+  int32_t eot_id;
   uint64_t fingerprint;
 };
 
@@ -104,6 +111,15 @@ status_t data_set_key(data_config *c, const char *key, const char *v) {
       return status_set(STATUS_CONFIG, "data.instances: '%s' is not packed or nsp", v);
     return STATUS_OK;
   }
+  if (!strcmp(key, "objective")) {
+    if (!strcmp(v, "mlm"))
+      c->objective = OBJECTIVE_MLM;
+    else if (!strcmp(v, "clm"))
+      c->objective = OBJECTIVE_CLM;
+    else
+      return status_set(STATUS_CONFIG, "data.objective: '%s' is not mlm or clm", v);
+    return STATUS_OK;
+  }
   if (!strcmp(key, "whole_word")) {
     if (!core_parse_bool(v, &c->whole_word))
       return status_set(STATUS_CONFIG, "data.whole_word: '%s' is not true or false", v);
@@ -127,8 +143,11 @@ status_t data_batch_alloc(data_batch *b, int n, int T, int P) {
   b->masked_lm_ids = calloc_field(np);
   b->masked_lm_weights = calloc_field(np);
   b->next_sentence_labels = calloc_field((size_t)n);
+  b->target_ids = calloc_field(nt);
+  b->target_weights = calloc_field(nt);
   if (!b->input_ids || !b->input_mask || !b->segment_ids || !b->masked_lm_positions ||
-      !b->masked_lm_ids || !b->masked_lm_weights || !b->next_sentence_labels) {
+      !b->masked_lm_ids || !b->masked_lm_weights || !b->next_sentence_labels || !b->target_ids ||
+      !b->target_weights) {
     data_batch_free(b);
     return status_set(STATUS_NOMEM, "out of memory allocating a batch");
   }
@@ -146,6 +165,8 @@ void data_batch_free(data_batch *b) {
   free(b->masked_lm_ids);
   free(b->masked_lm_weights);
   free(b->next_sentence_labels);
+  free(b->target_ids);
+  free(b->target_weights);
   memset(b, 0, sizeof *b);
 }
 
@@ -385,9 +406,75 @@ static status_t cut_pairs(dataset *d, uint64_t n_docs) {
   return STATUS_OK;
 }
 
+/* Causal LM: the stream is every non-empty document followed by the
+ * end-of-text id, in document order; instance k is the window of T + 1
+ * tokens from k * T (windows overlap by one token, so every stream token
+ * after the first is a target exactly once). */
+static status_t cut_clm(dataset *d, uint64_t n_docs) {
+  d->stream_base = malloc((n_docs + 1) * sizeof *d->stream_base);
+  if (!d->stream_base) return status_set(STATUS_NOMEM, "out of memory cutting instances");
+  uint64_t L = 0;
+  for (uint64_t g = 0; g < n_docs; g++) {
+    shard_doc doc;
+    status_t st = read_doc(d, g, &doc);
+    if (st) return st;
+    d->stream_base[g] = L;
+    L += doc.n_ids ? doc.n_ids + 1 : 0;
+    shard_doc_free(&doc);
+  }
+  d->stream_base[n_docs] = L;
+  const uint64_t T = (uint64_t)d->cfg.seq_len;
+  d->n_inst = L >= 2 ? (L - 1 + T - 1) / T : 0;
+  return STATUS_OK;
+}
+
+/* The end-of-text id of the shards' tokenizer: GPT-2 BPE's <|endoftext|>
+ * and SentencePiece's </s>, looked up in the tokenizer `mlmpi-data shard`
+ * recorded beside the shards (mlmpi-tokenizer.json, used only when its
+ * fingerprint is the shards'); WordPiece, which has none, uses [SEP]. */
+static status_t find_eot(dataset *d, const char *dir) {
+  const char *piece = !strcmp(d->meta.tokenizer_kind, "gpt2")            ? "<|endoftext|>"
+                      : !strcmp(d->meta.tokenizer_kind, "sentencepiece") ? "</s>"
+                                                                         : NULL;
+  if (!piece) {
+    d->eot_id = d->meta.sep_id;
+    if (d->eot_id < 0)
+      return status_set(STATUS_FORMAT,
+                        "%s: data.objective clm needs a [SEP] token (the end of text) in the "
+                        "shards' tokenizer",
+                        dir);
+    return STATUS_OK;
+  }
+  char path[4096], *text = NULL;
+  size_t len = 0;
+  snprintf(path, sizeof path, "%s/mlmpi-tokenizer.json", dir);
+  d->eot_id = -1;
+  if (access(path, F_OK) == 0 && core_read_file("", path, 1 << 20, &text, &len) == STATUS_OK) {
+    cJSON *j = cJSON_ParseWithLength(text, len);
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "path");
+    tokenizer *t = NULL;
+    if (cJSON_IsString(p) && tok_load(p->valuestring, &t) == STATUS_OK) {
+      if (tok_fingerprint(t) != d->meta.tokenizer_fingerprint) tok_add_specials(t);
+      if (tok_fingerprint(t) == d->meta.tokenizer_fingerprint) d->eot_id = tok_piece_id(t, piece);
+    }
+    tok_free(t);
+    cJSON_Delete(j);
+    free(text);
+  }
+  if (d->eot_id < 0)
+    return status_set(STATUS_FORMAT,
+                      "%s: data.objective clm needs the shards' tokenizer, recorded in %s (with "
+                      "their fingerprint), for its end-of-text piece %s",
+                      dir, path, piece);
+  return STATUS_OK;
+}
+
 status_t dataset_open(dataset **out, const char *dir, const char *split, const data_config *cfg) {
   *out = NULL;
-  if (cfg->seq_len < 8 || cfg->max_predictions < 1 || cfg->max_predictions > cfg->seq_len)
+  /* Causal-LM batches have no masked slots: max_predictions only sizes
+   * their (zero) masked_lm_* rows. */
+  if (cfg->seq_len < 8 || cfg->max_predictions < 1 ||
+      (cfg->max_predictions > cfg->seq_len && cfg->objective != OBJECTIVE_CLM))
     return status_set(STATUS_CONFIG,
                       "data: seq_len must be >= 8 and max_predictions in [1, seq_len]");
   char pattern[4096];
@@ -428,14 +515,25 @@ status_t dataset_open(dataset **out, const char *dir, const char *split, const d
     h = core_fnv1a(h, &r->n_docs, 8);
     h = core_fnv1a(h, &r->n_tokens, 8);
   }
-  if (d->meta.cls_id < 0 || d->meta.sep_id < 0 || d->meta.mask_id < 0 || d->meta.pad_id < 0) {
+  if (cfg->objective == OBJECTIVE_CLM) {
+    if (cfg->instances != INST_PACKED) {
+      st = status_set(STATUS_CONFIG,
+                      "data.objective clm cuts its own windows: data.instances "
+                      "must be packed");
+      goto fail;
+    }
+    if ((st = find_eot(d, dir))) goto fail;
+  } else if (d->meta.cls_id < 0 || d->meta.sep_id < 0 || d->meta.mask_id < 0 ||
+             d->meta.pad_id < 0) {
     st = status_set(STATUS_FORMAT,
                     "%s: the shards' tokenizer lacks one of the [CLS] [SEP] [MASK] [PAD] tokens",
                     gl.gl_pathv[0]);
     goto fail;
   }
   uint64_t n_docs = d->doc_base[d->n_shards];
-  st = cfg->instances == INST_PACKED ? cut_packed(d, n_docs) : cut_pairs(d, n_docs);
+  st = cfg->objective == OBJECTIVE_CLM ? cut_clm(d, n_docs)
+       : cfg->instances == INST_PACKED ? cut_packed(d, n_docs)
+                                       : cut_pairs(d, n_docs);
   if (st) goto fail;
   if (d->n_inst == 0) {
     st = status_set(STATUS_FORMAT, "%s: the %s shards hold no usable text", dir, split);
@@ -448,6 +546,11 @@ status_t dataset_open(dataset **out, const char *dir, const char *split, const d
   h = core_fnv1a(h, cfgv, sizeof cfgv);
   h = core_fnv1a(h, cfgf, sizeof cfgf);
   h = core_fnv1a(h, &cfg->seed, 8);
+  /* Masked-LM fingerprints stay what they were before the objective existed. */
+  if (cfg->objective == OBJECTIVE_CLM) {
+    h = core_fnv1a(h, "objective=clm", 13);
+    h = core_fnv1a(h, &d->eot_id, 4);
+  }
   d->fingerprint = h;
   globfree(&gl);
   *out = d;
@@ -465,6 +568,7 @@ void dataset_free(dataset *d) {
   free(d->doc_base);
   free(d->starts);
   free(d->pairs);
+  free(d->stream_base);
   free(d);
 }
 
@@ -472,6 +576,9 @@ uint64_t dataset_instances(const dataset *d) { return d->n_inst; }
 uint64_t dataset_documents(const dataset *d) { return d->doc_base[d->n_shards]; }
 const shard_meta *dataset_meta(const dataset *d) { return &d->meta; }
 uint64_t dataset_fingerprint(const dataset *d) { return d->fingerprint; }
+int32_t dataset_eot_id(const dataset *d) {
+  return d->cfg.objective == OBJECTIVE_CLM ? d->eot_id : -1;
+}
 
 /* ---- Building one sequence --------------------------------------------------- */
 /* A row under construction: ids and word-start marks. */
@@ -602,6 +709,38 @@ out:
   return st;
 }
 
+/* Causal LM: the window of instance inst into w (up to T + 1 tokens);
+ * returns how many it holds (2 or more). */
+static status_t fill_clm(const dataset *d, uint64_t inst, int32_t *w, int *m) {
+  const uint64_t T = (uint64_t)d->cfg.seq_len, n_docs = dataset_documents(d);
+  const uint64_t L = d->stream_base[n_docs], p0 = inst * T;
+  const uint64_t p1 = p0 + T + 1 < L ? p0 + T + 1 : L;
+  /* The document holding p0: the last g with stream_base[g] <= p0. */
+  uint64_t lo = 0, hi = n_docs - 1;
+  while (lo < hi) {
+    uint64_t mid = lo + (hi - lo + 1) / 2;
+    if (d->stream_base[mid] <= p0)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  int n = 0;
+  for (uint64_t g = lo, p = p0; p < p1 && g < n_docs; g++) {
+    uint64_t base = d->stream_base[g], end = d->stream_base[g + 1];
+    if (end <= p) continue;
+    shard_doc doc;
+    status_t st = read_doc(d, g, &doc);
+    if (st) return st;
+    for (; p < p1 && p < end; p++) {
+      uint64_t t = p - base;
+      w[n++] = t < doc.n_ids ? doc.ids[t] : d->eot_id;
+    }
+    shard_doc_free(&doc);
+  }
+  *m = n;
+  return STATUS_OK;
+}
+
 /* Dynamic masking of one row, as create_pretraining_data's
  * create_masked_lm_predictions (whole-word groups optional). */
 static void mask_row(const dataset *d, uint64_t step, uint64_t j, row *r, int32_t *pos,
@@ -696,6 +835,24 @@ status_t dataset_get_batch(const dataset *d, uint64_t global_batch, uint64_t ste
     uint64_t epoch = g / d->n_inst;
     uint64_t inst =
         data_permute(g % d->n_inst, d->n_inst, d->cfg.seed ^ (epoch * 0x9e3779b97f4a7c15ull));
+    if (d->cfg.objective == OBJECTIVE_CLM) {
+      int m = 0;
+      if ((st = fill_clm(d, inst, tmp, &m))) break;
+      size_t o = (size_t)k * T;
+      for (int i = 0; i < T; i++) {
+        bool real = i < m - 1;
+        out->input_ids[o + i] = real ? tmp[i] : d->eot_id;
+        out->target_ids[o + i] = real ? tmp[i + 1] : d->eot_id;
+        out->target_weights[o + i] = real ? 1.0f : 0.0f;
+        out->input_mask[o + i] = real;
+        out->segment_ids[o + i] = 0;
+      }
+      out->next_sentence_labels[k] = 0;
+      memset(out->masked_lm_positions + (size_t)k * P, 0, (size_t)P * 4);
+      memset(out->masked_lm_ids + (size_t)k * P, 0, (size_t)P * 4);
+      memset(out->masked_lm_weights + (size_t)k * P, 0, (size_t)P * 4);
+      continue;
+    }
     row r = {out->input_ids + (size_t)k * T, out->segment_ids + (size_t)k * T, word, 0, T};
     int32_t label = 0;
     st =
@@ -705,6 +862,8 @@ status_t dataset_get_batch(const dataset *d, uint64_t global_batch, uint64_t ste
     for (int i = 0; i < T; i++) mask[i] = i < r.n;
     for (int i = r.n; i < T; i++) r.ids[i] = d->meta.pad_id, r.seg[i] = 0;
     out->next_sentence_labels[k] = label;
+    memset(out->target_ids + (size_t)k * T, 0, (size_t)T * 4);
+    memset(out->target_weights + (size_t)k * T, 0, (size_t)T * 4);
     mask_row(d, step, j, &r, out->masked_lm_positions + (size_t)k * P,
              out->masked_lm_ids + (size_t)k * P, out->masked_lm_weights + (size_t)k * P, tmp);
   }

@@ -25,6 +25,13 @@ typedef enum {
   MASK_ELECTRA, /* 85% [MASK], 15% kept */
 } mask_style;
 
+/* What a batch trains: masked-LM (BERT/ELECTRA instances, masked slots) or
+ * causal LM (windows of the packed token stream, next-token targets). */
+typedef enum {
+  OBJECTIVE_MLM,
+  OBJECTIVE_CLM,
+} data_objective;
+
 typedef struct {
   int seq_len;
   int max_predictions; /* masked slots per sequence */
@@ -34,6 +41,7 @@ typedef struct {
   inst_mode instances;
   float short_seq_prob; /* NSP mode: chance of a shorter target length */
   uint64_t seed;
+  data_objective objective;
 } data_config;
 
 /* What a shard's header records about the data. */
@@ -50,7 +58,8 @@ typedef struct {
 data_config data_config_default(void);
 /* Sets one `data.*` key (without the prefix): seq_len, max_predictions,
  * mask_prob, masking (bert|electra), whole_word, instances (packed|nsp),
- * short_seq_prob, seed. STATUS_CONFIG names the key otherwise. */
+ * short_seq_prob, seed, objective (mlm|clm). STATUS_CONFIG names the key
+ * otherwise. */
 status_t data_set_key(data_config *c, const char *key, const char *value);
 /* The data options the mlmpi-data commands share, as getopt_long entries
  * (with <getopt.h>): --seq-len, --seed, --max-predictions, --mask-prob,
@@ -70,13 +79,18 @@ status_t data_set_key(data_config *c, const char *key, const char *value);
  * set to "true" for --whole-word (which takes none); NULL for others. */
 const char *data_option_key(int option, const char **value);
 
-/* A batch of n sequences, every field [n, T] or [n, P] row-major, owned. */
+/* A batch of n sequences, every field [n, T] or [n, P] row-major, owned.
+ * target_ids / target_weights are always allocated and are zero except in
+ * causal-LM batches (data.objective clm), where the masked_lm_* rows are zero
+ * instead. */
 typedef struct {
   int n, T, P;
   int32_t *input_ids, *input_mask, *segment_ids;
   int32_t *masked_lm_positions, *masked_lm_ids;
   float *masked_lm_weights;
   int32_t *next_sentence_labels; /* [n]; 0 in packed mode */
+  int32_t *target_ids;           /* [n, T]: the next token of each input position */
+  float *target_weights;         /* [n, T]: 1 where there is a target, else 0 */
 } data_batch;
 status_t data_batch_alloc(data_batch *b, int n, int T, int P);
 void data_batch_free(data_batch *b);
@@ -213,6 +227,10 @@ const shard_meta *dataset_meta(const dataset *d);
  * shapes a batch: equal fingerprints mean equal batches. */
 uint64_t dataset_fingerprint(const dataset *d);
 
+/* The id that separates documents in causal-LM batches (the tokenizer's
+ * end of text); -1 in masked-LM data sets. */
+int32_t dataset_eot_id(const dataset *d);
+
 /* Fills out->n = count sequences: instances first .. first+count-1 of the
  * global batch of size global_batch at step `step`. Instance g = step *
  * global_batch + j of the endless stream is instance perm_e(g mod N) of
@@ -225,6 +243,20 @@ status_t dataset_get_batch(const dataset *d, uint64_t global_batch, uint64_t ste
 /* The pseudo-random permutation of [0, n) for a key (a Feistel network on
  * the next power of two, cycle-walked into range): bijective, O(1) memory. */
 uint64_t data_permute(uint64_t i, uint64_t n, uint64_t key);
+
+/* ---- Text through a tokenizer (for mlmpi-train generate) ------------------------ */
+typedef struct text_codec text_codec;
+/* A tokenizer by path as `mlmpi-data shard` takes it (a SentencePiece
+ * .model, a directory with vocab.json + merges.txt, a vocab.txt), without
+ * added specials. */
+status_t text_codec_open(const char *path, text_codec **out);
+void text_codec_free(text_codec *c); /* NULL-safe */
+int32_t text_codec_vocab_size(const text_codec *c);
+uint64_t text_codec_fingerprint(const text_codec *c);
+/* The ids of text (*ids malloc'd: the caller frees it; *n may be 0). */
+status_t text_codec_encode(const text_codec *c, const char *text, int32_t **ids, size_t *n);
+/* The text of ids, NUL-terminated (*text malloc'd: the caller frees it). */
+status_t text_codec_decode(const text_codec *c, const int32_t *ids, size_t n, char **text);
 
 #ifdef __cplusplus
 }

@@ -248,8 +248,18 @@ static void copy_le32(void *dst, const ProtobufCBinaryData *f) {
 svc_reply_verdict svc_reply_parse(const void *body, size_t len, const svc_key *key, int T, int P,
                                   uint64_t expect_fp, data_batch *out, uint64_t *fingerprint,
                                   char *why, size_t cap) {
+  return svc_reply_parse_objective(body, len, key, T, P, OBJECTIVE_MLM, expect_fp, out, fingerprint,
+                                   why, cap);
+}
+
+svc_reply_verdict svc_reply_parse_objective(const void *body, size_t len, const svc_key *key, int T,
+                                            int P, data_objective objective, uint64_t expect_fp,
+                                            data_batch *out, uint64_t *fingerprint, char *why,
+                                            size_t cap) {
   svc_reply *p = mlmpi__service__batch_reply__unpack(NULL, len, body);
   const int n = key->count;
+  /* Causal-LM replies carry the targets; masked-LM replies carry none. */
+  const size_t nt_targets = objective == OBJECTIVE_CLM ? (size_t)n * T : 0;
   svc_reply_verdict v = SVC_REPLY_RETRY;
   if (!p) {
     snprintf(why, cap, "malformed reply");
@@ -277,7 +287,8 @@ svc_reply_verdict svc_reply_parse(const void *body, size_t len, const svc_key *k
              !bytes_ok(&p->masked_lm_positions, (size_t)n * P) ||
              !bytes_ok(&p->masked_lm_ids, (size_t)n * P) ||
              !bytes_ok(&p->masked_lm_weights, (size_t)n * P) ||
-             !bytes_ok(&p->next_sentence_labels, (size_t)n)) {
+             !bytes_ok(&p->next_sentence_labels, (size_t)n) ||
+             !bytes_ok(&p->target_ids, nt_targets) || !bytes_ok(&p->target_weights, nt_targets)) {
     snprintf(why, cap, "a reply that does not match its request");
   } else if (svc_batch_fit(out, n, T, P) != STATUS_OK) {
     snprintf(why, cap, "out of memory for a batch");
@@ -289,6 +300,13 @@ svc_reply_verdict svc_reply_parse(const void *body, size_t len, const svc_key *k
     copy_le32(out->masked_lm_ids, &p->masked_lm_ids);
     copy_le32(out->masked_lm_weights, &p->masked_lm_weights);
     copy_le32(out->next_sentence_labels, &p->next_sentence_labels);
+    if (nt_targets) {
+      copy_le32(out->target_ids, &p->target_ids);
+      copy_le32(out->target_weights, &p->target_weights);
+    } else {
+      memset(out->target_ids, 0, (size_t)n * T * 4);
+      memset(out->target_weights, 0, (size_t)n * T * 4);
+    }
     *fingerprint = p->fingerprint;
     v = SVC_REPLY_OK;
   }
@@ -321,9 +339,9 @@ static void attempt_finish_locked(svc_client *c, slot *s) {
   }
   char why[768];
   uint64_t fp = 0;
-  svc_reply_verdict v =
-      svc_reply_parse(nng_msg_body(m), nng_msg_len(m), &s->key, c->o.config.seq_len,
-                      c->o.config.max_predictions, c->fingerprint, &s->batch, &fp, why, sizeof why);
+  svc_reply_verdict v = svc_reply_parse_objective(
+      nng_msg_body(m), nng_msg_len(m), &s->key, c->o.config.seq_len, c->o.config.max_predictions,
+      c->o.config.objective, c->fingerprint, &s->batch, &fp, why, sizeof why);
   nng_msg_free(m);
   if (v == SVC_REPLY_RETRY) {
     attempt_retry(c, s, why);
@@ -634,6 +652,8 @@ status_t svc_client_get(svc_client *c, uint64_t step, uint64_t first, int count,
     memcpy(out->masked_lm_ids, s->batch.masked_lm_ids, np);
     memcpy(out->masked_lm_weights, s->batch.masked_lm_weights, np);
     memcpy(out->next_sentence_labels, s->batch.next_sentence_labels, (size_t)count * 4);
+    memcpy(out->target_ids, s->batch.target_ids, nt);
+    memcpy(out->target_weights, s->batch.target_weights, nt);
     s->state = SLOT_FREE;
   } else if (s->state == SLOT_FAILED) {
     st = status_set(STATUS_COMM, "%s", s->err);

@@ -221,6 +221,10 @@ static int serve_request(svc_server *s, const svc_request *q, data_batch *scratc
   set_bytes(&r->masked_lm_ids, scratch->masked_lm_ids, np);
   set_bytes(&r->masked_lm_weights, scratch->masked_lm_weights, np);
   set_bytes(&r->next_sentence_labels, scratch->next_sentence_labels, (size_t)n);
+  if (c.objective == OBJECTIVE_CLM) {
+    set_bytes(&r->target_ids, scratch->target_ids, nt);
+    set_bytes(&r->target_weights, scratch->target_weights, nt);
+  }
   return SVC_ERR_NONE;
 }
 

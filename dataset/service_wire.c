@@ -89,6 +89,8 @@ void svc_config_to_msg(const data_config *c, const char *split, svc_config_msg *
                                           : MLMPI__SERVICE__INSTANCES__INSTANCES_PACKED;
   m->short_seq_prob = c->short_seq_prob;
   m->seed = c->seed;
+  m->objective = c->objective == OBJECTIVE_CLM ? MLMPI__SERVICE__OBJECTIVE__OBJECTIVE_CLM
+                                               : MLMPI__SERVICE__OBJECTIVE__OBJECTIVE_MLM;
 }
 
 status_t svc_config_from_msg(const svc_config_msg *m, data_config *c, char split[16]) {
@@ -96,15 +98,16 @@ status_t svc_config_from_msg(const svc_config_msg *m, data_config *c, char split
   if (!m->split || !svc_split_name_ok(m->split))
     return status_set(STATUS_ARG, "split must be 1 to 15 characters of [a-z0-9_]");
   if (m->seq_len < 8 || m->seq_len > 65536 || m->max_predictions < 1 ||
-      m->max_predictions > m->seq_len)
+      m->max_predictions > 65536 ||
+      (m->max_predictions > m->seq_len && m->objective != MLMPI__SERVICE__OBJECTIVE__OBJECTIVE_CLM))
     return status_set(STATUS_ARG, "seq_len %u / max_predictions %u out of range", m->seq_len,
                       m->max_predictions);
   if (!(m->mask_prob >= 0 && m->mask_prob <= 1) ||
       !(m->short_seq_prob >= 0 && m->short_seq_prob <= 1))
     return status_set(STATUS_ARG, "mask_prob and short_seq_prob must be probabilities");
-  if ((unsigned)m->masking > 1 || (unsigned)m->instances > 1)
-    return status_set(STATUS_ARG, "unknown masking %d or instances %d", (int)m->masking,
-                      (int)m->instances);
+  if ((unsigned)m->masking > 1 || (unsigned)m->instances > 1 || (unsigned)m->objective > 1)
+    return status_set(STATUS_ARG, "unknown masking %d, instances %d or objective %d",
+                      (int)m->masking, (int)m->instances, (int)m->objective);
   *c = data_config_default();
   c->seq_len = (int)m->seq_len;
   c->max_predictions = (int)m->max_predictions;
@@ -114,6 +117,8 @@ status_t svc_config_from_msg(const svc_config_msg *m, data_config *c, char split
   c->instances = m->instances == MLMPI__SERVICE__INSTANCES__INSTANCES_NSP ? INST_NSP : INST_PACKED;
   c->short_seq_prob = m->short_seq_prob;
   c->seed = m->seed;
+  c->objective =
+      m->objective == MLMPI__SERVICE__OBJECTIVE__OBJECTIVE_CLM ? OBJECTIVE_CLM : OBJECTIVE_MLM;
   snprintf(split, 16, "%s", m->split);
   return STATUS_OK;
 }
@@ -122,7 +127,8 @@ bool svc_config_equal(const data_config *a, const data_config *b) {
   return a->seq_len == b->seq_len && a->max_predictions == b->max_predictions &&
          a->mask_prob == b->mask_prob && a->masking == b->masking &&
          a->whole_word == b->whole_word && a->instances == b->instances &&
-         a->short_seq_prob == b->short_seq_prob && a->seed == b->seed;
+         a->short_seq_prob == b->short_seq_prob && a->seed == b->seed &&
+         a->objective == b->objective;
 }
 
 status_t svc_batch_fit(data_batch *b, int n, int T, int P) {

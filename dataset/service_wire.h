@@ -75,5 +75,13 @@ typedef enum {
 svc_reply_verdict svc_reply_parse(const void *body, size_t len, const svc_key *key, int T, int P,
                                   uint64_t expect_fp, data_batch *out, uint64_t *fingerprint,
                                   char *why, size_t cap);
+/* svc_reply_parse for a batch of either objective (svc_reply_parse takes
+ * masked-LM replies): a causal-LM reply must carry target_ids and
+ * target_weights of count x T words, a masked-LM reply neither (its out
+ * targets are zeroed). */
+svc_reply_verdict svc_reply_parse_objective(const void *body, size_t len, const svc_key *key, int T,
+                                            int P, data_objective objective, uint64_t expect_fp,
+                                            data_batch *out, uint64_t *fingerprint, char *why,
+                                            size_t cap);
 
 #endif

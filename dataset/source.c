@@ -167,6 +167,11 @@ status_t batch_source_open(batch_source **out, const batch_source_options *o) {
   bool path = o->path && o->path[0], service = o->service && o->service[0];
   if (!o->task && !path && !service)
     return status_set(STATUS_CONFIG, "data.path or data.service is not set");
+  if (o->config.objective == OBJECTIVE_CLM && (o->task || (path && !is_dir(o->path))))
+    return status_set(STATUS_CONFIG,
+                      "data.objective clm needs shards (data.path a directory) or the service, "
+                      "not %s",
+                      o->task ? "a labelled task" : "TFRecord files");
   batch_source *s = calloc(1, sizeof *s);
   if (!s) return status_set(STATUS_NOMEM, "out of memory opening the data");
   s->global_batch = o->global_batch;

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "dataset.h"
+
 struct tokenizer {
   tok_kind kind;
   void *impl;
@@ -292,4 +294,55 @@ status_t tok_decode(const tokenizer *t, const int32_t *ids, size_t n, tok_str *o
       return status_set(STATUS_ARG, "id %d is outside the vocabulary (size %d)", ids[i], v);
   if (!t->n_added) return t->ops->decode(t->impl, ids, n, out);
   return decode_with_added(t, ids, n, out);
+}
+
+/* ---- text_codec: the public wrapper (dataset.h) ------------------------------------ */
+struct text_codec {
+  tokenizer *t;
+};
+
+status_t text_codec_open(const char *path, text_codec **out) {
+  *out = NULL;
+  text_codec *c = calloc(1, sizeof *c);
+  if (!c) return status_set(STATUS_NOMEM, "out of memory loading tokenizer %s", path);
+  status_t st = tok_load(path, &c->t);
+  if (st) {
+    free(c);
+    return st;
+  }
+  *out = c;
+  return STATUS_OK;
+}
+
+void text_codec_free(text_codec *c) {
+  if (!c) return;
+  tok_free(c->t);
+  free(c);
+}
+
+int32_t text_codec_vocab_size(const text_codec *c) { return tok_vocab_size(c->t); }
+uint64_t text_codec_fingerprint(const text_codec *c) { return tok_fingerprint(c->t); }
+
+status_t text_codec_encode(const text_codec *c, const char *text, int32_t **ids, size_t *n) {
+  tok_ids a = {0};
+  status_t st = tok_encode(c->t, text, strlen(text), &a);
+  if (st) {
+    tok_ids_free(&a);
+    return st;
+  }
+  *ids = a.v;
+  *n = a.n;
+  return STATUS_OK;
+}
+
+status_t text_codec_decode(const text_codec *c, const int32_t *ids, size_t n, char **text) {
+  tok_str s = {0};
+  status_t st = tok_str_append(&s, "", 0);
+  if (st == STATUS_OK) st = tok_decode(c->t, ids, n, &s);
+  if (st) {
+    tok_str_free(&s);
+    return st;
+  }
+  *text = s.s;
+  return STATUS_OK;
 }

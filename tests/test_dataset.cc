@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -322,6 +323,226 @@ bool same_batch(const data_batch &a, const data_batch &b) {
 
 // The shard source gives dataset_get_batch's bytes, and says what the
 // trainer needs to know of the data: vocabulary, fingerprint, NSP labels.
+// ---- Causal-LM batches (data.objective clm) ----------------------------------
+
+// The token stream clm windows are cut from: every document of the two
+// shards, in shard then document order, each followed by the end-of-text id.
+std::vector<int32_t> clm_stream(const std::string &dir, int32_t eot, int *docs) {
+  std::vector<int32_t> s;
+  *docs = 0;
+  for (const char *f : {"/train-00000.mlms", "/train-00001.mlms"}) {
+    shard_reader *r;
+    EXPECT_EQ(shard_open((dir + f).c_str(), &r), STATUS_OK) << status_message();
+    for (uint64_t i = 0; i < r->n_docs; i++) {
+      shard_doc d;
+      EXPECT_EQ(shard_read_doc(r, i, &d), STATUS_OK);
+      s.insert(s.end(), d.ids, d.ids + d.n_ids);
+      s.push_back(eot);
+      (*docs)++;
+      shard_doc_free(&d);
+    }
+    shard_close(r);
+  }
+  return s;
+}
+
+data_config clm_config(int T, uint64_t seed = 12345) {
+  data_config c = data_config_default();
+  EXPECT_EQ(data_set_key(&c, "objective", "clm"), STATUS_OK);
+  c.seq_len = T;
+  c.max_predictions = 5;
+  c.seed = seed;
+  return c;
+}
+
+TEST(DatasetClm, WindowsAreTheDocumentStreamWithNextTokenTargets) {
+  std::string dir = ::testing::TempDir() + "ds_clm";
+  make_corpus(dir, 40, 11);
+  const int T = 32;
+  data_config c = clm_config(T);
+  Opened o;
+  ASSERT_EQ(dataset_open(&o.d, dir.c_str(), "train", &c), STATUS_OK) << status_message();
+  ASSERT_EQ(dataset_eot_id(o.d), kSEP);  // no tokenizer record: the [SEP] slot
+  int docs = 0;
+  std::vector<int32_t> stream = clm_stream(dir, kSEP, &docs);
+  const uint64_t L = stream.size(), n = dataset_instances(o.d);
+  ASSERT_EQ(n, (L - 1 + T - 1) / T) << "windows of T + 1 tokens, stride T";
+  ASSERT_NE((L - 1) % T, 0u) << "the corpus should end in a short window";
+  // One step of global batch n is one epoch: every window exactly once.
+  data_batch b;
+  ASSERT_EQ(data_batch_alloc(&b, (int)n, T, c.max_predictions), STATUS_OK);
+  ASSERT_EQ(dataset_get_batch(o.d, n, 0, 0, (int)n, &b), STATUS_OK) << status_message();
+  std::map<std::vector<int32_t>, uint64_t> window_of;
+  for (uint64_t k = 0; k < n; k++)
+    window_of[std::vector<int32_t>(stream.begin() + (long)(k * T),
+                                   stream.begin() + (long)std::min<uint64_t>(k * T + T, L - 1))] =
+        k;
+  std::set<uint64_t> seen;
+  std::vector<int> covered(L, 0);
+  int padded_rows = 0, eots = 0, bad = 0;
+  for (uint64_t r = 0; r < n; r++) {
+    const int32_t *in = b.input_ids + r * T, *tg = b.target_ids + r * T, *mk = b.input_mask + r * T;
+    const float *w = b.target_weights + r * T;
+    int real = 0;
+    while (real < T && mk[real]) real++;
+    auto it = window_of.find(std::vector<int32_t>(in, in + real));
+    if (it == window_of.end()) {
+      ADD_FAILURE() << "row " << r << " is not a window of the document stream";
+      continue;
+    }
+    uint64_t k = it->first.size() == (size_t)real ? it->second : UINT64_MAX;
+    seen.insert(k);
+    for (int i = 0; i < T; i++) {
+      bool is_real = i < real;
+      if (is_real) {
+        bad += tg[i] != stream[k * T + i + 1] || w[i] != 1.0f;
+        covered[k * T + i + 1]++;
+        eots += in[i] == kSEP;
+      } else {
+        bad += mk[i] != 0 || w[i] != 0.0f || in[i] != kSEP || tg[i] != kSEP;
+      }
+      if (i + 1 < real) bad += tg[i] != in[i + 1];  // targets are the inputs shifted by one
+      bad += b.segment_ids[r * T + i] != 0;
+    }
+    if (real < T) {
+      padded_rows++;
+      bad += k != n - 1;  // only the stream's last window is short
+    }
+    for (int p = 0; p < c.max_predictions; p++)
+      bad += b.masked_lm_weights[r * c.max_predictions + p] != 0 ||
+             b.masked_lm_ids[r * c.max_predictions + p] != 0;
+  }
+  EXPECT_EQ(bad, 0);
+  EXPECT_EQ(seen.size(), n);
+  EXPECT_EQ(padded_rows, 1);
+  // Every stream token after the first is a target exactly once; the
+  // end-of-text id separates the documents (the last one ends the stream).
+  EXPECT_EQ(std::count(covered.begin() + 1, covered.end(), 1), (long)(L - 1));
+  EXPECT_EQ(eots + 1, docs) << "end-of-text ids among the inputs (the last is only a target)";
+  data_batch_free(&b);
+  printf(
+      "clm: %llu windows of a %llu-token stream of %d documents: rows equal the stream's "
+      "windows, targets the inputs shifted by one, every token a target once, end-of-text "
+      "between documents, one padded window\n",
+      (unsigned long long)n, (unsigned long long)L, docs);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(DatasetClm, BatchesAreAPureFunctionOfSeedStepAndSlice) {
+  std::string dir = ::testing::TempDir() + "ds_clm_pure";
+  make_corpus(dir, 40, 12);
+  data_config c = clm_config(24, 7), other = clm_config(24, 8), mlm = clm_config(24, 7);
+  mlm.objective = OBJECTIVE_MLM;
+  Opened a, a2, b, m;
+  ASSERT_EQ(dataset_open(&a.d, dir.c_str(), "train", &c), STATUS_OK) << status_message();
+  ASSERT_EQ(dataset_open(&a2.d, dir.c_str(), "train", &c), STATUS_OK);
+  ASSERT_EQ(dataset_open(&b.d, dir.c_str(), "train", &other), STATUS_OK);
+  ASSERT_EQ(dataset_open(&m.d, dir.c_str(), "train", &mlm), STATUS_OK);
+  EXPECT_EQ(dataset_fingerprint(a.d), dataset_fingerprint(a2.d));
+  EXPECT_NE(dataset_fingerprint(a.d), dataset_fingerprint(m.d)) << "the objective is in the job";
+  EXPECT_EQ(dataset_eot_id(m.d), -1);
+  const int B = 16;
+  data_batch x, y, z, part;
+  ASSERT_EQ(data_batch_alloc(&x, B, 24, 5), STATUS_OK);
+  ASSERT_EQ(data_batch_alloc(&y, B, 24, 5), STATUS_OK);
+  ASSERT_EQ(data_batch_alloc(&z, B, 24, 5), STATUS_OK);
+  ASSERT_EQ(data_batch_alloc(&part, 5, 24, 5), STATUS_OK);
+  auto same = [&](const data_batch &p, const data_batch &q, int rows, int from) {
+    size_t o = (size_t)from * 24, n = (size_t)rows * 24 * 4;
+    return !memcmp(p.input_ids + o, q.input_ids, n) && !memcmp(p.input_mask + o, q.input_mask, n) &&
+           !memcmp(p.target_ids + o, q.target_ids, n) &&
+           !memcmp(p.target_weights + o, q.target_weights, n);
+  };
+  for (uint64_t step : {0ull, 3ull, 1000ull}) {
+    ASSERT_EQ(dataset_get_batch(a.d, B, step, 0, B, &x), STATUS_OK);
+    ASSERT_EQ(dataset_get_batch(a2.d, B, step, 0, B, &y), STATUS_OK);
+    EXPECT_TRUE(same(x, y, B, 0)) << "step " << step << ": same arguments, other bytes";
+    ASSERT_EQ(dataset_get_batch(b.d, B, step, 0, B, &z), STATUS_OK);
+    EXPECT_FALSE(same(x, z, B, 0)) << "step " << step << ": another seed, the same batch";
+    ASSERT_EQ(dataset_get_batch(a.d, B, step, 7, 5, &part), STATUS_OK);
+    EXPECT_TRUE(same(x, part, 5, 7)) << "a slice is those rows of the whole batch";
+  }
+  ASSERT_EQ(dataset_get_batch(a.d, B, 1, 0, B, &y), STATUS_OK);
+  ASSERT_EQ(dataset_get_batch(a.d, B, 0, 0, B, &x), STATUS_OK);
+  EXPECT_FALSE(same(x, y, B, 0)) << "steps 0 and 1 gave the same batch";
+  printf(
+      "clm: equal bytes for equal (seed, step, slice) from two opens, other bytes for another "
+      "seed or step, fingerprint differs from the mlm job's\n");
+  for (data_batch *p : {&x, &y, &z, &part}) data_batch_free(p);
+  std::filesystem::remove_all(dir);
+}
+
+// Equal instance counts, equal shards and settings: the objective alone
+// must tell the two jobs apart (a service must not serve one for the other).
+TEST(DatasetClm, FingerprintHoldsTheObjective) {
+  std::string dir = ::testing::TempDir() + "ds_clm_fp";
+  mkdir(dir.c_str(), 0755);
+  shard_meta m = {};
+  m.tokenizer_fingerprint = 42;
+  m.vocab_size = kV;
+  m.cls_id = kCLS;
+  m.sep_id = kSEP;
+  m.mask_id = kMASK;
+  m.pad_id = kPAD;
+  m.unk_id = 4;
+  snprintf(m.tokenizer_kind, sizeof m.tokenizer_kind, "wordpiece");
+  snprintf(m.split, sizeof m.split, "train");
+  shard_writer *w;
+  ASSERT_EQ(shard_writer_open(&w, (dir + "/train-00000.mlms").c_str(), &m), STATUS_OK);
+  // 8 one-sentence documents of 6 tokens, T 16: packed pairs them (4
+  // instances), the clm stream of 56 tokens has 4 windows too.
+  for (int d = 0; d < 8; d++) {
+    int32_t ids[6];
+    for (int i = 0; i < 6; i++) ids[i] = 10 + d * 6 + i;
+    uint32_t end = 6;
+    ASSERT_EQ(shard_writer_add(w, ids, 6, &end, 1, nullptr), STATUS_OK);
+  }
+  ASSERT_EQ(shard_writer_close(w), STATUS_OK);
+  data_config clm = clm_config(16), mlm = clm;
+  mlm.objective = OBJECTIVE_MLM;
+  Opened a, b;
+  ASSERT_EQ(dataset_open(&a.d, dir.c_str(), "train", &clm), STATUS_OK) << status_message();
+  ASSERT_EQ(dataset_open(&b.d, dir.c_str(), "train", &mlm), STATUS_OK) << status_message();
+  ASSERT_EQ(dataset_instances(a.d), 4u);
+  ASSERT_EQ(dataset_instances(b.d), 4u);
+  EXPECT_NE(dataset_fingerprint(a.d), dataset_fingerprint(b.d));
+  printf(
+      "clm and mlm jobs of 4 instances each on the same shard and settings: fingerprints "
+      "%016llx and %016llx\n",
+      (unsigned long long)dataset_fingerprint(a.d), (unsigned long long)dataset_fingerprint(b.d));
+  std::filesystem::remove_all(dir);
+}
+
+TEST(DatasetClm, ObjectiveKeyAndBadCombinations) {
+  data_config c = data_config_default();
+  EXPECT_EQ(c.objective, OBJECTIVE_MLM);
+  EXPECT_EQ(data_set_key(&c, "objective", "gpt"), STATUS_CONFIG);
+  EXPECT_NE(std::string(status_message()).find("data.objective: 'gpt' is not mlm or clm"),
+            std::string::npos)
+      << status_message();
+  std::string dir = ::testing::TempDir() + "ds_clm_bad";
+  make_corpus(dir, 10, 13);
+  c = clm_config(16);
+  c.instances = INST_NSP;
+  Opened o;
+  EXPECT_EQ(dataset_open(&o.d, dir.c_str(), "train", &c), STATUS_CONFIG);
+  EXPECT_NE(std::string(status_message()).find("data.instances must be packed"), std::string::npos)
+      << status_message();
+  // max_predictions only sizes the (zero) masked rows: larger than T is fine.
+  c = clm_config(16);
+  c.max_predictions = 20;
+  ASSERT_EQ(dataset_open(&o.d, dir.c_str(), "train", &c), STATUS_OK) << status_message();
+  batch_source_options so = {};
+  so.path = "/nonexistent.tfrecord";
+  so.config = clm_config(16);
+  so.global_batch = 4;
+  batch_source *src = nullptr;
+  EXPECT_EQ(batch_source_open(&src, &so), STATUS_CONFIG);
+  EXPECT_NE(std::string(status_message()).find("not TFRecord files"), std::string::npos)
+      << status_message();
+  std::filesystem::remove_all(dir);
+}
+
 TEST(BatchSource, ShardsAreTheBatchFunction) {
   std::string dir = ::testing::TempDir() + "/src_shards";
   make_corpus(dir, 40, 7);

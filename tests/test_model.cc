@@ -94,7 +94,13 @@ TEST(ModelRegistry, ChoosesByModelTypeThenPreset) {
   EXPECT_EQ(model_lookup("", "gpt-9", &m), STATUS_CONFIG);
   EXPECT_NE(std::string(status_message()).find("electra-small"), std::string::npos);
   EXPECT_EQ(model_by_name("electra"), model_at(1));
-  EXPECT_EQ(model_at(4), nullptr);
+  ASSERT_EQ(model_lookup(write_tmp("p.json", R"({"model_type": "gpt2"})").c_str(), "", &m),
+            STATUS_OK);
+  EXPECT_STREQ(m->name, "gpt2");
+  ASSERT_EQ(model_lookup("", "gpt2-tiny", &m), STATUS_OK);
+  EXPECT_STREQ(m->name, "gpt2");
+  EXPECT_EQ(model_by_name("gpt2"), model_at(2));
+  EXPECT_EQ(model_at(5), nullptr);
 }
 
 TEST(ModelRegistry, ClassifiersByArchitectureOrTask) {

@@ -8,6 +8,7 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -537,4 +538,152 @@ void gpt2_backward(gpt2_model *m) {
   k_dropout(m->g, &de, N, E);
   embed_bwd(G_(m, m->wte), G_(m, m->wpe), m->g, m->base.ids, N, T, E);
   enc_announce(&c, m->wte, m->wpe);
+}
+
+/* ---- Incremental inference ------------------------------------------------------ */
+/* Rows of the cache and of the work arrays are positions; keys, values and
+ * queries keep the heads side by side ([.., E], head h at columns h*D). */
+struct gpt2_kv {
+  int cap, len, nthreads;
+  float **k, **v;                          /* L of (cap, E) */
+  float *hs, *mid, *ln, *proj, *ctx, *qkv; /* (cap, E), qkv (cap, 3E) */
+  float *pre, *act;                        /* (cap, I) */
+  float *mean, *rstd;                      /* (cap) */
+  float *scores;                           /* nthreads * cap */
+};
+
+void gpt2_kv_free(gpt2_kv *kv) {
+  if (!kv) return;
+  float *bufs[] = {kv->hs,  kv->mid, kv->ln,   kv->proj, kv->ctx,   kv->qkv,
+                   kv->pre, kv->act, kv->mean, kv->rstd, kv->scores};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) mem_free(bufs[i]);
+  if (kv->k) free(kv->k[0]); /* k[0] .. v[L-1] are one block */
+  free(kv->k);
+  free(kv->v);
+  free(kv);
+}
+
+status_t gpt2_kv_init(gpt2_kv **out, const gpt2_model *m) {
+  const gpt2_config *c = &m->cfg;
+  const size_t P = (size_t)c->n_positions, E = (size_t)c->n_embd, I = (size_t)gpt2_inner(c);
+  const int L = c->n_layer;
+  *out = NULL;
+  gpt2_kv *kv = calloc(1, sizeof *kv);
+  if (!kv) return status_set(STATUS_NOMEM, "out of memory creating the key/value cache");
+  kv->cap = c->n_positions;
+  kv->nthreads = omp_get_max_threads();
+  kv->k = calloc((size_t)L, sizeof *kv->k);
+  kv->v = calloc((size_t)L, sizeof *kv->v);
+  float *block = kv->k && kv->v ? malloc(2 * (size_t)L * P * E * sizeof(float)) : NULL;
+  if (kv->k) kv->k[0] = block;
+  if (block)
+    for (int l = 0; l < L; l++) {
+      kv->k[l] = block + (size_t)(2 * l) * P * E;
+      kv->v[l] = block + (size_t)(2 * l + 1) * P * E;
+    }
+  kv->hs = mem_alloc(P * E * sizeof(float), "cache work");
+  kv->mid = mem_alloc(P * E * sizeof(float), "cache work");
+  kv->ln = mem_alloc(P * E * sizeof(float), "cache work");
+  kv->proj = mem_alloc(P * E * sizeof(float), "cache work");
+  kv->ctx = mem_alloc(P * E * sizeof(float), "cache work");
+  kv->qkv = mem_alloc(P * 3 * E * sizeof(float), "cache work");
+  kv->pre = mem_alloc(P * I * sizeof(float), "cache work");
+  kv->act = mem_alloc(P * I * sizeof(float), "cache work");
+  kv->mean = mem_alloc(P * sizeof(float), "cache work");
+  kv->rstd = mem_alloc(P * sizeof(float), "cache work");
+  kv->scores = mem_alloc((size_t)kv->nthreads * P * sizeof(float), "cache work");
+  if (!block || !kv->hs || !kv->mid || !kv->ln || !kv->proj || !kv->ctx || !kv->qkv || !kv->pre ||
+      !kv->act || !kv->mean || !kv->rstd || !kv->scores) {
+    gpt2_kv_free(kv);
+    return status_set(STATUS_NOMEM, "out of memory creating the key/value cache (%d positions)",
+                      c->n_positions);
+  }
+  *out = kv;
+  return STATUS_OK;
+}
+
+void gpt2_kv_reset(gpt2_kv *kv) { kv->len = 0; }
+int gpt2_kv_len(const gpt2_kv *kv) { return kv->len; }
+
+/* ctx rows [0, n) of the new positions t0 + i: causal attention of their
+ * queries (qkv) over the cached keys and values [0, t0 + i]. */
+static void kv_attention(gpt2_kv *kv, const float *kc, const float *vc, int t0, int n, int NH,
+                         int D) {
+  const int E = NH * D;
+  const float scale = 1.0f / sqrtf((float)D);
+  /* One new token of a small model is too little work to share. */
+  const bool par = (int64_t)n * NH * (t0 + n) * D >= (1 << 16);
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (par)
+  for (int i = 0; i < n; i++)
+    for (int h = 0; h < NH; h++) {
+      const float *q = kv->qkv + (size_t)i * 3 * E + (size_t)h * D;
+      float *s = kv->scores + (size_t)omp_get_thread_num() * kv->cap, *o;
+      const int keys = t0 + i + 1;
+      float mx = -INFINITY, sum = 0.0f;
+      for (int j = 0; j < keys; j++) {
+        const float *k = kc + (size_t)j * E + (size_t)h * D;
+        float d = 0.0f;
+#pragma omp simd reduction(+ : d)
+        for (int e = 0; e < D; e++) d += q[e] * k[e];
+        s[j] = d * scale;
+        if (s[j] > mx) mx = s[j];
+      }
+      for (int j = 0; j < keys; j++) sum += (s[j] = expf(s[j] - mx));
+      o = kv->ctx + (size_t)i * E + (size_t)h * D;
+      for (int e = 0; e < D; e++) o[e] = 0.0f;
+      for (int j = 0; j < keys; j++) {
+        const float *v = vc + (size_t)j * E + (size_t)h * D, p = s[j] / sum;
+#pragma omp simd
+        for (int e = 0; e < D; e++) o[e] += p * v[e];
+      }
+    }
+}
+
+status_t gpt2_kv_append(gpt2_model *m, gpt2_kv *kv, const int32_t *ids, int n, float *logits) {
+  const gpt2_config *cf = &m->cfg;
+  const int E = cf->n_embd, I = gpt2_inner(cf), NH = cf->n_head, V = cf->vocab_size;
+  const int t0 = kv->len;
+  const float eps = cf->layer_norm_epsilon;
+  const compute *cx = &m->base.cx;
+  if (n < 1 || n > kv->cap - t0)
+    return status_set(STATUS_ARG, "%d new token(s) after %d do not fit n_positions %d", n, t0,
+                      kv->cap);
+  for (int i = 0; i < n; i++)
+    if (ids[i] < 0 || ids[i] >= V)
+      return status_set(STATUS_ARG, "token id %d is outside the vocabulary (%d)", (int)ids[i], V);
+  if (t0 == 0) cx_sync(cx, m->base.params, m->base.table.total);
+  /* The embeddings, and ln_1 of the first block. */
+  const float *wte = P_(m, m->wte), *wpe = P_(m, m->wpe);
+  for (int i = 0; i < n; i++) {
+    const float *w = wte + (size_t)ids[i] * E, *p = wpe + (size_t)(t0 + i) * E;
+    float *o = kv->mid + (size_t)i * E;
+    for (int j = 0; j < E; j++) o[j] = w[j] + p[j];
+  }
+  k_add_ln_fwd(kv->hs, kv->ln, kv->mean, kv->rstd, kv->mid, NULL, NULL, NULL, P_(m, m->li[0].ln1_g),
+               P_(m, m->li[0].ln1_b), n, E, eps);
+  for (int l = 0; l < cf->n_layer; l++) {
+    const gpt2_layer_idx *w = &m->li[l];
+    cx_linear_io_fwd(cx, kv->qkv, kv->ln, P_(m, w->attn_w), n, E, 3 * E);
+    k_add_bias(kv->qkv, P_(m, w->attn_b), n, 3 * E);
+    for (int i = 0; i < n; i++) {
+      const float *r = kv->qkv + (size_t)i * 3 * E;
+      memcpy(kv->k[l] + (size_t)(t0 + i) * E, r + E, (size_t)E * sizeof(float));
+      memcpy(kv->v[l] + (size_t)(t0 + i) * E, r + 2 * E, (size_t)E * sizeof(float));
+    }
+    kv_attention(kv, kv->k[l], kv->v[l], t0, n, NH, E / NH);
+    cx_linear_io_fwd(cx, kv->proj, kv->ctx, P_(m, w->aproj_w), n, E, E);
+    k_add_ln_fwd(kv->mid, kv->ln, kv->mean, kv->rstd, kv->proj, P_(m, w->aproj_b), NULL, kv->hs,
+                 P_(m, w->ln2_g), P_(m, w->ln2_b), n, E, eps);
+    cx_linear_io_fwd(cx, kv->pre, kv->ln, P_(m, w->fc_w), n, E, I);
+    k_bias_act_fwd(kv->pre, kv->act, P_(m, w->fc_b), n, I, cf->act);
+    cx_linear_io_fwd(cx, kv->proj, kv->act, P_(m, w->mproj_w), n, I, E);
+    bool last = l + 1 == cf->n_layer;
+    k_add_ln_fwd(kv->hs, kv->ln, kv->mean, kv->rstd, kv->proj, P_(m, w->mproj_b), NULL, kv->mid,
+                 P_(m, last ? m->lnf_g : m->li[l + 1].ln1_g),
+                 P_(m, last ? m->lnf_b : m->li[l + 1].ln1_b), n, E, eps);
+  }
+  /* The tied head on the last new position only. */
+  cx_linear_fwd(cx, logits, kv->ln + (size_t)(n - 1) * E, wte, 1, E, V);
+  kv->len = t0 + n;
+  return STATUS_OK;
 }

@@ -61,6 +61,21 @@ void gpt2_forward(gpt2_model *m, const model_batch *b, bool train, uint64_t seed
 void gpt2_backward(gpt2_model *m);
 const float *gpt2_logits(const gpt2_model *m); /* [B, T, V] of the last forward */
 
+/* Incremental inference (one sequence, no dropout): a cache of every
+ * layer's keys and values for positions [0, len), len < n_positions. */
+typedef struct gpt2_kv gpt2_kv;
+/* A cache for up to n_positions positions of m's config, empty. */
+status_t gpt2_kv_init(gpt2_kv **out, const gpt2_model *m);
+void gpt2_kv_free(gpt2_kv *kv);  /* NULL-safe */
+void gpt2_kv_reset(gpt2_kv *kv); /* empty again */
+int gpt2_kv_len(const gpt2_kv *kv);
+/* Runs the n tokens ids[0..n) at positions [len, len + n) against the
+ * cached keys and values (n = the prompt: the prefill; n = 1: one new
+ * token), appends their keys and values, and writes the logits [V] of the
+ * last of them. STATUS_ARG (nothing changed) when len + n > n_positions or
+ * an id is out of the vocabulary. */
+status_t gpt2_kv_append(gpt2_model *m, gpt2_kv *kv, const int32_t *ids, int n, float *logits);
+
 #ifdef __cplusplus
 }
 #endif

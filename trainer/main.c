@@ -24,6 +24,7 @@ static const char usage[] =
     "  finetune  fine-tune a pretrained model (or a fresh one) on a labelled task, under mpirun\n"
     "            like pretraining (`mlmpi-train finetune --help` lists its keys)\n"
     "  predict   a fine-tuned checkpoint's labels and class probabilities for a JSON Lines file\n"
+    "  generate  a GPT-2 checkpoint's continuation of a prompt (greedy or sampled)\n"
     "\n"
     "`mlmpi-train <command> --help` describes each command.\n";
 
@@ -53,6 +54,7 @@ static const char finetune_usage[] =
 int trainer_demo_main(int argc, char **argv);
 int trainer_export_main(int argc, char **argv);
 int trainer_predict_main(int argc, char **argv);
+int trainer_generate_main(int argc, char **argv);
 
 static void on_signal(int sig) {
   (void)sig;
@@ -139,6 +141,7 @@ int main(int argc, char **argv) {
   if (argc >= 2 && !strcmp(argv[1], "demo")) return trainer_demo_main(argc - 1, argv + 1);
   if (argc >= 2 && !strcmp(argv[1], "export")) return trainer_export_main(argc - 1, argv + 1);
   if (argc >= 2 && !strcmp(argv[1], "predict")) return trainer_predict_main(argc - 1, argv + 1);
+  if (argc >= 2 && !strcmp(argv[1], "generate")) return trainer_generate_main(argc - 1, argv + 1);
   if (argc >= 2 && !strcmp(argv[1], "finetune")) return train_main(argc - 1, argv + 1, true);
   if (argc >= 2 && argv[1][0] != '-') {
     fprintf(stderr, "mlmpi-train: unknown command '%s' (see mlmpi-train --help)\n", argv[1]);

@@ -158,7 +158,9 @@ model_batch model_batch_of(const data_batch *b) {
                        .masked_lm_ids = b->masked_lm_ids,
                        .masked_lm_weights = b->masked_lm_weights,
                        .next_sentence_labels = b->next_sentence_labels,
-                       .sampled_ids = NULL};
+                       .sampled_ids = NULL,
+                       .target_ids = b->target_ids,
+                       .target_weights = b->target_weights};
 }
 
 model_run model_run_default(void) { return (model_run){.train = true}; }

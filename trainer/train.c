@@ -134,6 +134,13 @@ static status_t setup_model(run_state *s) {
       (st = model_set_precision(s->model, c->model_precision)))
     return st;
   s->mops = s->model->ops;
+  /* A causal LM learns from clm batches only, the masked-LM models from mlm
+   * ones: the other kind would train on all-zero loss weights. */
+  bool causal = s->mops->required_fields && (s->mops->required_fields(s->model) & MODEL_FIELD_CLM);
+  if (!c->finetune && causal != (c->data.objective == OBJECTIVE_CLM))
+    return status_set(STATUS_CONFIG, "%s needs data.objective = %s (it is %s)",
+                      causal ? "a causal language model" : "a masked-LM model",
+                      causal ? "clm" : "mlm", c->data.objective == OBJECTIVE_CLM ? "clm" : "mlm");
   const param_table *t = s->mops->params(s->model);
   if (c->shared_memory) {
     float *shared = NULL;
@@ -204,8 +211,13 @@ status_t run_fetch(run_state *s, batch_source *src, int64_t step, double den[2])
   for (int64_t k = 0; k < s->accum; k++) {
     status_t st = batch_source_get(src, (uint64_t)step, run_first(s, k), (int)s->micro, &s->mb[k]);
     if (st) return st;
-    for (int64_t i = 0; i < s->micro * c->data.max_predictions; i++)
-      den[0] += s->mb[k].masked_lm_weights[i];
+    /* The loss normaliser: Σ masked_lm_weights, or Σ target_weights of a
+     * causal-LM batch. */
+    if (c->data.objective == OBJECTIVE_CLM)
+      for (int64_t i = 0; i < s->micro * c->data.seq_len; i++) den[0] += s->mb[k].target_weights[i];
+    else
+      for (int64_t i = 0; i < s->micro * c->data.max_predictions; i++)
+        den[0] += s->mb[k].masked_lm_weights[i];
     for (int64_t i = 0; i < s->micro * c->data.seq_len; i++) den[1] += s->mb[k].input_mask[i];
   }
   return STATUS_OK;

@@ -260,6 +260,8 @@ char *train_config_dump(const train_config *c) {
           c->data.whole_word ? "true" : "false", inst[c->data.instances]);
   fprintf(f, "data.short_seq_prob = %s\ndata.seed = %llu\n", num(&r, c->data.short_seq_prob, true),
           (unsigned long long)c->data.seed);
+  /* Only when not the default: masked-LM jobs dump as they always did. */
+  if (c->data.objective == OBJECTIVE_CLM) fprintf(f, "data.objective = clm\n");
   fprintf(f, "train.global_batch = %lld\ntrain.micro_batch = %lld\ntrain.steps = %lld\n",
           (long long)c->global_batch, (long long)c->micro_batch, (long long)c->steps);
   fprintf(f, "train.seed = %lld\ntrain.eval_every = %lld\ntrain.eval_batches = %lld\n",
@@ -312,7 +314,8 @@ static const char help[] =
     "         with path also set, its shards' fingerprint is checked against the service's),\n"
     "         token_file = FILE (the service's --token-file secret)\n"
     "         seq_len = 128, max_predictions = 20, mask_prob = 0.15, masking = bert|electra,\n"
-    "         whole_word = false, instances = packed|nsp, short_seq_prob = 0.1, seed = 12345\n"
+    "         whole_word = false, instances = packed|nsp, short_seq_prob = 0.1, seed = 12345,\n"
+    "         objective = mlm|clm (clm: causal-LM windows of the packed token stream, for GPT-2)\n"
     "[train]  global_batch = 32, micro_batch = 0 (global_batch / ranks), steps = 100, seed = 42,\n"
     "         eval_every = 0 (off), eval_batches = 4, log_every = 1, threads = 0 (cores/ranks),\n"
     "         time_limit_s = 0 (none: else checkpoint and stop after this many seconds)\n"

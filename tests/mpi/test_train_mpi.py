@@ -44,7 +44,10 @@ SentencePiece model trained with spm_train and shards, then checks:
                  the run ends bit-identical to an uninterrupted one;
   example        the example config in launch/examples trains on 2 ranks as
                  written (only the paths and the length overridden), with the
-                 gradients summed in shared memory as its log says.
+                 gradients summed in shared memory as its log says;
+  gpt2           gpt2-tiny on causal-LM batches (data.objective = clm): 2 ranks
+                 x accumulation 2 and ZeRO-1 == 1 rank x 4, checkpoint resume
+                 bit-identical, held-out loss and perplexity logged and falling.
 usage: test_train_mpi.py --train BIN --data BIN --workdir DIR [--only NAME,...]
 """
 import argparse
@@ -507,6 +510,57 @@ def test_loss_falls(a, data):
           + ("" if r.returncode == 0 else ": " + r.stderr[-600:]))
 
 
+def test_gpt2(a, data):
+    """GPT-2 (gpt2-tiny) on causal-LM batches of the same shards
+    (data.objective = clm): 2 ranks x accumulation 2 and 2 ranks with ZeRO-1
+    equal 1 rank x accumulation 4; a checkpoint resumes bit-identically;
+    held-out loss and perplexity are logged and the loss falls."""
+    gpt = {"model.preset": "gpt2-tiny", "data.objective": "clm", "train.micro_batch": "2"}
+    runs = {}
+    for name, n, over in (("gpt2_1", 1, {}), ("gpt2_2", 2, {"ckpt.every_steps": "3"}),
+                          ("gpt2_zero", 2, {"optim.zero": "1"})):
+        r = mpirun(n, [a.train] + config(a, data, name, **gpt, **over), timeout=600)
+        check(r.returncode == 0, f"gpt2: {name} ({n} rank(s)) ran"
+              + ("" if r.returncode == 0 else ": " + r.stderr[-800:]))
+        if r.returncode == 0:
+            runs[name] = weights(a, name, 6)
+    for name in ("gpt2_2", "gpt2_zero"):
+        if "gpt2_1" in runs and name in runs:
+            worst, k = compare(runs["gpt2_1"], runs[name])
+            check(worst <= 1.0, f"gpt2: {name} vs 1 rank with accumulation 4 after 6 LAMB steps "
+                  f"(worst {k} at {worst:.3f} of the bound)")
+    if "gpt2_2" in runs:
+        shutil.rmtree(os.path.join(a.workdir, "gpt2_2", "ckpt", "step-6"))
+        r = mpirun(2, [a.train] + config(a, data, "gpt2_2", **gpt, **{
+            "ckpt.every_steps": "3", "ckpt.resume": "auto"}), timeout=600)
+        same = r.returncode == 0 and all(
+            np.array_equal(runs["gpt2_2"][k], w) for k, w in weights(a, "gpt2_2", 6).items())
+        check(same and "resuming from" in r.stderr,
+              "gpt2: resumed from the step-3 checkpoint, weights at step 6 bit-identical"
+              + ("" if r.returncode == 0 else ": " + r.stderr[-800:]))
+    name = "gpt2_falls"
+    r = mpirun(2, [a.train] + config(a, data, name, **gpt, **{
+        "train.steps": "90", "train.eval_every": "30", "train.eval_batches": "2",
+        "train.global_batch": "16", "optim.lr": "0.01", "optim.warmup": "6", "ckpt.dir": ""}),
+        timeout=900)
+    log = os.path.join(a.workdir, name, "log", "metrics.jsonl")
+    evals = [json.loads(l) for l in open(log) if "eval_loss" in l] if os.path.exists(log) else []
+    losses = [e["eval_loss"] for e in evals]
+    ppl_ok = len(evals) == 3 and all(abs(e["eval_ppl"] - float(np.exp(e["eval_loss"]))) <= 1e-3 * e["eval_ppl"]
+                                     for e in evals)
+    falling = len(losses) == 3 and losses[0] > losses[1] > losses[2] and losses[2] < losses[0] - 0.3
+    # The loss is the mean cross-entropy per target of the global batch (the
+    # normaliser Σ target_weights): a fresh model's is near ln(vocabulary).
+    ln_v = float(np.log(sum(1 for _ in open(os.path.join(a.workdir, "kjv.vocab")))))
+    first = [json.loads(l)["loss"] for l in open(log) if '"loss"' in l][:1] if os.path.exists(log) else []
+    check(len(first) == 1 and abs(first[0] - ln_v) < 0.5,
+          f"gpt2: step-1 loss {first[0] if first else None} is a per-target mean, near ln V = {ln_v:.3f}")
+    check(r.returncode == 0 and falling and ppl_ok,
+          f"gpt2: held-out loss {['%.3f' % x for x in losses]}, perplexity "
+          f"{['%.1f' % e['eval_ppl'] for e in evals]} over 90 steps on 2 ranks"
+          + ("" if r.returncode == 0 else ": " + r.stderr[-600:]))
+
+
 def test_corrupt_resume(a, data):
     """Fault: a byte flipped in the newest checkpoint (model weights, then optimizer state).
     ckpt.resume = auto must name the damaged file, skip to the newest good checkpoint, and
@@ -901,7 +955,7 @@ def main():
              "corrupt-resume": test_corrupt_resume, "nonfinite": test_nonfinite,
              "disk-full": test_disk_full,
              "stuck-rank": test_stuck_rank, "short-pause": test_short_pause,
-             "example": test_example}
+             "example": test_example, "gpt2": test_gpt2}
     only = [x for x in a.only.split(",") if x]
     for name, fn in tests.items():
         if not only or name in only:
