@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "bench_svc_util.h"
 #include "service.h"
 #include "shard.h"
 
@@ -30,88 +31,6 @@ typedef struct {
   double seconds, train_tok_s;
   int seq_lens[4], n_seq;
 } bench_args;
-
-static uint32_t lcg(uint32_t *s) {
-  *s = *s * 1664525u + 1013904223u;
-  return *s >> 8;
-}
-
-/* Two shards of random sentences over a BERT-sized vocabulary. Returns the
- * token count, 0 on failure. */
-static uint64_t make_corpus(const char *dir, int docs) {
-  shard_meta m = {.tokenizer_fingerprint = 7,
-                  .vocab_size = 30522,
-                  .cls_id = 101,
-                  .sep_id = 102,
-                  .mask_id = 103,
-                  .pad_id = 0,
-                  .unk_id = 100};
-  snprintf(m.tokenizer_kind, sizeof m.tokenizer_kind, "wordpiece");
-  snprintf(m.split, sizeof m.split, "train");
-  uint32_t seed = 1, ends[32];
-  int32_t *ids = malloc(32 * 64 * sizeof *ids);
-  uint8_t words[32 * 64 / 8 + 1];
-  uint64_t tokens = 0;
-  for (int part = 0; part < 2 && ids; part++) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/train-%05d.mlms", dir, part);
-    shard_writer *w;
-    if (shard_writer_open(&w, path, &m) != STATUS_OK) break;
-    for (int d = part; d < docs; d += 2) {
-      int ns = 1 + (int)(lcg(&seed) % 24), n = 0;
-      for (int k = 0; k < ns; k++) {
-        int len = 4 + (int)(lcg(&seed) % 40);
-        for (int i = 0; i < len; i++) ids[n++] = 1000 + (int32_t)(lcg(&seed) % 29000);
-        ends[k] = (uint32_t)n;
-      }
-      memset(words, 0, sizeof words);
-      for (int i = 0; i < n; i += 2) words[i / 8] |= (uint8_t)(1u << (i % 8));
-      if (shard_writer_add(w, ids, (size_t)n, ends, (size_t)ns, words) != STATUS_OK) {
-        shard_writer_abort(w);
-        free(ids);
-        return 0;
-      }
-      tokens += (uint64_t)n;
-    }
-    if (shard_writer_close(w) != STATUS_OK) break;
-    if (part == 1) {
-      free(ids);
-      return tokens;
-    }
-  }
-  free(ids);
-  return 0;
-}
-
-/* Starts the server and reads its port; 0 on failure. */
-static int start_server(const bench_args *a, const char *dir, pid_t *pid) {
-  int fd[2];
-  if (pipe(fd) != 0) return 0;
-  char workers[16];
-  snprintf(workers, sizeof workers, "%d", a->workers);
-  *pid = fork();
-  if (*pid == 0) {
-    dup2(fd[1], 1);
-    close(fd[0]);
-    close(fd[1]);
-    if (a->workers > 0)
-      execl(a->bin, a->bin, "serve", "--data", dir, "--port", "0", "--workers", workers, (char *)0);
-    else
-      execl(a->bin, a->bin, "serve", "--data", dir, "--port", "0", (char *)0);
-    fprintf(stderr, "bench_service: cannot run %s: %s\n", a->bin, strerror(errno));
-    _exit(127);
-  }
-  close(fd[1]);
-  FILE *f = fdopen(fd[0], "r");
-  char line[256] = "";
-  int port = 0;
-  if (f && fgets(line, sizeof line, f) && !strncmp(line, "listening on tcp://", 19)) {
-    const char *colon = strrchr(line, ':');
-    port = colon ? atoi(colon + 1) : 0;
-  }
-  if (f) fclose(f);
-  return port;
-}
 
 static int cmp_double(const void *x, const void *y) {
   double a = *(const double *)x, b = *(const double *)y;
@@ -267,11 +186,11 @@ int main(int argc, char **argv) {
   if (!dir) {
     if (!mkdtemp(tmp)) return fprintf(stderr, "bench_service: mkdtemp: %s\n", strerror(errno)), 1;
     dir = tmp;
-    if (!(tokens = make_corpus(dir, a.docs)))
+    if (!(tokens = bench_make_corpus(dir, a.docs)))
       return fprintf(stderr, "bench_service: cannot write the corpus: %s\n", status_message()), 1;
   }
   pid_t pid;
-  int port = start_server(&a, dir, &pid), rc = 0;
+  int port = bench_start_server(a.bin, a.workers, dir, &pid, "bench_service"), rc = 0;
   if (!port) {
     fprintf(stderr, "bench_service: the server did not start (%s)\n", a.bin);
     rc = 1;

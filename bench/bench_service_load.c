@@ -22,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "bench_svc_util.h"
 #include "service.h"
 #include "shard.h"
 
@@ -44,80 +45,6 @@ typedef struct {
   uint64_t gets, errors, mismatches, verified;
   uint64_t hist[LAT_BUCKETS];
 } load_result;
-
-static uint32_t lcg(uint32_t *s) {
-  *s = *s * 1664525u + 1013904223u;
-  return *s >> 8;
-}
-
-/* Two shards of random sentences over a BERT-sized vocabulary; false on
- * failure (status_message says why). */
-static bool make_corpus(const char *dir, int docs) {
-  shard_meta m = {.tokenizer_fingerprint = 7,
-                  .vocab_size = 30522,
-                  .cls_id = 101,
-                  .sep_id = 102,
-                  .mask_id = 103,
-                  .pad_id = 0,
-                  .unk_id = 100};
-  snprintf(m.tokenizer_kind, sizeof m.tokenizer_kind, "wordpiece");
-  snprintf(m.split, sizeof m.split, "train");
-  uint32_t seed = 1, ends[24];
-  int32_t ids[24 * 44];
-  uint8_t words[sizeof ids / sizeof *ids / 8 + 1];
-  for (int part = 0; part < 2; part++) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/train-%05d.mlms", dir, part);
-    shard_writer *w;
-    if (shard_writer_open(&w, path, &m) != STATUS_OK) return false;
-    for (int d = part; d < docs; d += 2) {
-      int ns = 1 + (int)(lcg(&seed) % 24), n = 0;
-      for (int k = 0; k < ns; k++) {
-        int len = 4 + (int)(lcg(&seed) % 40);
-        for (int i = 0; i < len; i++) ids[n++] = 1000 + (int32_t)(lcg(&seed) % 29000);
-        ends[k] = (uint32_t)n;
-      }
-      memset(words, 0, sizeof words);
-      for (int i = 0; i < n; i += 2) words[i / 8] |= (uint8_t)(1u << (i % 8));
-      if (shard_writer_add(w, ids, (size_t)n, ends, (size_t)ns, words) != STATUS_OK) {
-        shard_writer_abort(w);
-        return false;
-      }
-    }
-    if (shard_writer_close(w) != STATUS_OK) return false;
-  }
-  return true;
-}
-
-/* Starts the server and reads its port; 0 on failure. */
-static int start_server(const load_args *a, const char *dir, pid_t *pid) {
-  int fd[2];
-  if (pipe(fd) != 0) return 0;
-  char workers[16];
-  snprintf(workers, sizeof workers, "%d", a->workers);
-  *pid = fork();
-  if (*pid == 0) {
-    dup2(fd[1], 1);
-    close(fd[0]);
-    close(fd[1]);
-    if (a->workers > 0)
-      execl(a->bin, a->bin, "serve", "--data", dir, "--port", "0", "--workers", workers, (char *)0);
-    else
-      execl(a->bin, a->bin, "serve", "--data", dir, "--port", "0", (char *)0);
-    fprintf(stderr, "bench_service_load: cannot run %s: %s\n", a->bin, strerror(errno));
-    _exit(127);
-  }
-  close(fd[1]);
-  FILE *f = fdopen(fd[0], "r");
-  char line[256] = "";
-  int port = 0;
-  if (f && fgets(line, sizeof line, f) && !strncmp(line, "listening on tcp://", 19)) {
-    const char *colon = strrchr(line, ':');
-    port = colon ? atoi(colon + 1) : 0;
-  }
-  if (f) fclose(f);
-  return port;
-}
 
 static data_config load_config(const load_args *a) {
   data_config c = data_config_default();
@@ -440,12 +367,12 @@ int main(int argc, char **argv) {
     if (!mkdtemp(tmp))
       return fprintf(stderr, "bench_service_load: mkdtemp: %s\n", strerror(errno)), 1;
     dir = tmp;
-    if (!make_corpus(dir, a.docs))
+    if (!bench_make_corpus(dir, a.docs))
       return fprintf(stderr, "bench_service_load: cannot write the corpus: %s\n", status_message()),
              1;
   }
   pid_t server = -1;
-  int port = start_server(&a, dir, &server);
+  int port = bench_start_server(a.bin, a.workers, dir, &server, "bench_service_load");
   char addr[64];
   snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
   pid_t *kids = calloc((size_t)a.procs, sizeof *kids);
