@@ -146,13 +146,10 @@ mpirun -np "$ranks" --oversubscribe --bind-to none --mca mpi_yield_when_idle 1 \
 
 # 6. Export the newest checkpoint in the Hugging Face layout, with the tokenizer.
 latest=$(ls -d "$ckpt"/step-* | sort -t- -k2 -n | tail -1)
+# (export puts the tokenizer beside the model; ELECTRA's two models get a copy each)
 "$bin/mlmpi-train" export --checkpoint "$latest" --out "$out/hf"
-if [ "$clm" = 1 ]; then
-  cp "$tok/vocab.json" "$tok/merges.txt" "$out/hf/"
-elif [ -d "$out/hf/discriminator" ]; then
+if [ -d "$out/hf/discriminator" ]; then
   for d in "$out/hf/discriminator" "$out/hf/generator"; do cp "$out/kjv.model" "$d/spiece.model"; done
-else
-  cp "$out/kjv.model" "$out/hf/spiece.model"
 fi
 
 # 7. Curves. The extractor keeps the last row of each step (a resumed run

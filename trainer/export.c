@@ -165,6 +165,74 @@ status_t model_from_checkpoint(const char *path, const cJSON *meta, const model_
   return st;
 }
 
+/* ---- The tokenizer files ------------------------------------------------------------ */
+/* Copies src to dir/name; false (status set) when src cannot be read or the
+ * copy written. */
+static bool copy_to(const char *src, const char *dir, const char *name) {
+  char *text = NULL, dst[4096 + 64];
+  size_t len = 0;
+  if (core_read_file("tokenizer file", src, 1u << 30, &text, &len)) return false;
+  snprintf(dst, sizeof dst, "%s/%s", dir, name);
+  FILE *f = fopen(dst, "wb");
+  bool ok = f && fwrite(text, 1, len, f) == len;
+  if (f && fclose(f)) ok = false;
+  free(text);
+  if (!ok) status_set(STATUS_IO, "cannot write %s: %s", dst, strerror(errno));
+  return ok;
+}
+
+static bool is_file(const char *p) {
+  struct stat sb;
+  return stat(p, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+/* The tokenizer the checkpoint's data were made with (meta.json
+ * "tokenizer"), beside the model in out as Hugging Face names its files:
+ * vocab.json + merges.txt (GPT-2 BPE), spiece.model (SentencePiece),
+ * vocab.txt [+ tokenizer_config.json] (WordPiece). Appends what it copied to
+ * what; a checkpoint that records none, or whose tokenizer is gone, gets a
+ * warning and no files. */
+static status_t export_tokenizer(const cJSON *meta, const char *out, char *what, size_t n) {
+  const char *path =
+      cJSON_GetStringValue(cJSON_GetObjectItem(cJSON_GetObjectItem(meta, "tokenizer"), "path"));
+  struct stat sb;
+  if (!path || stat(path, &sb) != 0) {
+    LOG_WARN(TRAINER, "the checkpoint's tokenizer%s%s is not there: exported without it",
+             path ? " " : "", path ? path : "");
+    return STATUS_OK;
+  }
+  char src[4096 + 64], dir[4096];
+  const char *files[3][2] = {{0}};
+  size_t len = strlen(path);
+  if (S_ISDIR(sb.st_mode)) {
+    snprintf(dir, sizeof dir, "%s", path);
+  } else {
+    const char *slash = strrchr(path, '/');
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
+  }
+  snprintf(src, sizeof src, "%s/merges.txt", dir);
+  if (S_ISDIR(sb.st_mode) && is_file(src)) {
+    files[0][0] = "vocab.json", files[1][0] = "merges.txt";
+  } else if (len > 6 && !strcmp(path + len - 6, ".model")) {
+    files[0][0] = path, files[0][1] = "spiece.model";
+  } else {
+    files[0][0] = "vocab.txt", files[1][0] = "tokenizer_config.json";
+  }
+  size_t k = strlen(what);
+  for (int i = 0; i < 3 && files[i][0]; i++) {
+    const char *name = files[i][1] ? files[i][1] : files[i][0];
+    if (files[i][1])
+      snprintf(src, sizeof src, "%s", files[i][0]);
+    else
+      snprintf(src, sizeof src, "%s/%s", dir, files[i][0]);
+    if (!is_file(src) && !strcmp(name, "tokenizer_config.json")) continue; /* optional */
+    if (!copy_to(src, out, name)) return STATUS_IO;
+    k += (size_t)snprintf(what + k, k < n ? n - k : 0, "%s%s", i ? ", " : "; tokenizer: ", name);
+    if (k >= n) k = n - 1;
+  }
+  return STATUS_OK;
+}
+
 /* ---- The command ------------------------------------------------------------------ */
 static status_t export_checkpoint(const char *dir, const char *out) {
   char path[4096], what[8300];
@@ -174,6 +242,7 @@ static status_t export_checkpoint(const char *dir, const char *out) {
   if (st == STATUS_OK) st = ckpt_read_meta(path, &meta);
   if (st == STATUS_OK) st = model_from_checkpoint(path, meta, &(model_shape){1, 1, 1, 1}, &m);
   if (st == STATUS_OK) st = m->ops->export_hf(m, out, what, sizeof what);
+  if (st == STATUS_OK) st = export_tokenizer(meta, out, what, sizeof what);
   if (st == STATUS_OK) printf("exported %s to %s\n", path, what);
   model_free(m);
   cJSON_Delete(meta);

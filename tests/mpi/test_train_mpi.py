@@ -401,6 +401,11 @@ def test_export(a, data):
           + ("" if e.returncode == 0 else ": " + e.stderr[-400:]))
     if e.returncode == 0:
         check_config_floats(os.path.join(out, "config.json"))
+        # The tokenizer the data were made with goes along, as Hugging Face names it.
+        spm = os.path.join(out, "spiece.model")
+        same = os.path.exists(spm) and open(spm, "rb").read() == open(
+            os.path.join(a.workdir, "kjv.model"), "rb").read()
+        check(same, "export: the SentencePiece model the shards were made with is spiece.model")
 
 
 def shortest_float32(token):
