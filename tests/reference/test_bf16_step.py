@@ -1,9 +1,9 @@
 #!/usr/bin/python3
-"""The BERT and ELECTRA reference step tests with the matrix products in bf16.
+"""The BERT, ELECTRA and GPT-2 reference step tests with the matrix products in bf16.
 
-    test_bf16_step.py --model bert|electra --bin PATH/mlmpi-train [--workdir DIR] [--seed N]
+    test_bf16_step.py --model bert|electra|gpt2 --bin PATH/mlmpi-train [--workdir DIR] [--seed N]
 
-Runs the cases of test_bert_step.py (or test_electra_step.py) through
+Runs the cases of test_bert_step.py (or test_electra_step.py, test_gpt2_step.py) through
 
     BIN step --precision bf16 ...
 
@@ -11,7 +11,7 @@ and compares every output with the same float64 PyTorch reference, under bounds 
 from bf16's rounding (below). Three checks make the comparison mean something:
   * every config's output must FAIL the fp32 test's bounds: the bf16 path really ran;
   * wrong references (BERT: ReLU where the config says GELU; ELECTRA: the fp32 test's
-    foils) must still be rejected under the bf16 bounds;
+    foils; GPT-2: the anti-causal mask) must still be rejected under the bf16 bounds;
   * the fp32 run of the binary on the same cases must pass the bf16 bounds with room
     (it is the same model, rounded less);
   * --precision fp32-onednn (the products in fp32 through oneDNN) must pass the fp32
@@ -59,10 +59,12 @@ import torch  # noqa: E402
 
 import bert_ref  # noqa: E402
 import electra_ref  # noqa: E402
+import gpt2_ref  # noqa: E402
 import ref_cli  # noqa: E402
 import st_io  # noqa: E402
 import test_bert_step as tbs  # noqa: E402
 import test_electra_step as tes  # noqa: E402
+import test_gpt2_step as tgs  # noqa: E402
 
 U = 2.0 ** -8
 U32 = 2.0 ** -24
@@ -94,7 +96,7 @@ def compare(names, ref, out, rt_fwd, rt_grad, forward_only=False):
             problems.append("%s: shape %s / dtype %s / non-finite" % (n, list(o.shape), o.dtype))
             continue
         m = float(np.max(np.abs(r))) if r.size else 0.0
-        if n in SCALARS or n.endswith("_logits"):
+        if n in SCALARS or n.endswith("_logits") or n == "logits":
             bound = rt_fwd * m
         else:
             bound = rt_grad * (m + FLOOR * gmax)
@@ -200,6 +202,35 @@ class Electra:
                               if c["sampled"] == "drawn" else [])
 
 
+class Gpt2:
+    configs = tgs.CONFIGS
+    case = staticmethod(tgs.make_case)
+    write_case = staticmethod(tgs.write_case)
+
+    @staticmethod
+    def bounds(c):
+        E = c["nh"] * c["hd"]
+        return rtols(c["L"], max(E, c["I"] or 4 * E, c["V"], c["B"] * c["T"]))
+
+    @staticmethod
+    def reference(c, cfg, w, b, out, log):
+        return gpt2_ref.reference_step(cfg, w, b), [], ""
+
+    @staticmethod
+    def names(cfg):
+        return gpt2_ref.output_names(cfg)
+
+    @staticmethod
+    def fp32_compare(cfg, ref, out):
+        return tgs.compare(cfg, ref, out)[1]
+
+    @staticmethod
+    def foils(c, cfg, w, b, out):
+        return {"anti_causal": gpt2_ref.reference_step(cfg, w, b, variant="anti_causal")}
+
+    extra_args = staticmethod(lambda c: [])
+
+
 class NoBf16(Exception):
     """This CPU has no bf16 matrix instructions (the binary said which it has)."""
 
@@ -212,7 +243,8 @@ def run(model, binary, workdir, seed, timeout, log):
     runner = ref_cli.SubprocessRunner(binary, timeout)
     for ci, c in enumerate(model.configs):
         cfg, w, b = model.case(c, seed, ci)
-        args = tes.write_case(os.path.join(workdir, c["name"]), cfg, w, b) + model.extra_args(c)
+        write = getattr(model, "write_case", tes.write_case)
+        args = write(os.path.join(workdir, c["name"]), cfg, w, b) + model.extra_args(c)
         rt_fwd, rt_grad = model.bounds(c)
         outs = {}
         for prec in ("bf16", "fp32", "fp32-onednn"):
@@ -273,14 +305,14 @@ def run(model, binary, workdir, seed, timeout, log):
 def main():
     argv = sys.argv[1:]
     if "--model" not in argv or argv.index("--model") + 1 >= len(argv):
-        print("usage: test_bf16_step.py --model bert|electra --bin PATH [--workdir DIR]")
+        print("usage: test_bf16_step.py --model bert|electra|gpt2 --bin PATH [--workdir DIR]")
         return 2
     i = argv.index("--model")
     which = argv[i + 1]
     del sys.argv[i + 1:i + 3]
-    model = {"bert": Bert, "electra": Electra}.get(which)
+    model = {"bert": Bert, "electra": Electra, "gpt2": Gpt2}.get(which)
     if model is None:
-        print("test_bf16_step.py: --model is bert or electra, not %r" % which)
+        print("test_bf16_step.py: --model is bert, electra or gpt2, not %r" % which)
         return 2
     r = ref_cli.start(__doc__, 1234 if which == "bert" else 2718, 300,
                       lambda seed, log: 0, "bf16_step_")
