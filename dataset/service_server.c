@@ -308,27 +308,8 @@ static void *server_worker(void *arg) {
   return NULL;
 }
 
-/* The config the start-up check opens the data with: the defaults (masked
- * LM), or a causal LM's when only that opens (shards of a vocabulary
- * without [MASK], such as GPT-2's, serve clm jobs only); the defaults when
- * neither does, so that their error is the one reported. */
-static data_config server_check_config(const char *dir) {
-  data_config mlm = data_config_default(), clm = mlm;
-  clm.objective = OBJECTIVE_CLM;
-  dataset *d = NULL;
-  if (dataset_open(&d, dir, "train", &mlm) == STATUS_OK) {
-    dataset_free(d);
-    return mlm;
-  }
-  if (dataset_open(&d, dir, "train", &clm) == STATUS_OK) {
-    dataset_free(d);
-    return clm;
-  }
-  return mlm;
-}
-
 /* The server object with its data checked (the train split opened with the
- * default config) and nothing bound or started: what svc_server_start and
+ * default config, or as a causal-LM job) and nothing bound or started: what svc_server_start and
  * svc_server_open_unbound share. */
 static status_t server_prepare(svc_server **out, const svc_server_config *cfg, int workers) {
   *out = NULL;
@@ -362,10 +343,21 @@ static status_t server_prepare(svc_server **out, const svc_server_config *cfg, i
   s->url[0] = 0;
   /* The data must open before anything is bound: a bad directory fails at
    * start, not at the first request. */
-  s->check = server_check_config(s->dir);
+  s->check = data_config_default();
   ds_entry *e;
   int code;
-  if ((st = cache_acquire(s, &s->check, "train", &e, &code))) goto fail;
+  if ((st = cache_acquire(s, &s->check, "train", &e, &code))) {
+    /* Shards of a vocabulary without [MASK] (GPT-2's) open as a causal-LM
+     * job only; when that fails too, the masked-LM reason is reported. */
+    char why[768];
+    snprintf(why, sizeof why, "%s", status_message());
+    s->check.objective = OBJECTIVE_CLM;
+    if (cache_acquire(s, &s->check, "train", &e, &code)) {
+      st = status_set(st, "%s", why);
+      goto fail;
+    }
+    st = STATUS_OK;
+  }
   cache_release(s, e);
   *out = s;
   return STATUS_OK;

@@ -329,15 +329,19 @@ static void attn_dropout_probs(float *out, const float *P, const dropout_desc *d
   for (size_t i = 0; i < n; i++) out[i] = out[i] >= p ? P[i] * s : 0.0f;
 }
 
-/* One head's scores in place: + the key mask's -10000, softmax per row. */
+/* One head's scores in place: + the key mask's -10000, softmax per row;
+ * causal (the mask's causal bit, kernels.h): row i ends at key i, the keys
+ * after it get -inf (exp gives exactly 0), outside the loop BERT runs. */
 static inline void attn_softmax(float *P, const int32_t *mask, int T) {
+  const bool causal = T > 0 && (mask[0] & K_ATTN_CAUSAL);
   for (int i = 0; i < T; i++) {
     float *row = P + (size_t)i * T, mx = -INFINITY, sum = 0.0f;
-    for (int j = 0; j < T; j++) {
+    const int n = causal ? i + 1 : T;
+    for (int j = 0; j < n; j++) {
       row[j] += (mask[j] & K_ATTN_KEY) ? 0.0f : -10000.0f;
-      if ((mask[j] & K_ATTN_CAUSAL) && j > i) row[j] = -INFINITY; /* exp gives 0 */
       mx = row[j] > mx ? row[j] : mx;
     }
+    for (int j = n; j < T; j++) row[j] = -INFINITY;
 #pragma omp simd reduction(+ : sum)
     for (int j = 0; j < T; j++) {
       row[j] = fast_expf(row[j] - mx);

@@ -77,10 +77,10 @@ void k_add_ln_bwd(float *dx, float *dresid, float *dbias, float *dgamma, float *
 void k_dropout(float *x, const dropout_desc *drop, int N, int C);
 
 /* Attention masks [B,T] over keys: bit K_ATTN_KEY marks a real key (without
- * it, padding: the score gets -10000); a key with bit K_ATTN_CAUSAL is seen
- * only by queries at its position or later (its probability is exactly 0
- * for earlier queries: causal self-attention, GPT-2). BERT's 0/1 masks have
- * no causal bit. */
+ * it, padding: the score gets -10000); K_ATTN_CAUSAL, set on every key of a
+ * sequence or on none (it is read from key 0), makes the attention causal:
+ * key j is seen only by queries i >= j (its probability is exactly 0 for
+ * earlier ones; GPT-2). BERT's 0/1 masks have no causal bit. */
 enum { K_ATTN_KEY = 1, K_ATTN_CAUSAL = 2 };
 
 /* Multi-head self-attention core for one batch, on qkv [B*T, 3H] laid out
