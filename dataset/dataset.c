@@ -433,8 +433,8 @@ static status_t cut_clm(dataset *d, uint64_t n_docs) {
  * recorded beside the shards (mlmpi-tokenizer.json, used only when its
  * fingerprint is the shards'); WordPiece, which has none, uses [SEP]. */
 static status_t find_eot(dataset *d, const char *dir) {
-  const char *piece = !strcmp(d->meta.tokenizer_kind, "gpt2")            ? "<|endoftext|>"
-                      : !strcmp(d->meta.tokenizer_kind, "sentencepiece") ? "</s>"
+  const char *piece = !strcmp(d->meta.tokenizer_kind, "gpt2")            ? tok_eot_piece(TOK_GPT2)
+                      : !strcmp(d->meta.tokenizer_kind, "sentencepiece") ? tok_eot_piece(TOK_SPM)
                                                                          : NULL;
   if (!piece) {
     d->eot_id = d->meta.sep_id;

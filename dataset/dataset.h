@@ -253,6 +253,9 @@ status_t text_codec_open(const char *path, text_codec **out);
 void text_codec_free(text_codec *c); /* NULL-safe */
 int32_t text_codec_vocab_size(const text_codec *c);
 uint64_t text_codec_fingerprint(const text_codec *c);
+/* The end-of-text id (as data.objective clm separates documents with it:
+ * <|endoftext|>, </s>, WordPiece's [SEP]); -1 when the vocabulary has none. */
+int32_t text_codec_eot_id(const text_codec *c);
 /* The ids of text (*ids malloc'd: the caller frees it; *n may be 0). */
 status_t text_codec_encode(const text_codec *c, const char *text, int32_t **ids, size_t *n);
 /* The text of ids, NUL-terminated (*text malloc'd: the caller frees it). */

@@ -184,6 +184,10 @@ void tok_free(tokenizer *t) {
 }
 
 tok_kind tok_get_kind(const tokenizer *t) { return t->kind; }
+
+const char *tok_eot_piece(tok_kind k) {
+  return k == TOK_GPT2 ? "<|endoftext|>" : k == TOK_SPM ? "</s>" : NULL;
+}
 int32_t tok_vocab_size(const tokenizer *t) { return t->n_base + t->n_added; }
 
 static bool is_added(const tokenizer *t, int32_t id) {
@@ -322,6 +326,11 @@ void text_codec_free(text_codec *c) {
 
 int32_t text_codec_vocab_size(const text_codec *c) { return tok_vocab_size(c->t); }
 uint64_t text_codec_fingerprint(const text_codec *c) { return tok_fingerprint(c->t); }
+
+int32_t text_codec_eot_id(const text_codec *c) {
+  const char *piece = tok_eot_piece(tok_get_kind(c->t));
+  return piece ? tok_piece_id(c->t, piece) : tok_get_specials(c->t).sep;
+}
 
 status_t text_codec_encode(const text_codec *c, const char *text, int32_t **ids, size_t *n) {
   tok_ids a = {0};

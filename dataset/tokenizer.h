@@ -68,6 +68,9 @@ int32_t tok_vocab_size(const tokenizer *t);
 const char *tok_piece(const tokenizer *t, int32_t id, size_t *len);
 int32_t tok_piece_id(const tokenizer *t, const char *piece);
 tok_specials tok_get_specials(const tokenizer *t);
+/* The piece that ends a document for a causal LM: "<|endoftext|>" (GPT-2),
+ * "</s>" (SentencePiece); NULL for WordPiece, whose end of text is [SEP]. */
+const char *tok_eot_piece(tok_kind k);
 /* Writes the names of the [CLS] [SEP] [MASK] [PAD] tokens the vocabulary
  * lacks in every spelling (BERT's, as "[MASK], [PAD]"; "" when none) to
  * names[0..cap) and returns how many there are. */

@@ -20,15 +20,18 @@ static const char generate_usage[] =
     "usage: mlmpi-train generate --checkpoint DIR (--prompt TEXT | --prompt-ids \"ID ...\")\n"
     "                            [--max-tokens N] [--temperature X] [--top-k K] [--seed S]\n"
     "                            [--tokenizer PATH] [--print-ids] [--no-cache] [--threads N]\n"
-    "                            [--precision P]\n"
+    "                            [--precision P] [--eos-id ID|none]\n"
     "  Prints the GPT-2 model's continuation of the prompt on standard output: the text, or\n"
     "  with --print-ids the new token ids on one line. DIR: a training checkpoint (step-N, or a\n"
     "  ckpt.dir: its newest; the tokenizer is the one meta.json records) or a Hugging Face\n"
     "  directory (config.json with model_type gpt2 + model.safetensors, as export writes; the\n"
     "  tokenizer is DIR itself when it holds vocab.json + merges.txt). --tokenizer overrides\n"
     "  either; --prompt-ids and --print-ids need none.\n"
-    "  --max-tokens 64 new tokens; generation also stops when the sequence reaches the model's\n"
-    "  n_positions (said on standard error). --temperature 0 (default): greedy (the most\n"
+    "  --max-tokens 64 new tokens; generation also stops after the end-of-text token (--eos-id;\n"
+    "  default: the tokenizer's <|endoftext|>, </s> or [SEP] when it has one; none without a\n"
+    "  tokenizer), which --print-ids prints last and the text leaves out, and when the\n"
+    "  sequence reaches the model's n_positions (said on standard error). --temperature 0 "
+    "(default): greedy (the most\n"
     "  likely token, ties to the lowest id); X > 0 samples from softmax(logits / X), from the\n"
     "  K most likely tokens when --top-k K > 0, with Philox keyed by --seed (default 0): the\n"
     "  same seed gives the same tokens. --no-cache recomputes the whole prefix for every token\n"
@@ -38,6 +41,7 @@ static const char generate_usage[] =
 typedef struct {
   const char *ckpt, *prompt, *prompt_ids, *tokenizer, *precision;
   int max_tokens, top_k, threads;
+  int eos_id; /* -1: none; -2: the tokenizer's end of text (the default) */
   double temperature;
   uint64_t seed;
   bool print_ids, no_cache;
@@ -61,9 +65,10 @@ static int parse_args(int argc, char **argv, gen_args *a) {
                                        {"no-cache", no_argument, 0, 'N'},
                                        {"threads", required_argument, 0, 't'},
                                        {"precision", required_argument, 0, 'r'},
+                                       {"eos-id", required_argument, 0, 'e'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
-  *a = (gen_args){.max_tokens = 64};
+  *a = (gen_args){.max_tokens = 64, .eos_id = -2};
   opterr = 0;
   optind = 1;
   for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
@@ -101,6 +106,16 @@ static int parse_args(int argc, char **argv, gen_args *a) {
         if (end == optarg || *end || errno || optarg[0] == '-')
           return bad_flag("seed", "a non-negative integer");
         break;
+      case 'e': {
+        long v = strtol(optarg, &end, 10);
+        if (!strcmp(optarg, "none"))
+          a->eos_id = -1;
+        else if (end == optarg || *end || errno || v < 0 || v > INT32_MAX)
+          return bad_flag("eos-id", "a token id or 'none'");
+        else
+          a->eos_id = (int)v;
+        break;
+      }
       case 'h': fputs(generate_usage, stdout); return 1;
       default:
         fprintf(stderr, "mlmpi-train generate: unknown or incomplete option '%s'\n",
@@ -124,6 +139,8 @@ typedef struct {
   text_codec *tok;
   int32_t *ids; /* prompt then output, cap entries */
   int n_prompt, n, cap;
+  int32_t eos;   /* the end-of-text id generation stops after (-1: none) */
+  bool at_eos;   /* the last token is eos */
   float *logits; /* [V] */
   float *probs;  /* [V] */
   char tok_path[4096 + 32];
@@ -328,7 +345,7 @@ static status_t print_output(const gen_run *x, const gen_args *a) {
     putchar('\n');
   } else {
     char *text = NULL;
-    status_t st = text_codec_decode(x->tok, out, (size_t)n, &text);
+    status_t st = text_codec_decode(x->tok, out, (size_t)(n - x->at_eos), &text);
     if (st) return st;
     fputs(text, stdout);
     putchar('\n');
@@ -347,17 +364,24 @@ static status_t run_generate(gen_run *x, const gen_args *a) {
   const gpt2_config *c = gpt2_get_config(x->m->impl);
   const int V = c->vocab_size, P = c->n_positions;
   if (a->tokenizer) snprintf(x->tok_path, sizeof x->tok_path, "%s", a->tokenizer);
-  if (a->prompt || !a->print_ids) {
-    if (!x->tok_path[0])
-      return status_set(STATUS_CONFIG,
-                        "%s names no tokenizer: give --tokenizer (or use "
-                        "--prompt-ids and --print-ids)",
-                        a->ckpt);
-    if ((st = text_codec_open(x->tok_path, &x->tok))) return st;
-    if (text_codec_vocab_size(x->tok) > V)
+  const bool need_tok = a->prompt || !a->print_ids;
+  if (need_tok && !x->tok_path[0])
+    return status_set(STATUS_CONFIG,
+                      "%s names no tokenizer: give --tokenizer (or use "
+                      "--prompt-ids and --print-ids)",
+                      a->ckpt);
+  if (x->tok_path[0] && (need_tok || a->eos_id == -2)) {
+    /* Ids in and out need the tokenizer only for its end of text: one that
+     * is gone then costs the stop, not the run. */
+    if ((st = text_codec_open(x->tok_path, &x->tok)) && need_tok) return st;
+    if (st)
+      LOG_WARN(TRAINER, "%s; generating without an end-of-text stop (give --eos-id)",
+               status_message());
+    if (x->tok && text_codec_vocab_size(x->tok) > V)
       return status_set(STATUS_CONFIG, "tokenizer %s has %d tokens, more than the model's %d",
                         x->tok_path, (int)text_codec_vocab_size(x->tok), V);
   }
+  x->eos = a->eos_id != -2 ? a->eos_id : x->tok ? text_codec_eot_id(x->tok) : -1;
   if ((st = read_prompt(x, a, P))) return st;
   for (int i = 0; i < x->n; i++)
     if (x->ids[i] >= V)
@@ -380,20 +404,21 @@ static status_t run_generate(gen_run *x, const gen_args *a) {
     if ((st = next_logits(x, a, V))) return st;
     if (x->n == x->n_prompt) t_first = core_now_s() - t0;
     x->ids[x->n] = pick(x->probs, x->logits, V, a, (uint32_t)(x->n - x->n_prompt));
-    x->n++;
+    if ((x->at_eos = x->ids[x->n++] == x->eos)) break;
   }
   double dt = core_now_s() - t0;
   int made = x->n - x->n_prompt;
-  if (made < a->max_tokens)
+  if (made < a->max_tokens && !x->at_eos)
     fprintf(stderr,
             "mlmpi-train generate: stopped after %d of %d new tokens: the sequence reached "
             "n_positions (%d)\n",
             made, a->max_tokens, P);
   LOG_INFO(TRAINER,
            "generated %d tokens after a %d-token prompt in %.3f s (prompt %.3f s; %.1f tokens/s "
-           "after it, %s)",
+           "after it, %s)%s",
            made, x->n_prompt, dt, t_first, made > 1 ? (made - 1) / (dt - t_first) : 0.0,
-           a->no_cache ? "no cache" : "key/value cache");
+           a->no_cache ? "no cache" : "key/value cache",
+           x->at_eos ? "; stopped at end of text" : "");
   return print_output(x, a);
 }
 

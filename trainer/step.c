@@ -16,7 +16,8 @@ typedef struct {
   const char *precision; /* the compute backend (NULL: fp32) */
   uint64_t seed;
   int threads;
-  int steps; /* optimizer steps after the first forward/backward (0: none) */
+  int steps;  /* optimizer steps after the first forward/backward (0: none) */
+  int timing; /* --timing: print the time of the steps after the first */
   optim_config optim;
   lr_schedule sched;
 } step_args;
@@ -27,7 +28,7 @@ static const char step_usage[] =
     "                        [--steps K --optim lamb|adamw --lr X --weight-decay X --beta1 X\n"
     "                         --beta2 X --eps X --max-grad-norm X --adapt-all "
     "--no-bias-correction\n"
-    "                         --trust-min X --trust-max X]\n"
+    "                         --trust-min X --trust-max X] [--timing]\n"
     "\n"
     "One forward and backward pass of the model in CONFIG.json (a Hugging Face config; its\n"
     "model_type picks the model) on the weights W (Hugging Face parameter names) and the batch\n"
@@ -41,6 +42,9 @@ static const char step_usage[] =
     "               each step) and `grad_norms` [K] (the global gradient norm before clipping).\n"
     "               Optimizer flags as the optim.* config keys (defaults: LAMB, lr 1e-3, weight\n"
     "               decay 0.01, beta1 0.9, beta2 0.999, eps 1e-6, max grad norm 1.0).\n"
+    "  --timing     print one JSON line to stdout: the first forward/backward's milliseconds\n"
+    "               and, with --steps K > 1, the mean of the K - 1 whole steps after it\n"
+    "               (forward, backward and optimizer; what benchmarks time)\n"
     "\n"
     "The batch and the outputs of each model:\n";
 
@@ -50,27 +54,18 @@ static void print_help(void) {
 }
 
 static int parse_args(int argc, char **argv, step_args *a) {
-  static const struct option opts[] = {{"model", required_argument, 0, 'm'},
-                                       {"weights", required_argument, 0, 'w'},
-                                       {"batch", required_argument, 0, 'b'},
-                                       {"out", required_argument, 0, 'o'},
-                                       {"seed", required_argument, 0, 's'},
-                                       {"threads", required_argument, 0, 't'},
-                                       {"help", no_argument, 0, 'h'},
-                                       {"precision", required_argument, 0, 'p'},
-                                       {"steps", required_argument, 0, 'K'},
-                                       {"optim", required_argument, 0, 1},
-                                       {"lr", required_argument, 0, 2},
-                                       {"weight-decay", required_argument, 0, 3},
-                                       {"beta1", required_argument, 0, 4},
-                                       {"beta2", required_argument, 0, 5},
-                                       {"eps", required_argument, 0, 6},
-                                       {"max-grad-norm", required_argument, 0, 7},
-                                       {"adapt-all", no_argument, 0, 8},
-                                       {"no-bias-correction", no_argument, 0, 9},
-                                       {"trust-min", required_argument, 0, 10},
-                                       {"trust-max", required_argument, 0, 11},
-                                       {0, 0, 0, 0}};
+  static const struct option opts[] = {
+      {"model", required_argument, 0, 'm'},    {"weights", required_argument, 0, 'w'},
+      {"batch", required_argument, 0, 'b'},    {"out", required_argument, 0, 'o'},
+      {"seed", required_argument, 0, 's'},     {"threads", required_argument, 0, 't'},
+      {"help", no_argument, 0, 'h'},           {"precision", required_argument, 0, 'p'},
+      {"steps", required_argument, 0, 'K'},    {"optim", required_argument, 0, 1},
+      {"lr", required_argument, 0, 2},         {"weight-decay", required_argument, 0, 3},
+      {"beta1", required_argument, 0, 4},      {"beta2", required_argument, 0, 5},
+      {"eps", required_argument, 0, 6},        {"max-grad-norm", required_argument, 0, 7},
+      {"adapt-all", no_argument, 0, 8},        {"no-bias-correction", no_argument, 0, 9},
+      {"trust-min", required_argument, 0, 10}, {"trust-max", required_argument, 0, 11},
+      {"timing", no_argument, 0, 12},          {0, 0, 0, 0}};
   /* Long options 1..11 map onto these optim.* keys. */
   static const char *const optim_keys[] = {
       NULL,  "name",          "lr",        "weight_decay",    "beta1",     "beta2",
@@ -109,6 +104,7 @@ static int parse_args(int argc, char **argv, step_args *a) {
           return fprintf(stderr, "mlmpi-train step: --steps needs a count, not '%s'\n", optarg), 2;
         break;
       case 'h': print_help(); return 1;
+      case 12: a->timing = 1; break;
       case 1:
       case 2:
       case 3:
@@ -259,6 +255,7 @@ typedef struct {
   /* --steps K: the first step's gradients, the losses and norms, the optimizer. */
   float *grads0, *losses, *norms;
   optim *opt;
+  double first_s, steps_s; /* --timing: the first forward/backward, steps 1..K-1 */
 } step_run;
 
 static void free_run(step_run *x) {
@@ -300,13 +297,15 @@ static status_t run_steps(step_run *x, const step_args *a, double loss0) {
   if (st != STATUS_OK) return st;
   memcpy(x->grads0, grads, t->total * sizeof(float));
   x->losses[0] = (float)loss0;
-  double g[MODEL_MAX_COUNTERS];
+  double g[MODEL_MAX_COUNTERS], t1 = 0;
   for (int k = 0; k < a->steps; k++) {
+    if (k == 1) t1 = core_now_s();
     if (k > 0) x->losses[k] = (float)forward_backward(x, a, (uint32_t)k, g);
     optim_stats os;
     optim_step(x->opt, params, grads, (float)lr_at(&a->sched, k), &os);
     x->norms[k] = (float)os.grad_norm;
   }
+  if (a->steps > 1) x->steps_s = core_now_s() - t1;
   return STATUS_OK;
 }
 
@@ -354,12 +353,22 @@ static status_t step_run_all(step_run *x, const step_args *a) {
   st_free(x->wf);
   x->wf = NULL;
   double g[MODEL_MAX_COUNTERS];
+  double t0 = core_now_s();
   double loss = forward_backward(x, a, 0, g);
+  x->first_s = core_now_s() - t0;
   if ((x->n_out = ops->outputs(x->m, &x->b, g, x->out)) < 0) {
     x->n_out = 0;
     return STATUS_NOMEM;
   }
   if (a->steps > 0 && (st = run_steps(x, a, loss))) return st;
+  if (a->timing) {
+    printf("{\"first_ms\": %.3f", 1e3 * x->first_s);
+    if (a->steps > 1)
+      printf(", \"timed_steps\": %d, \"step_ms\": %.3f", a->steps - 1,
+             1e3 * x->steps_s / (a->steps - 1));
+    printf(", \"threads\": %d}\n", omp_get_max_threads());
+    fflush(stdout);
+  }
   return write_outputs(x, a);
 }
 

@@ -168,6 +168,70 @@ def bytes_to_unicode():
     return dict(zip(bs, map(chr, cs)))
 
 
+def write_byte_vocab(d, eot_id):
+    """vocab.json + merges.txt: byte b is token b except byte eot_id, which is token 256;
+    <|endoftext|> is token eot_id."""
+    b2u = bytes_to_unicode()
+    vocab = {b2u[b]: (b if b != eot_id else 256) for b in range(256)}
+    vocab["<|endoftext|>"] = eot_id
+    with open(os.path.join(d, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(d, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n")
+
+
+def check_eos(binary, workdir, seed, log):
+    """The stop after the end-of-text token: --eos-id E with E the first occurrence of a
+    token in the reference's greedy run gives the run up to and including it, --eos-id none
+    the whole run; the default stop is the tokenizer's <|endoftext|> (a vocabulary that gives
+    it the id E, on the same weights), left out of the text."""
+    c = dict(CONFIGS[-1], V=257)
+    cfg, weights, rng = make_model(c, seed, len(CONFIGS) + 1)
+    d = os.path.join(workdir, "eos")
+    write_hf(d, cfg, weights)
+    p = gpt2_ref.params_to_torch(cfg, weights, requires_grad=False)
+    # a prompt whose greedy run has a token first seen mid-run (random weights soon repeat)
+    for _ in range(50):
+        prompt = [int(t) for t in rng.integers(0, 256, size=4)]
+        ref = ref_gen(cfg, p, prompt, 16)
+        k = next((i for i in range(2, len(ref) - 2)
+                  if ref[i] not in ref[:i] and max(ref[:i + 1]) < 256), None)
+        if k is not None:
+            break
+    if k is None:
+        log("FAIL eos: no greedy run of 50 prompts has a new byte token mid-run")
+        return 1
+    e, fails = ref[k], 0
+    try:
+        got = {"explicit": gen(binary, d, prompt, "--max-tokens", 16, "--eos-id", e)[0],
+               "explicit, no cache": gen(binary, d, prompt, "--max-tokens", 16, "--eos-id", e,
+                                         "--no-cache")[0],
+               "none": gen(binary, d, prompt, "--max-tokens", 16, "--eos-id", "none")[0]}
+        write_byte_vocab(d, e)
+        got["tokenizer's"] = gen(binary, d, prompt, "--max-tokens", 16)[0]
+        got["tokenizer's, --eos-id none"] = gen(binary, d, prompt, "--max-tokens", 16,
+                                                "--eos-id", "none")[0]
+        rc, text, err = run(binary, ["generate", "--checkpoint", d, "--prompt-ids",
+                                     " ".join(map(str, prompt)), "--max-tokens", "16"])
+    except RuntimeError as ex:
+        log("FAIL eos: %s" % ex)
+        return 1
+    want = {"explicit": ref[:k + 1], "explicit, no cache": ref[:k + 1], "none": ref,
+            "tokenizer's": ref[:k + 1], "tokenizer's, --eos-id none": ref}
+    for name, w in want.items():
+        if got[name] != w:
+            fails += 1
+            log("FAIL eos (%s, id %d): %s, want %s" % (name, e, got[name], w))
+    want_text = bytes(ref[:k]).decode("utf-8", "surrogateescape") + "\n"
+    if rc != 0 or text != want_text or "n_positions" in err:
+        fails += 1
+        log("FAIL eos text: exit %d, %r, want %r; stderr %s" % (rc, text, want_text, err.strip()))
+    log("%s eos: stop after id %d at new token %d of %d (--eos-id, with and without cache, "
+        "and the tokenizer's <|endoftext|>), none runs on, the text leaves it out"
+        % ("ok  " if not fails else "FAIL", e, k + 1, len(ref)))
+    return fails
+
+
 def check_text(binary, workdir, seed, log):
     c = dict(CONFIGS[-1], V=256)  # the 256 byte tokens
     cfg, weights, _ = make_model(c, seed, len(CONFIGS))
@@ -213,6 +277,8 @@ def check_bad_inputs(binary, workdir, log):
                                      " ".join(["1"] * (P + 1))], "n_positions"),
         ("id outside the vocabulary", ["--checkpoint", d, "--print-ids", "--prompt-ids",
                                        "1 99999"], "vocabulary"),
+        ("bad --eos-id", ["--checkpoint", d, "--print-ids", "--prompt-ids", "1",
+                         "--eos-id", "-3"], "eos-id"),
         ("negative temperature", ["--checkpoint", d, "--print-ids", "--prompt-ids", "1",
                                   "--temperature", "-1"], "temperature"),
         ("text without a tokenizer", ["--checkpoint", d, "--prompt", "hi"], "tokenizer"),
@@ -366,6 +432,7 @@ def main():
         log("FAIL sampling ignores the seed/temperature (seed 8 at temperature 5 == seed 7)")
     fails += (not neg_ok) + (not seed_changes)
     fails += check_text(binary, workdir, a.seed, log)
+    fails += check_eos(binary, workdir, a.seed, log)
     nbad, ncases = check_bad_inputs(binary, workdir, log)
     fails += nbad
     fails += check_export(binary, workdir, a.seed, log)
