@@ -441,14 +441,17 @@ double k_softmax_xent(float *logits, float *dlogits, const float *bias, const in
 #pragma omp parallel for schedule(static) reduction(+ : total, good)
   for (int r = 0; r < M; r++) {
     float *x = logits + (size_t)r * V, *g = dlogits + (size_t)r * V, mx = -INFINITY;
-    int arg = 0;
-    for (int j = 0; j < V; j++) {
-      x[j] += bias ? bias[j] : 0.0f;
-      if (x[j] > mx) {
-        mx = x[j];
-        arg = j;
-      }
+    if (bias) {
+#pragma omp simd
+      for (int j = 0; j < V; j++) x[j] += bias[j];
     }
+    /* The maximum in vector lanes (NaNs never win a comparison), then the
+     * first column holding it: the row is still in cache. */
+#pragma omp simd reduction(max : mx)
+    for (int j = 0; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+    int arg = 0;
+    while (arg < V && !(x[arg] == mx)) arg++;
+    if (arg == V) arg = 0; /* every entry NaN */
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
     for (int j = 0; j < V; j++) {
