@@ -568,8 +568,8 @@ class Attention : public testing::Test {
 
   std::vector<float> Backward(const dropout_desc *d) {
     std::vector<float> dqkv(B * T * H3, NAN), scratch((size_t)nt * 2 * T * T);
-    k_attention_bwd(dqkv.data(), R.data(), probs.data(), qkv.data(), B, T, NH, D, d, scratch.data(),
-                    nt);
+    k_attention_bwd(dqkv.data(), R.data(), probs.data(), qkv.data(), mask.data(), B, T, NH, D, d,
+                    scratch.data(), nt);
     return dqkv;
   }
 
@@ -650,6 +650,86 @@ TEST_F(Attention, DropoutForwardAndBackwardAgree) {
    * sees the mask. */
   Forward(&d);
   EXPECT_FALSE(GradClose(Backward(nullptr), NumGrad(qkv, L, 1e-2f)));
+}
+
+/* Causal attention over more positions than one of the kernels' query blocks
+ * (64): forward and backward against the same operations in double. Sequence 0
+ * is full; sequence 1 ends in padding. Every key carries the causal bit. */
+TEST(CausalAttention, BlocksMatchDoubleForwardAndBackward) {
+  const int B = 2, T = 150, NH = 2, D = 4, H = NH * D, H3 = 3 * H, pad = 10;
+  std::mt19937 g(11);
+  std::vector<float> qkv = RandVec(g, (size_t)B * T * H3, -1.5f, 1.5f);
+  std::vector<float> R = RandVec(g, (size_t)B * T * H, -1, 1);
+  std::vector<int32_t> mask((size_t)B * T, K_ATTN_KEY | K_ATTN_CAUSAL);
+  for (int t = T - pad; t < T; t++) mask[(size_t)T + t] = K_ATTN_CAUSAL;
+  const int nt = omp_get_max_threads();
+  std::vector<float> ctx((size_t)B * T * H), probs((size_t)B * NH * T * T, NAN);
+  std::vector<float> scratch((size_t)nt * 2 * T * T), dqkv((size_t)B * T * H3, NAN);
+  k_attention_fwd(ctx.data(), probs.data(), qkv.data(), mask.data(), B, T, NH, D, nullptr,
+                  scratch.data(), nt);
+  k_attention_bwd(dqkv.data(), R.data(), probs.data(), qkv.data(), mask.data(), B, T, NH, D,
+                  nullptr, scratch.data(), nt);
+  const double scale = 1.0 / std::sqrt((double)D);
+  auto at = [&](int b, int t, int part, int h, int e) {
+    return (double)qkv[((size_t)b * T + t) * H3 + part * H + h * D + e];
+  };
+  double worst_p = 0, worst_c = 0, worst_g = 0, gmax = 0;
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < NH; h++) {
+      std::vector<double> P((size_t)T * T, 0.0), dP((size_t)T * T, 0.0), G((size_t)T * H3, 0.0);
+      for (int i = 0; i < T; i++) {
+        double mx = -1e300, sum = 0;
+        for (int j = 0; j <= i; j++) {
+          double dot = 0;
+          for (int e = 0; e < D; e++) dot += at(b, i, 0, h, e) * at(b, j, 1, h, e);
+          P[(size_t)i * T + j] = dot * scale + (mask[(size_t)b * T + j] & K_ATTN_KEY ? 0 : -10000);
+          mx = std::max(mx, P[(size_t)i * T + j]);
+        }
+        for (int j = 0; j <= i; j++)
+          sum += P[(size_t)i * T + j] = std::exp(P[(size_t)i * T + j] - mx);
+        for (int j = 0; j <= i; j++) P[(size_t)i * T + j] /= sum;
+      }
+      for (int i = 0; i < T; i++) {
+        const float *r = &R[((size_t)b * T + i) * H + h * D];
+        for (int e = 0; e < D; e++) {
+          double c = 0;
+          for (int j = 0; j <= i; j++) c += P[(size_t)i * T + j] * at(b, j, 2, h, e);
+          worst_c = std::max(worst_c, std::fabs(c - ctx[((size_t)b * T + i) * H + h * D + e]));
+        }
+        double dot = 0;
+        for (int j = 0; j <= i; j++) {
+          double d = 0;
+          for (int e = 0; e < D; e++) d += r[e] * at(b, j, 2, h, e);
+          dP[(size_t)i * T + j] = d;
+          dot += d * P[(size_t)i * T + j];
+          for (int e = 0; e < D; e++)
+            G[(size_t)j * H3 + 2 * H + h * D + e] += P[(size_t)i * T + j] * r[e];
+        }
+        for (int j = 0; j < T; j++) {
+          double ds = j <= i ? P[(size_t)i * T + j] * (dP[(size_t)i * T + j] - dot) * scale : 0;
+          worst_p = std::max(worst_p, std::fabs(P[(size_t)i * T + j] -
+                                                probs[(((size_t)b * NH + h) * T + i) * T + j]));
+          for (int e = 0; e < D; e++) {
+            G[(size_t)i * H3 + h * D + e] += ds * at(b, j, 1, h, e);
+            G[(size_t)j * H3 + H + h * D + e] += ds * at(b, i, 0, h, e);
+          }
+        }
+      }
+      for (int t = 0; t < T; t++)
+        for (int part = 0; part < 3; part++)
+          for (int e = 0; e < D; e++) {
+            size_t k = (size_t)t * H3 + part * H + h * D + e;
+            gmax = std::max(gmax, std::fabs(G[k]));
+            worst_g = std::max(worst_g, std::fabs(G[k] - dqkv[(size_t)b * T * H3 + k]));
+          }
+    }
+  EXPECT_LT(worst_p, 2e-6) << "probabilities";
+  EXPECT_LT(worst_c, 1e-5) << "context";
+  EXPECT_LT(worst_g, 1e-5 * std::max(1.0, gmax)) << "dqkv (largest " << gmax << ")";
+  /* Above the diagonal: exactly zero probability. */
+  for (int bh = 0; bh < B * NH; bh++)
+    for (int i = 0; i < T; i++)
+      for (int j = i + 1; j < T; j++) ASSERT_EQ(probs[((size_t)bh * T + i) * T + j], 0.0f);
 }
 
 /* ---- Softmax cross-entropy ----------------------------------------------------------- */

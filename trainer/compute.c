@@ -32,10 +32,10 @@ static void fp32_attention_fwd(void *impl, float *ctx, float *probs, const float
 }
 
 static void fp32_attention_bwd(void *impl, float *dqkv, const float *dctx, const float *probs,
-                               const float *qkv, int B, int T, int NH, int D,
-                               const dropout_desc *drop, float *scratch, int nthreads) {
+                               const float *qkv, const int32_t *input_mask, int B, int T, int NH,
+                               int D, const dropout_desc *drop, float *scratch, int nthreads) {
   (void)impl;
-  k_attention_bwd(dqkv, dctx, probs, qkv, B, T, NH, D, drop, scratch, nthreads);
+  k_attention_bwd(dqkv, dctx, probs, qkv, input_mask, B, T, NH, D, drop, scratch, nthreads);
 }
 
 const compute_ops compute_fp32_ops = {

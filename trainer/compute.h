@@ -54,8 +54,8 @@ struct compute_ops {
                         const int32_t *input_mask, int B, int T, int NH, int D,
                         const dropout_desc *drop, float *scratch, int nthreads);
   void (*attention_bwd)(void *impl, float *dqkv, const float *dctx, const float *probs,
-                        const float *qkv, int B, int T, int NH, int D, const dropout_desc *drop,
-                        float *scratch, int nthreads);
+                        const float *qkv, const int32_t *input_mask, int B, int T, int NH, int D,
+                        const dropout_desc *drop, float *scratch, int nthreads);
 };
 
 extern const compute_ops compute_fp32_ops;
@@ -96,9 +96,11 @@ static inline void cx_attention_fwd(const compute *c, float *ctx, float *probs, 
   c->ops->attention_fwd(c->impl, ctx, probs, qkv, input_mask, B, T, NH, D, drop, scratch, nthreads);
 }
 static inline void cx_attention_bwd(const compute *c, float *dqkv, const float *dctx,
-                                    const float *probs, const float *qkv, int B, int T, int NH,
-                                    int D, const dropout_desc *drop, float *scratch, int nthreads) {
-  c->ops->attention_bwd(c->impl, dqkv, dctx, probs, qkv, B, T, NH, D, drop, scratch, nthreads);
+                                    const float *probs, const float *qkv, const int32_t *input_mask,
+                                    int B, int T, int NH, int D, const dropout_desc *drop,
+                                    float *scratch, int nthreads) {
+  c->ops->attention_bwd(c->impl, dqkv, dctx, probs, qkv, input_mask, B, T, NH, D, drop, scratch,
+                        nthreads);
 }
 
 #ifdef __cplusplus

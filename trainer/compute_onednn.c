@@ -435,8 +435,9 @@ static void onednn_attention_fwd(void *impl, float *ctx, float *probs, const flo
 }
 
 static void onednn_attention_bwd(void *impl, float *dqkv, const float *dctx, const float *probs,
-                                 const float *qkv, int B, int T, int NH, int D,
-                                 const dropout_desc *drop, float *scratch, int nthreads) {
+                                 const float *qkv, const int32_t *input_mask, int B, int T, int NH,
+                                 int D, const dropout_desc *drop, float *scratch, int nthreads) {
+  (void)input_mask; /* the full T x T products: a causal head's zeros stay zeros */
   onednn_state *s = impl;
   const int H = NH * D, BH = B * NH;
   const size_t hd = (size_t)BH * T * D, TT = (size_t)T * T;

@@ -246,8 +246,8 @@ static void layer_bwd(encoder *e, const enc_ctx *c, int l, float *dh) {
   cx_linear_bwd(c->cx, e->dctx, false, G_(c, w->ao_w), NULL, e->dtmp, a->ctx, P_(c, w->ao_w),
                 c->ones, N, H, H);
   dropout_desc dp = enc_dropout(c, g, SITE_ATTN_PROBS, e->attn_dropout);
-  cx_attention_bwd(c->cx, e->dqkv, e->dctx, a->probs, a->qkv, c->B, T, NH, H / NH, &dp, c->scratch,
-                   c->nthreads);
+  cx_attention_bwd(c->cx, e->dqkv, e->dctx, a->probs, a->qkv, c->input_mask, c->B, T, NH, H / NH,
+                   &dp, c->scratch, c->nthreads);
   cx_linear_bwd(c->cx, dh, true, G_(c, w->q_w), G_(c, w->q_b), e->dqkv, e->hs[l], P_(c, w->q_w),
                 c->ones, N, H, 3 * H);
   enc_announce(c, w->q_w, w->ln2_b);

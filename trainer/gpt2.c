@@ -510,8 +510,8 @@ static void block_bwd(gpt2_model *m, const enc_ctx *c, int l) {
   cx_linear_bwd(cx, NULL, false, G_(m, w->aproj_w), NULL, a->ctx, m->dtmp, P_(m, w->aproj_w),
                 c->ones, N, E, E);
   dropout_desc dp = enc_dropout(c, grp, SITE_ATTN_PROBS, cf->attn_pdrop);
-  cx_attention_bwd(cx, m->dqkv, m->dctx, a->probs, a->qkv, c->B, T, NH, E / NH, &dp, c->scratch,
-                   c->nthreads);
+  cx_attention_bwd(cx, m->dqkv, m->dctx, a->probs, a->qkv, m->amask, c->B, T, NH, E / NH, &dp,
+                   c->scratch, c->nthreads);
   k_bias_grad(G_(m, w->attn_b), m->dqkv, c->ones, N, 3 * E);
   cx_linear_fwd(cx, m->dtmp, m->dqkv, P_(m, w->attn_w), N, 3 * E, E);
   cx_linear_bwd(cx, NULL, false, G_(m, w->attn_w), NULL, a->ln1, m->dqkv, P_(m, w->attn_w), c->ones,

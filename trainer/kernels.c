@@ -354,18 +354,22 @@ static inline void attn_softmax(float *P, const int32_t *mask, int T) {
 }
 
 /* dP (the gradient of one head's dropped probabilities Pd) into that of its
- * scores, through the dropout mask (when dr) and the softmax P. */
+ * scores, through the dropout mask (when dr) and the softmax P. causal: row
+ * i reads only keys 0..i of dP (the rest may be unwritten) and gets zeros
+ * after them. */
 static inline void attn_softmax_bwd(float *dP, const float *P, const float *Pd, bool dr, float ds,
-                                    int T) {
+                                    int T, bool causal) {
   for (int i = 0; i < T; i++) {
     const float *pr = P + (size_t)i * T, *pd = Pd + (size_t)i * T;
     float *g = dP + (size_t)i * T, dot = 0.0f;
+    const int n = causal ? i + 1 : T;
     if (dr)
-      for (int j = 0; j < T; j++) g[j] = pd[j] != 0.0f ? g[j] * ds : 0.0f;
+      for (int j = 0; j < n; j++) g[j] = pd[j] != 0.0f ? g[j] * ds : 0.0f;
 #pragma omp simd reduction(+ : dot)
-    for (int j = 0; j < T; j++) dot += g[j] * pr[j];
+    for (int j = 0; j < n; j++) dot += g[j] * pr[j];
 #pragma omp simd
-    for (int j = 0; j < T; j++) g[j] = pr[j] * (g[j] - dot);
+    for (int j = 0; j < n; j++) g[j] = pr[j] * (g[j] - dot);
+    for (int j = n; j < T; j++) g[j] = 0.0f;
   }
 }
 
@@ -379,8 +383,12 @@ bool k_attn_dropout(float *out, const float *P, const dropout_desc *d, int b, in
 
 void k_attn_softmax_bwd(float *dP, const float *P, const float *Pd, const dropout_desc *d, int T) {
   bool dr = k_dropout_on(d);
-  attn_softmax_bwd(dP, P, Pd, dr, dr ? drop_scale(d) : 1.0f, T);
+  attn_softmax_bwd(dP, P, Pd, dr, dr ? drop_scale(d) : 1.0f, T, false);
 }
+
+/* Causal attention's query (and key) block: scores and products beyond a
+ * block's last query are skipped. */
+enum { ATTN_QB = 64 };
 
 void k_attention_fwd(float *ctx, float *probs, const float *qkv, const int32_t *input_mask, int B,
                      int T, int NH, int D, const dropout_desc *drop, float *scratch, int nthreads) {
@@ -393,7 +401,15 @@ void k_attention_fwd(float *ctx, float *probs, const float *qkv, const int32_t *
     const float *q = qkv + (size_t)b * T * H3 + (size_t)h * D, *k = q + H, *v = q + 2 * H;
     float *P = probs + (size_t)bh * T * T;
     const int32_t *mask = input_mask + (size_t)b * T;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, D, scale, q, H3, k, H3, 0.0f, P, T);
+    float *c = ctx + (size_t)b * T * H + (size_t)h * D;
+    const bool causal = T > 0 && (mask[0] & K_ATTN_CAUSAL);
+    /* Causal: query block [i0, i1) needs keys [0, i1) only; the scores after
+     * them are left unwritten (the softmax gives them 0). */
+    for (int i0 = 0; i0 < T; i0 += causal ? ATTN_QB : T) {
+      int i1 = causal && i0 + ATTN_QB < T ? i0 + ATTN_QB : T;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, causal ? i1 : T, D, scale,
+                  q + (size_t)i0 * H3, H3, k, H3, 0.0f, P + (size_t)i0 * T, T);
+    }
     attn_softmax(P, mask, T);
     const float *Pd = P;
     if (dr) {
@@ -401,13 +417,17 @@ void k_attention_fwd(float *ctx, float *probs, const float *qkv, const int32_t *
       attn_dropout_probs(tmp, P, drop, b, h, T);
       Pd = tmp;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, T, 1.0f, Pd, T, v, H3, 0.0f,
-                ctx + (size_t)b * T * H + (size_t)h * D, H);
+    for (int i0 = 0; i0 < T; i0 += causal ? ATTN_QB : T) {
+      int i1 = causal && i0 + ATTN_QB < T ? i0 + ATTN_QB : T;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, D, causal ? i1 : T, 1.0f,
+                  Pd + (size_t)i0 * T, T, v, H3, 0.0f, c + (size_t)i0 * H, H);
+    }
   }
 }
 
-void k_attention_bwd(float *dqkv, const float *dctx, const float *probs, const float *qkv, int B,
-                     int T, int NH, int D, const dropout_desc *drop, float *scratch, int nthreads) {
+void k_attention_bwd(float *dqkv, const float *dctx, const float *probs, const float *qkv,
+                     const int32_t *input_mask, int B, int T, int NH, int D,
+                     const dropout_desc *drop, float *scratch, int nthreads) {
   const int H = NH * D, H3 = 3 * H;
   const float scale = 1.0f / sqrtf((float)D);
   bool dr = k_dropout_on(drop);
@@ -421,16 +441,30 @@ void k_attention_bwd(float *dqkv, const float *dctx, const float *probs, const f
     const float *dc = dctx + (size_t)b * T * H + (size_t)h * D;
     float *Pd = scratch + (size_t)omp_get_thread_num() * 2 * T * T, *dP = Pd + (size_t)T * T;
     if (dr) attn_dropout_probs(Pd, P, drop, b, h, T);
-    /* dV = dropout(P)^T dctx; dP = dctx V^T (through dropout's mask). */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, 1.0f, dr ? Pd : P, T, dc, H, 0.0f,
-                dv, H3);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, D, 1.0f, dc, H, v, H3, 0.0f, dP, T);
-    attn_softmax_bwd(dP, P, Pd, dr, dr ? drop_scale(drop) : 1.0f, T);
+    const float *Pu = dr ? Pd : P;
+    const bool causal = T > 0 && (input_mask[(size_t)b * T] & K_ATTN_CAUSAL);
+    /* Causal, in blocks of ATTN_QB: query rows [i0, i1) of dP, dS and dQ
+     * involve keys [0, i1); key rows [i0, i1) of dV and dK involve queries
+     * [i0, T) (the probabilities above the diagonal are 0). */
+    for (int i0 = 0; i0 < T; i0 += causal ? ATTN_QB : T) {
+      int i1 = causal && i0 + ATTN_QB < T ? i0 + ATTN_QB : T, m = i1 - i0, r = causal ? T - i0 : T;
+      const size_t o = causal ? (size_t)i0 : 0; /* first query row a key block meets */
+      /* dV = dropout(P)^T dctx; dP = dctx V^T (through dropout's mask). */
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, D, r, 1.0f, Pu + o * T + i0, T,
+                  dc + o * H, H, 0.0f, dv + (size_t)i0 * H3, H3);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, causal ? i1 : T, D, 1.0f,
+                  dc + (size_t)i0 * H, H, v, H3, 0.0f, dP + (size_t)i0 * T, T);
+    }
+    attn_softmax_bwd(dP, P, Pd, dr, dr ? drop_scale(drop) : 1.0f, T, causal);
     /* dQ = scale · dS K; dK = scale · dS^T Q. */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, T, scale, dP, T, k, H3, 0.0f, dq,
-                H3);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, scale, dP, T, q, H3, 0.0f, dk,
-                H3);
+    for (int i0 = 0; i0 < T; i0 += causal ? ATTN_QB : T) {
+      int i1 = causal && i0 + ATTN_QB < T ? i0 + ATTN_QB : T, m = i1 - i0, r = causal ? T - i0 : T;
+      const size_t o = causal ? (size_t)i0 : 0;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, causal ? i1 : T, scale,
+                  dP + (size_t)i0 * T, T, k, H3, 0.0f, dq + (size_t)i0 * H3, H3);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, D, r, scale, dP + o * T + i0, T,
+                  q + o * H3, H3, 0.0f, dk + (size_t)i0 * H3, H3);
+    }
   }
 }
 

@@ -94,8 +94,9 @@ enum { K_ATTN_KEY = 1, K_ATTN_CAUSAL = 2 };
 void k_attention_fwd(float *ctx, float *probs, const float *qkv, const int32_t *input_mask, int B,
                      int T, int NH, int D, const dropout_desc *drop, float *scratch, int nthreads);
 /* dqkv [B*T,3H] (written) from dctx [B*T,H]; scratch: nthreads * 2*T*T. */
-void k_attention_bwd(float *dqkv, const float *dctx, const float *probs, const float *qkv, int B,
-                     int T, int NH, int D, const dropout_desc *drop, float *scratch, int nthreads);
+void k_attention_bwd(float *dqkv, const float *dctx, const float *probs, const float *qkv,
+                     const int32_t *input_mask, int B, int T, int NH, int D,
+                     const dropout_desc *drop, float *scratch, int nthreads);
 
 /* The per-head steps of attention around its products, for backends that
  * run the products themselves. k_attn_softmax: one head's scores [T,T] in

@@ -64,6 +64,10 @@ CONFIGS = [
          T=17, rw=False),
     dict(name="nh6_e18_gelu_l2", nh=6, hd=3, L=2, V=300, P=39, I=35, act="gelu", B=2, T=25,
          rw=True),
+    # more positions than the fp32 kernels' causal query block (64): three blocks, the last
+    # partial
+    dict(name="nh2_e16_gelunew_t150", nh=2, hd=8, L=2, V=97, P=160, I=40, act="gelu_new", B=2,
+         T=150, rw=True),
 ]
 
 
