@@ -23,11 +23,12 @@ asserted.
 
 usage: bench/gpt2_vs_torch.py [--bin-dir build/bin] [--threads N] [--steps N] [--warmup N]
                               [--shapes tiny256,tiny1024,124m256,124m1024] [--no-bert-ref]
-                              [--precisions fp32,fp32-onednn,bf16]
+                              [--precisions fp32,fp32-onednn,bf16] [--rounds 2]
 """
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -191,6 +192,8 @@ def main():
     ap.add_argument("--no-bert-ref", action="store_true",
                     help="skip the BERT-base bench_step row (the of-sgemm reference)")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="measurements per side and shape, interleaved; the median is reported")
     ap.add_argument("--precisions", default="fp32",
                     help="mlmpi's model.precision per row: fp32, fp32-onednn, bf16 (comma list)")
     a = ap.parse_args()
@@ -207,8 +210,9 @@ def main():
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), OPENBLAS_NUM_THREADS=str(a.threads))
     work = a.workdir or tempfile.mkdtemp(prefix="gpt2_vs_torch.")
 
-    print("gpt2_vs_torch: threads=%d, timed steps per side %s, torch warm-up %d, one round"
-          % (a.threads, a.steps if a.steps is not None else "per shape", a.warmup))
+    print("gpt2_vs_torch: threads=%d, timed steps per side %s, torch warm-up %d, %d rounds"
+          " (median)"
+          % (a.threads, a.steps if a.steps is not None else "per shape", a.warmup, a.rounds))
     print("OpenBLAS kernel (OPENBLAS_VERBOSE=2, tiny bench_step): %s; OPENBLAS_CORETYPE=%s"
           % (svt.openblas_core(step_bin, env), os.environ.get("OPENBLAS_CORETYPE", "(unset)")))
     print("load average at start: %.2f %.2f %.2f; cpus %d" % (os.getloadavg() + (os.cpu_count(),)))
@@ -264,35 +268,43 @@ def main():
                      other))
         except svt.RunFailed as e:
             print("# bench_gemm FAILED: %s" % e)
-        r["mlmpi"] = {}
-        for prec in precs:
+        # Rounds interleave the sides, so a slow spell of the machine falls on both.
+        times = {p: [] for p in precs + ["torch"]}
+        for rnd in range(a.rounds):
+            for prec in precs:
+                try:
+                    st, first, other = time_mlmpi(train_bin, d, s, a.threads, steps, env,
+                                                  svt.run, svt.last_json, prec)
+                    times[prec].append(st)
+                    print("# round %d mlmpi-train step --timing --precision %s: first (cold)"
+                          " forward/backward %.1f ms, then %.1f ms/step over %d steps; other cpu"
+                          " %.2f" % (rnd + 1, prec, 1e3 * first, 1e3 * st, steps, other))
+                except svt.RunFailed as e:
+                    print("# mlmpi %s FAILED: %s" % (prec, e))
+                sys.stdout.flush()
             try:
-                st, first, other = time_mlmpi(train_bin, d, s, a.threads, steps, env, svt.run,
-                                              svt.last_json, prec)
-                r["mlmpi"][prec] = st
-                print("# mlmpi-train step --timing --precision %s: first (cold) forward/backward"
-                      " %.1f ms, then %.1f ms/step over %d steps; other cpu %.2f"
-                      % (prec, 1e3 * first, 1e3 * st, steps, other))
+                cmd = [sys.executable, os.path.abspath(__file__), "--peer", "--shape", name,
+                       "--threads", str(a.threads), "--steps", str(steps), "--warmup",
+                       str(a.warmup)]
+                out, _, other = svt.run(cmd, env)
+                j = svt.last_json(out, cmd)
+                times["torch"].append(j["step_ms"] / 1e3)
+                print("# round %d torch %s: %.1f ms/step, loss %.4f, logits %s; other cpu %.2f"
+                      % (rnd + 1, j["torch"], j["step_ms"], j["loss"], j["logits_dtype"], other))
             except svt.RunFailed as e:
-                print("# mlmpi %s FAILED: %s" % (prec, e))
+                print("# torch FAILED: %s" % e)
             sys.stdout.flush()
-        try:
-            cmd = [sys.executable, os.path.abspath(__file__), "--peer", "--shape", name,
-                   "--threads", str(a.threads), "--steps", str(steps), "--warmup",
-                   str(a.warmup)]
-            out, _, other = svt.run(cmd, env)
-            j = svt.last_json(out, cmd)
-            r["torch"] = j["step_ms"] / 1e3
-            print("# torch %s: %.1f ms/step, loss %.4f, logits %s; other cpu %.2f"
-                  % (j["torch"], j["step_ms"], j["loss"], j["logits_dtype"], other))
-        except svt.RunFailed as e:
-            print("# torch FAILED: %s" % e)
+        # the median step time per side, and the spread of the rounds around it
+        med = {k: statistics.median(v) for k, v in times.items() if v}
+        r["mlmpi"] = {p: med[p] for p in precs if p in med}
+        r["torch"] = med.get("torch")
+        r["spread"] = {k: (max(v) - min(v)) / med[k] for k, v in times.items() if v}
         rows.append(r)
         sys.stdout.flush()
 
-    print("\n%-9s %-11s %10s %10s %6s %9s %9s %8s %8s  %s" % (
+    print("\n%-9s %-11s %10s %10s %6s %9s %9s %8s %8s %13s  %s" % (
         "shape", "precision", "mlmpi t/s", "torch t/s", "ratio", "mlmpi GF", "torch GF", "gemm",
-        "of gemm", "targets (ratio >= %.1f; fp32 of sgemm >= BERT's %s)"
+        "of gemm", "spread m / t", "targets (ratio >= %.1f; fp32 of sgemm >= BERT's %s)"
         % (RATIO_TARGET, "%.2f" % bert_frac if bert_frac else "?")))
     nan = float("nan")
     for r in rows:
@@ -309,8 +321,11 @@ def main():
             met = ["ratio %s" % ("MET" if ratio >= RATIO_TARGET else "NOT MET")]
             if bert_frac and prec == "fp32":
                 met.append("sgemm %s" % ("MET" if frac >= bert_frac else "NOT MET"))
-            print("%-9s %-11s %10.1f %10.1f %6.2f %9.1f %9.1f %8.1f %8.2f  %s"
-                  % (r["name"], prec, mt, tt, ratio, mg, tg, sg, frac, ", ".join(met)))
+            sp = r["spread"]
+            spread = "%5.2f / %5.2f" % (sp.get(prec, nan), sp.get("torch", nan))
+            print("%-9s %-11s %10.1f %10.1f %6.2f %9.1f %9.1f %8.1f %8.2f %13s  %s"
+                  % (r["name"], prec, mt, tt, ratio, mg, tg, sg, frac, spread, ", ".join(met)))
+    print("spread: (max - min) / median of the rounds' step times, mlmpi / torch")
     print("\nload average at end: %.2f %.2f %.2f; files in %s" % (os.getloadavg() + (work,)))
 
 
