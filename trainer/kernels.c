@@ -387,8 +387,12 @@ void k_attn_softmax_bwd(float *dP, const float *P, const float *Pd, const dropou
 }
 
 /* Causal attention's query (and key) block: scores and products beyond a
- * block's last query are skipped. */
+ * block's last query are skipped. One block of all T when not causal. */
 enum { ATTN_QB = 64 };
+static inline int attn_block_step(bool causal, int T) { return causal ? ATTN_QB : T; }
+static inline int attn_block_end(bool causal, int i0, int T) {
+  return causal && i0 + ATTN_QB < T ? i0 + ATTN_QB : T;
+}
 
 void k_attention_fwd(float *ctx, float *probs, const float *qkv, const int32_t *input_mask, int B,
                      int T, int NH, int D, const dropout_desc *drop, float *scratch, int nthreads) {
@@ -405,8 +409,8 @@ void k_attention_fwd(float *ctx, float *probs, const float *qkv, const int32_t *
     const bool causal = T > 0 && (mask[0] & K_ATTN_CAUSAL);
     /* Causal: query block [i0, i1) needs keys [0, i1) only; the scores after
      * them are left unwritten (the softmax gives them 0). */
-    for (int i0 = 0; i0 < T; i0 += causal ? ATTN_QB : T) {
-      int i1 = causal && i0 + ATTN_QB < T ? i0 + ATTN_QB : T;
+    for (int i0 = 0; i0 < T; i0 += attn_block_step(causal, T)) {
+      int i1 = attn_block_end(causal, i0, T);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, i1 - i0, causal ? i1 : T, D, scale,
                   q + (size_t)i0 * H3, H3, k, H3, 0.0f, P + (size_t)i0 * T, T);
     }
@@ -417,8 +421,8 @@ void k_attention_fwd(float *ctx, float *probs, const float *qkv, const int32_t *
       attn_dropout_probs(tmp, P, drop, b, h, T);
       Pd = tmp;
     }
-    for (int i0 = 0; i0 < T; i0 += causal ? ATTN_QB : T) {
-      int i1 = causal && i0 + ATTN_QB < T ? i0 + ATTN_QB : T;
+    for (int i0 = 0; i0 < T; i0 += attn_block_step(causal, T)) {
+      int i1 = attn_block_end(causal, i0, T);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, i1 - i0, D, causal ? i1 : T, 1.0f,
                   Pd + (size_t)i0 * T, T, v, H3, 0.0f, c + (size_t)i0 * H, H);
     }
@@ -446,8 +450,8 @@ void k_attention_bwd(float *dqkv, const float *dctx, const float *probs, const f
     /* Causal, in blocks of ATTN_QB: query rows [i0, i1) of dP, dS and dQ
      * involve keys [0, i1); key rows [i0, i1) of dV and dK involve queries
      * [i0, T) (the probabilities above the diagonal are 0). */
-    for (int i0 = 0; i0 < T; i0 += causal ? ATTN_QB : T) {
-      int i1 = causal && i0 + ATTN_QB < T ? i0 + ATTN_QB : T, m = i1 - i0, r = causal ? T - i0 : T;
+    for (int i0 = 0; i0 < T; i0 += attn_block_step(causal, T)) {
+      int i1 = attn_block_end(causal, i0, T), m = i1 - i0, r = causal ? T - i0 : T;
       const size_t o = causal ? (size_t)i0 : 0; /* first query row a key block meets */
       /* dV = dropout(P)^T dctx; dP = dctx V^T (through dropout's mask). */
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, D, r, 1.0f, Pu + o * T + i0, T,
@@ -457,8 +461,8 @@ void k_attention_bwd(float *dqkv, const float *dctx, const float *probs, const f
     }
     attn_softmax_bwd(dP, P, Pd, dr, dr ? drop_scale(drop) : 1.0f, T, causal);
     /* dQ = scale · dS K; dK = scale · dS^T Q. */
-    for (int i0 = 0; i0 < T; i0 += causal ? ATTN_QB : T) {
-      int i1 = causal && i0 + ATTN_QB < T ? i0 + ATTN_QB : T, m = i1 - i0, r = causal ? T - i0 : T;
+    for (int i0 = 0; i0 < T; i0 += attn_block_step(causal, T)) {
+      int i1 = attn_block_end(causal, i0, T), m = i1 - i0, r = causal ? T - i0 : T;
       const size_t o = causal ? (size_t)i0 : 0;
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, D, causal ? i1 : T, scale,
                   dP + (size_t)i0 * T, T, k, H3, 0.0f, dq + (size_t)i0 * H3, H3);

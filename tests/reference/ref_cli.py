@@ -10,6 +10,18 @@ import tempfile
 
 import torch
 
+# The step tests' tolerances: forward and backward against float64 (test_bert_step.py's
+# compare() says why each is what it is), and after --steps K (test_optim_step.py's
+# trajectory checks: each tensor's total change, the losses and norms, and the fraction of
+# the largest gradient below which a gradient counts as zero).
+SCALAR_RTOL = 1e-5
+LOGIT_RTOL = 1e-4
+GRAD_RTOL = 5e-4
+GRAD_GLOBAL_FRAC = 1e-3
+DELTA_RTOL = 1e-3
+STEP_SCALAR_RTOL = 1e-4
+ZERO_GRAD_FRAC = 1e-12
+
 
 def log(s):
     print(s, flush=True)
@@ -53,3 +65,25 @@ class SubprocessRunner:
         except subprocess.TimeoutExpired:
             return None, "timed out after %ds" % self.timeout
         return p.returncode, p.stderr
+
+
+def bad_input_verdict(name, culprit, rc, err, width=28):
+    """0 when a malformed input was refused as it must be (nonzero exit without a signal or
+    a timeout, exactly one stderr line, naming culprit), else 1; logs PASS or FAIL."""
+    lines = err.rstrip("\n").split("\n") if err.strip() else []
+    why = []
+    if rc is None:
+        why.append("timed out")
+    elif rc == 0:
+        why.append("exit status 0")
+    elif rc < 0:
+        why.append("killed by signal %d" % -rc)
+    if len(lines) != 1:
+        why.append("stderr has %d lines, expected 1" % len(lines))
+    if culprit not in err:
+        why.append("stderr does not name %s" % culprit)
+    if why:
+        log("FAIL bad-input %-*s %s; stderr: %r" % (width, name, "; ".join(why), err[-1000:]))
+        return 1
+    log("PASS bad-input %-*s exit %d: %s" % (width, name, rc, lines[0].strip()))
+    return 0

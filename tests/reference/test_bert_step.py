@@ -42,10 +42,7 @@ import ref_cli  # noqa: E402
 import st_io  # noqa: E402
 
 # tolerances (see compare())
-SCALAR_RTOL = 1e-5
-LOGIT_RTOL = 1e-4
-GRAD_RTOL = 5e-4
-GRAD_GLOBAL_FRAC = 1e-3
+from ref_cli import GRAD_GLOBAL_FRAC, GRAD_RTOL, LOGIT_RTOL, SCALAR_RTOL  # noqa: E402,F401
 
 # name, vocab, hidden, layers, heads, intermediate, act, type_vocab, T, B, P,
 # max_pos, architectures ("pt" = BertForPreTraining, "mlm" = BertForMaskedLM,
@@ -350,23 +347,7 @@ def run_bad_inputs(runner, workdir, seed, log):
         d = os.path.join(workdir, "bad_" + name)
         write_case(d, cfg, w, b)
         rc, so, se = runner(step_args(d))
-        lines = [ln for ln in se.rstrip("\n").split("\n")] if se.strip() else []
-        why = []
-        if rc is None:
-            why.append("timed out")
-        elif rc == 0:
-            why.append("exit status 0")
-        elif rc < 0:
-            why.append("killed by signal %d" % -rc)
-        if len(lines) != 1:
-            why.append("stderr has %d lines, expected 1" % len(lines))
-        if culprit not in se:
-            why.append("stderr does not name %s" % culprit)
-        if why:
-            failures += 1
-            log("FAIL bad-input %-28s %s; stderr: %r" % (name, "; ".join(why), se[-1000:]))
-        else:
-            log("PASS bad-input %-28s exit %d: %s" % (name, rc, lines[0].strip()))
+        failures += ref_cli.bad_input_verdict(name, culprit, rc, se, 28)
     return failures
 
 

@@ -46,14 +46,9 @@ import optim_ref  # noqa: E402
 import ref_cli  # noqa: E402
 import st_io  # noqa: E402
 
-SCALAR_RTOL = 1e-5
-LOGIT_RTOL = 1e-4
-GRAD_RTOL = 5e-4
-GRAD_GLOBAL_FRAC = 1e-3
+from ref_cli import (DELTA_RTOL, GRAD_GLOBAL_FRAC, GRAD_RTOL, LOGIT_RTOL,  # noqa: E402,F401
+                     SCALAR_RTOL, STEP_SCALAR_RTOL, ZERO_GRAD_FRAC)
 K_STEPS = 5
-DELTA_RTOL = 1e-3
-STEP_SCALAR_RTOL = 1e-4
-ZERO_GRAD_FRAC = 1e-12
 
 # gen / disc: (hidden, layers, heads, intermediate); gen None: the config has
 # no "generator" object (a quarter of the discriminator); weights None: the
@@ -436,23 +431,7 @@ def run_bad_inputs(binary, workdir, seed, timeout, log):
     for name, culprit, cfg, w, b in cases:
         args = write_case(os.path.join(workdir, "bad_" + name), cfg, w, b)
         rc, err = run_bin(binary, args, timeout)
-        lines = err.rstrip("\n").split("\n") if err.strip() else []
-        why = []
-        if rc is None:
-            why.append("timed out")
-        elif rc == 0:
-            why.append("exit status 0")
-        elif rc < 0:
-            why.append("killed by signal %d" % -rc)
-        if len(lines) != 1:
-            why.append("stderr has %d lines" % len(lines))
-        if culprit not in err:
-            why.append("stderr does not name %s" % culprit)
-        if why:
-            fails += 1
-            log("FAIL bad-input %-26s %s; stderr: %r" % (name, "; ".join(why), err[-1000:]))
-        else:
-            log("PASS bad-input %-26s exit %d: %s" % (name, rc, lines[0].strip()))
+        fails += ref_cli.bad_input_verdict(name, culprit, rc, err, 26)
     return fails, len(cases)
 
 

@@ -45,7 +45,7 @@ import ref_cli  # noqa: E402
 import st_io  # noqa: E402
 import tfevents  # noqa: E402
 
-LOGIT_RTOL = 1e-4  # test_gpt2_step.py's
+from ref_cli import LOGIT_RTOL  # noqa: E402
 
 CONFIGS = [
     dict(name="nh1_e7_gelunew", nh=1, hd=7, L=1, V=53, P=12, I=13, act="gelu_new"),

@@ -38,16 +38,10 @@ import optim_ref  # noqa: E402
 import ref_cli  # noqa: E402
 import st_io  # noqa: E402
 
-# test_bert_step.py's tolerances (see compare())
-SCALAR_RTOL = 1e-5
-LOGIT_RTOL = 1e-4
-GRAD_RTOL = 5e-4
-GRAD_GLOBAL_FRAC = 1e-3
-# test_electra_step.py's for --steps
+# the shared tolerances (ref_cli.py)
+from ref_cli import (DELTA_RTOL, GRAD_GLOBAL_FRAC, GRAD_RTOL, LOGIT_RTOL,  # noqa: E402,F401
+                     SCALAR_RTOL, STEP_SCALAR_RTOL, ZERO_GRAD_FRAC)
 K_STEPS = 5
-DELTA_RTOL = 1e-3
-STEP_SCALAR_RTOL = 1e-4
-ZERO_GRAD_FRAC = 1e-12
 
 # nh heads of width hd (n_embd = nh * hd), layers, vocab, n_positions, n_inner (None: absent,
 # 4 * n_embd), activation, batch B x T, target weights random (else 1).
@@ -263,23 +257,7 @@ def run_bad_inputs(runner, workdir, seed, log):
     for name, culprit, cfg, w, b in cases:
         args = write_case(os.path.join(workdir, "bad_" + name), cfg, w, b)
         rc, err = runner(args)
-        lines = err.rstrip("\n").split("\n") if err.strip() else []
-        why = []
-        if rc is None:
-            why.append("timed out")
-        elif rc == 0:
-            why.append("exit status 0")
-        elif rc < 0:
-            why.append("killed by signal %d" % -rc)
-        if len(lines) != 1:
-            why.append("stderr has %d lines, expected 1" % len(lines))
-        if culprit not in err:
-            why.append("stderr does not name %s" % culprit)
-        if why:
-            fails += 1
-            log("FAIL bad-input %-30s %s; stderr: %r" % (name, "; ".join(why), err[-1000:]))
-        else:
-            log("PASS bad-input %-30s exit %d: %s" % (name, rc, lines[0].strip()))
+        fails += ref_cli.bad_input_verdict(name, culprit, rc, err, 30)
     return fails
 
 
