@@ -23,6 +23,7 @@ comparison's float32 positive control).
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 
@@ -290,6 +291,35 @@ def self_test(seed, log):
     return 1 if fails else 0
 
 
+def check_timing(binary, workdir, seed, log, timeout):
+    """--timing: one JSON line on stdout (the first forward/backward's ms, and for --steps K
+    the K - 1 timed steps and their mean), and the same outputs as without it."""
+    c = CONFIGS[2]
+    cfg, weights, batch = make_case(c, seed + 2, 2)
+    outs, line = [], None
+    for timing in (False, True):
+        args = write_case(os.path.join(workdir, "timing_%d" % timing), cfg, weights, batch)
+        cmd = [binary] + args + ["--steps", "3", "--optim", "adamw", "--threads", "2"]
+        p = subprocess.run(cmd + (["--timing"] if timing else []), capture_output=True,
+                           text=True, timeout=timeout)
+        if p.returncode != 0:
+            log("FAIL --timing run: exit %d: %s" % (p.returncode, p.stderr.strip()[-500:]))
+            return 1
+        outs.append(st_io.load(args[-1]))
+        if timing:
+            line = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
+    try:
+        j = json.loads(line)
+        ok = j["timed_steps"] == 2 and j["first_ms"] > 0 and j["step_ms"] > 0
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    same = outs[0].keys() == outs[1].keys() and all(
+        np.array_equal(outs[0][k], outs[1][k]) for k in outs[0])
+    log("%s --timing: %r; outputs %s those without it"
+        % ("PASS" if ok and same else "FAIL", line, "equal to" if same else "DIFFER from"))
+    return 0 if ok and same else 1
+
+
 def main():
     r = ref_cli.start(__doc__, 1717, 600, self_test, "gpt2_step_")
     if isinstance(r, int):
@@ -304,14 +334,15 @@ def main():
     nsteps = run_steps(runner, workdir, a.seed, log, "lamb", 2)
     nsteps += run_steps(runner, workdir, a.seed, log, "adamw", 3)
     nbad = run_bad_inputs(runner, workdir, a.seed, log)
-    fails = nconf + nneg + nsteps + nbad
+    ntiming = check_timing(os.path.abspath(a.bin), workdir, a.seed, log, a.timeout)
+    fails = nconf + nneg + nsteps + nbad + ntiming
     log("SUMMARY: injected %d GPT-2 configs (1-6 heads, gelu/gelu_new, padded rows), anti-causal "
         "and no-pad-mask references, 5 malformed inputs; checked loss/logits/every gradient "
         "against float64 PyTorch: %d/%d configs passed, negative checks %s, %d/2 optimizer runs "
-        "(5 LAMB, 5 AdamW steps) passed, %d/5 bad-input cases passed (%.1fs)%s"
+        "(5 LAMB, 5 AdamW steps) passed, %d/5 bad-input cases passed, --timing %s (%.1fs)%s"
         % (len(CONFIGS), len(CONFIGS) - nconf, len(CONFIGS),
            "ok" if not nneg else "FAILED (%d)" % nneg,
-           2 - nsteps, 5 - nbad, time.time() - t0, "" if not fails else "; files kept in " + workdir))
+           2 - nsteps, 5 - nbad, "ok" if not ntiming else "FAILED", time.time() - t0, "" if not fails else "; files kept in " + workdir))
     if not fails and not a.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     return 1 if fails else 0
