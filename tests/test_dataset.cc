@@ -26,11 +26,9 @@ namespace {
 
 const int kV = 500, kCLS = 1, kSEP = 2, kMASK = 3, kPAD = 0;
 
-// Writes `docs` documents of random sentences into dir/train-0000{0,1}.mlms
-// (two shards); tokens are drawn from [10, kV). Returns the token count.
-uint64_t make_corpus(const std::string &dir, int docs, uint32_t seed,
-                     bool short_sentences = false) {
-  mkdir(dir.c_str(), 0755);
+// The header of the tests' shards: a WordPiece vocabulary of kV with the
+// specials above, split "train".
+shard_meta test_meta() {
   shard_meta m = {};
   m.tokenizer_fingerprint = 42;
   m.vocab_size = kV;
@@ -40,6 +38,16 @@ uint64_t make_corpus(const std::string &dir, int docs, uint32_t seed,
   m.pad_id = kPAD;
   m.unk_id = 4;
   snprintf(m.tokenizer_kind, sizeof m.tokenizer_kind, "wordpiece");
+  snprintf(m.split, sizeof m.split, "train");
+  return m;
+}
+
+// Writes `docs` documents of random sentences into dir/train-0000{0,1}.mlms
+// (two shards); tokens are drawn from [10, kV). Returns the token count.
+uint64_t make_corpus(const std::string &dir, int docs, uint32_t seed,
+                     bool short_sentences = false) {
+  mkdir(dir.c_str(), 0755);
+  shard_meta m = test_meta();
   uint64_t tokens = 0;
   uint32_t s = seed;
   auto rnd = [&s](uint32_t n) {
@@ -48,7 +56,6 @@ uint64_t make_corpus(const std::string &dir, int docs, uint32_t seed,
   };
   for (int part = 0; part < 2; part++) {
     std::string p = dir + "/train-0000" + std::to_string(part) + ".mlms";
-    snprintf(m.split, sizeof m.split, "train");
     shard_writer *w;
     EXPECT_EQ(shard_writer_open(&w, p.c_str(), &m), STATUS_OK);
     for (int d = part; d < docs; d += 2) {
@@ -477,16 +484,7 @@ TEST(DatasetClm, BatchesAreAPureFunctionOfSeedStepAndSlice) {
 TEST(DatasetClm, FingerprintHoldsTheObjective) {
   std::string dir = ::testing::TempDir() + "ds_clm_fp";
   mkdir(dir.c_str(), 0755);
-  shard_meta m = {};
-  m.tokenizer_fingerprint = 42;
-  m.vocab_size = kV;
-  m.cls_id = kCLS;
-  m.sep_id = kSEP;
-  m.mask_id = kMASK;
-  m.pad_id = kPAD;
-  m.unk_id = 4;
-  snprintf(m.tokenizer_kind, sizeof m.tokenizer_kind, "wordpiece");
-  snprintf(m.split, sizeof m.split, "train");
+  shard_meta m = test_meta();
   shard_writer *w;
   ASSERT_EQ(shard_writer_open(&w, (dir + "/train-00000.mlms").c_str(), &m), STATUS_OK);
   // 8 one-sentence documents of 6 tokens, T 16: packed pairs them (4

@@ -8,6 +8,7 @@ import os
 import subprocess
 import tempfile
 
+import numpy as np
 import torch
 
 # The step tests' tolerances: forward and backward against float64 (test_bert_step.py's
@@ -87,3 +88,46 @@ def bad_input_verdict(name, culprit, rc, err, width=28):
         return 1
     log("PASS bad-input %-*s exit %d: %s" % (width, name, rc, lines[0].strip()))
     return 0
+
+
+def compare_outputs(expected, ref, out, bounds):
+    """(records, problems) for a step's OUT against the float64 reference ref: OUT must hold
+    exactly the expected names, each floating point, of the reference's shape, finite, and
+    within bounds[name] in max abs error.  records: (name, err, bound) per compared tensor;
+    problems: one string per failure."""
+    problems = ["%s: missing from OUT" % n for n in expected if n not in out]
+    problems += ["%s: unexpected tensor in OUT" % n for n in sorted(set(out) - set(expected))]
+    records = []
+    for n in expected:
+        if n not in out:
+            continue
+        r = np.asarray(ref[n], np.float64)
+        o = np.asarray(out[n])
+        if o.dtype.kind != "f":
+            problems.append("%s: dtype %s, expected floating point" % (n, o.dtype))
+            continue
+        if tuple(o.shape) != tuple(r.shape):
+            problems.append("%s: shape %s, expected %s" % (n, list(o.shape), list(r.shape)))
+            continue
+        o = o.astype(np.float64)
+        if not np.all(np.isfinite(o)):
+            problems.append("%s: contains non-finite values" % n)
+            continue
+        diff = np.abs(o - r)
+        err = float(diff.max()) if diff.size else 0.0
+        bound = bounds[n]
+        records.append((n, err, bound))
+        if not err <= bound:
+            idx = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.ndim else ()
+            problems.append("%s: max abs err %.3e > bound %.3e (ratio %.2f) at %s: out=%.9g ref=%.9g"
+                            % (n, err, bound, err / bound if bound > 0 else float("inf"),
+                               tuple(int(i) for i in idx), float(o[idx]), float(r[idx])))
+    return records, problems
+
+
+def worst(records):
+    """The compared tensor nearest its bound, as one line."""
+    if not records:
+        return "no tensors compared"
+    n, e, b = max(records, key=lambda r: (r[1] / r[2]) if r[2] > 0 else float("inf"))
+    return "worst %s err=%.2e bound=%.2e ratio=%.3f" % (n, e, b, e / b if b > 0 else float("inf"))

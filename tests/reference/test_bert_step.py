@@ -181,43 +181,8 @@ def _bound_table(cfg, ref):
 
 
 def compare(cfg, ref, out):
-    """Returns (records, problems). records: (name, err, bound) for every
-    compared tensor; problems: list of strings, one per failing tensor."""
-    expected = bert_ref.output_names(cfg)
-    problems = []
-    missing = [n for n in expected if n not in out]
-    extra = sorted(n for n in out if n not in set(expected))
-    for n in missing:
-        problems.append("%s: missing from OUT" % n)
-    for n in extra:
-        problems.append("%s: unexpected tensor in OUT" % n)
-    bounds = _bound_table(cfg, ref)
-    records = []
-    for n in expected:
-        if n not in out:
-            continue
-        r = np.asarray(ref[n], np.float64)
-        o = np.asarray(out[n])
-        if o.dtype.kind != "f":
-            problems.append("%s: dtype %s, expected floating point" % (n, o.dtype))
-            continue
-        if tuple(o.shape) != tuple(r.shape):
-            problems.append("%s: shape %s, expected %s" % (n, list(o.shape), list(r.shape)))
-            continue
-        o = o.astype(np.float64)
-        if not np.all(np.isfinite(o)):
-            problems.append("%s: contains non-finite values" % n)
-            continue
-        diff = np.abs(o - r)
-        err = float(diff.max()) if diff.size else 0.0
-        bound = bounds[n]
-        records.append((n, err, bound))
-        if not err <= bound:
-            idx = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.ndim else ()
-            problems.append("%s: max abs err %.3e > bound %.3e (ratio %.2f) at %s: out=%.9g ref=%.9g"
-                            % (n, err, bound, err / bound if bound > 0 else float("inf"),
-                               tuple(int(i) for i in idx), float(o[idx]), float(r[idx])))
-    return records, problems
+    """Returns (records, problems) (ref_cli.compare_outputs) under _bound_table's bounds."""
+    return ref_cli.compare_outputs(bert_ref.output_names(cfg), ref, out, _bound_table(cfg, ref))
 
 
 def describe(c):
@@ -227,11 +192,7 @@ def describe(c):
                c["B"], c["P"], c["max_pos"], arch))
 
 
-def worst(records):
-    if not records:
-        return "no tensors compared"
-    n, e, b = max(records, key=lambda r: (r[1] / r[2]) if r[2] > 0 else float("inf"))
-    return "worst %s err=%.2e bound=%.2e ratio=%.3f" % (n, e, b, e / b if b > 0 else float("inf"))
+worst = ref_cli.worst
 
 
 # ----------------------------------------------------------------------------

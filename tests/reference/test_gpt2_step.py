@@ -91,50 +91,25 @@ def describe(c):
 
 
 def compare(cfg, ref, out):
-    """(records, problems): (name, err, bound) per compared tensor; one string per failure."""
+    """(records, problems) (ref_cli.compare_outputs): the loss within SCALAR_RTOL of itself,
+    the logits within LOGIT_RTOL of their largest, a gradient within GRAD_RTOL of its largest
+    plus GRAD_GLOBAL_FRAC of the largest of all."""
     expected = gpt2_ref.output_names(cfg)
-    problems = ["%s: missing from OUT" % n for n in expected if n not in out]
-    problems += ["%s: unexpected tensor in OUT" % n for n in sorted(set(out) - set(expected))]
     gmax = max(float(np.max(np.abs(v))) for k, v in ref.items() if k.startswith("grad."))
-    records = []
+    bounds = {}
     for n in expected:
-        if n not in out:
-            continue
         r = np.asarray(ref[n], np.float64)
-        o = np.asarray(out[n])
-        if o.dtype.kind != "f":
-            problems.append("%s: dtype %s, expected floating point" % (n, o.dtype))
-            continue
-        if tuple(o.shape) != tuple(r.shape):
-            problems.append("%s: shape %s, expected %s" % (n, list(o.shape), list(r.shape)))
-            continue
-        o = o.astype(np.float64)
-        if not np.all(np.isfinite(o)):
-            problems.append("%s: contains non-finite values" % n)
-            continue
         m = float(np.max(np.abs(r))) if r.size else 0.0
         if n == "loss":
-            bound = SCALAR_RTOL * abs(float(r))
+            bounds[n] = SCALAR_RTOL * abs(float(r))
         elif n == "logits":
-            bound = LOGIT_RTOL * m
+            bounds[n] = LOGIT_RTOL * m
         else:
-            bound = GRAD_RTOL * (m + GRAD_GLOBAL_FRAC * gmax)
-        diff = np.abs(o - r)
-        err = float(diff.max()) if diff.size else 0.0
-        records.append((n, err, bound))
-        if not err <= bound:
-            idx = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.ndim else ()
-            problems.append("%s: max abs err %.3e > bound %.3e (ratio %.2f) at %s: out=%.9g ref=%.9g"
-                            % (n, err, bound, err / bound if bound > 0 else float("inf"),
-                               tuple(int(i) for i in idx), float(o[idx]), float(r[idx])))
-    return records, problems
+            bounds[n] = GRAD_RTOL * (m + GRAD_GLOBAL_FRAC * gmax)
+    return ref_cli.compare_outputs(expected, ref, out, bounds)
 
 
-def worst(records):
-    if not records:
-        return "no tensors compared"
-    n, e, b = max(records, key=lambda r: (r[1] / r[2]) if r[2] > 0 else float("inf"))
-    return "worst %s err=%.2e bound=%.2e ratio=%.3f" % (n, e, b, e / b if b > 0 else float("inf"))
+worst = ref_cli.worst
 
 
 # ----------------------------------------------------------------------------
