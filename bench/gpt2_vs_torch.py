@@ -144,19 +144,14 @@ def peer_main(argv):
 GEMM_KEY = {"fp32": "openblas_gflops", "fp32-onednn": "dnnl_f32_gflops", "bf16": "dnnl_bf16_gflops"}
 
 
-def best_gemm(gemm_bin, s, threads, env, run):
+def best_gemm(gemm_bin, s, threads, env, gemm_peaks):
     """{precision: (best GFLOP/s over the shape's products, that product)}, other cpu."""
-    cmd = [gemm_bin, "--json", "--threads", str(threads), "--hidden", str(s["hidden"]),
-           "--inter", str(s["intermediate"]), "--heads", str(s["heads"]), "--seq", str(s["seq"]),
-           "--batch", str(s["batch"]), "--vocab", str(s["vocab"])]
-    out, _, other = run(cmd, env)
-    rows = [json.loads(l) for l in out.strip().splitlines() if l.startswith("{")]
-    rows = [r for r in rows if "shape" in r and "openblas_gflops" in r]
+    pk = gemm_peaks(gemm_bin, s, threads, env)
     best = {}
     for prec, key in GEMM_KEY.items():
-        r = max(rows, key=lambda r: r[key])
+        r = max(pk["rows"], key=lambda r: r[key])
         best[prec] = (r[key], r["shape"])
-    return best, other
+    return best, pk["other_cpu"]
 
 
 def time_mlmpi(train_bin, d, s, threads, steps, env, run, last_json, precision):
@@ -225,7 +220,7 @@ def main():
     if not a.no_bert_ref:
         b = dict(svt.SHAPES["base"])
         try:
-            pk, _ = best_gemm(gemm_bin, b, a.threads, env, svt.run)
+            pk, _ = best_gemm(gemm_bin, b, a.threads, env, svt.gemm_peaks)
             pred = svt.masked_per_seq(b["seq"])
             cmd, steps = [step_bin], a.steps if a.steps is not None else b["steps"]
             for k in svt.MODEL_KEYS:
@@ -263,7 +258,7 @@ def main():
         try:
             gs = dict(hidden=s["E"], intermediate=4 * s["E"], heads=s["nh"], seq=s["T"],
                       batch=s["B"], vocab=s["V"])
-            pk, other = best_gemm(gemm_bin, gs, a.threads, env, svt.run)
+            pk, other = best_gemm(gemm_bin, gs, a.threads, env, svt.gemm_peaks)
             r["gemm"] = {p: v[0] for p, v in pk.items()}
             print("# bench_gemm best rates: %s; other cpu %.2f"
                   % (", ".join("%s %.1f GFLOP/s (%s)" % (p, v[0], v[1]) for p, v in pk.items()),

@@ -131,6 +131,7 @@ def gemm_peaks(bench_gemm, s, threads, env):
     best = max(rows[:-1], key=lambda r: r["dnnl_bf16_gflops"])
     peak["best_bf16_gflops"], peak["best_bf16_shape"] = best["dnnl_bf16_gflops"], best["shape"]
     peak["other_cpu"] = other
+    peak["rows"] = rows[:-1]  # every product's rates, for callers that rank them otherwise
     return peak
 
 
