@@ -4,12 +4,15 @@
     BIN_TEST.py --self-test
 """
 import argparse
+import json
 import os
 import subprocess
 import tempfile
 
 import numpy as np
 import torch
+
+import st_io
 
 # The step tests' tolerances: forward and backward against float64 (test_bert_step.py's
 # compare() says why each is what it is), and after --steps K (test_optim_step.py's
@@ -131,3 +134,19 @@ def worst(records):
         return "no tensors compared"
     n, e, b = max(records, key=lambda r: (r[1] / r[2]) if r[2] > 0 else float("inf"))
     return "worst %s err=%.2e bound=%.2e ratio=%.3f" % (n, e, b, e / b if b > 0 else float("inf"))
+
+
+def write_case(d, cfg, weights, batch):
+    """config.json, W.safetensors and B.safetensors in d (a stale OUT.safetensors removed);
+    returns the `step` arguments that read them and write d/OUT.safetensors."""
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    st_io.save(os.path.join(d, "W.safetensors"), weights)
+    st_io.save(os.path.join(d, "B.safetensors"), batch)
+    out = os.path.join(d, "OUT.safetensors")
+    if os.path.exists(out):
+        os.remove(out)
+    return ["step", "--model", os.path.join(d, "config.json"),
+            "--weights", os.path.join(d, "W.safetensors"),
+            "--batch", os.path.join(d, "B.safetensors"), "--out", out]

@@ -235,15 +235,7 @@ def step_args(d):
             "--out", os.path.join(d, "OUT.safetensors")]
 
 
-def write_case(d, cfg, weights, batch):
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
-    st_io.save(os.path.join(d, "W.safetensors"), weights)
-    st_io.save(os.path.join(d, "B.safetensors"), batch)
-    out = os.path.join(d, "OUT.safetensors")
-    if os.path.exists(out):
-        os.remove(out)
+write_case = ref_cli.write_case
 
 
 def run_configs(runner, workdir, seed, log):

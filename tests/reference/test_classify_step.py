@@ -338,17 +338,9 @@ class EmulatorRunner:
 
 
 def write_case(d, cfg, weights, batch):
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "config.json"), "w") as f:
-        json.dump({k: v for k, v in cfg.items() if not k.startswith("_")}, f, indent=2)
-    st_io.save(os.path.join(d, "W.safetensors"), weights)
-    st_io.save(os.path.join(d, "B.safetensors"), batch)
-    out = os.path.join(d, "OUT.safetensors")
-    if os.path.exists(out):
-        os.remove(out)
-    return ["step", "--model", os.path.join(d, "config.json"),
-            "--weights", os.path.join(d, "W.safetensors"),
-            "--batch", os.path.join(d, "B.safetensors"), "--out", out]
+    """ref_cli.write_case without the config's private ("_") keys."""
+    return ref_cli.write_case(d, {k: v for k, v in cfg.items() if not k.startswith("_")},
+                              weights, batch)
 
 
 def run_configs(runner, workdir, seed, log, hits, ran):

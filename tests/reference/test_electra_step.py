@@ -248,18 +248,7 @@ def run_bin(binary, args, timeout):
     return ref_cli.SubprocessRunner(binary, timeout)(args)
 
 
-def write_case(d, cfg, weights, batch):
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
-    st_io.save(os.path.join(d, "W.safetensors"), weights)
-    st_io.save(os.path.join(d, "B.safetensors"), batch)
-    out = os.path.join(d, "OUT.safetensors")
-    if os.path.exists(out):
-        os.remove(out)
-    return ["step", "--model", os.path.join(d, "config.json"),
-            "--weights", os.path.join(d, "W.safetensors"),
-            "--batch", os.path.join(d, "B.safetensors"), "--out", out]
+write_case = ref_cli.write_case
 
 
 def run_configs(binary, workdir, seed, timeout, log, foil_hits):
